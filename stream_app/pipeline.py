@@ -1,0 +1,175 @@
+"""What happens to one message, with no Faust import: the body of the worker's agents.
+
+:class:`CustomerPipeline` takes a raw input message and the customer's stored state and
+returns an :class:`Outcome`: the new state to store, and the messages to send (segment
+change, learner sample, dead letter). The Faust agents only move bytes between Kafka,
+the tables and this class, so everything here is unit-tested without a broker, and the
+benchmark can drive the same code from a plain consumer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from stream_app.changes import SegmentChange, dead_letter
+from stream_app.config import Settings
+from stream_app.features import HOUR_MS
+from stream_app.segmentation import FeatureTransform, SegmentModel
+from stream_app.state import CustomerState
+from stream_app.validation import Event, EventDecoder, InvalidEvent
+
+UNASSIGNED = -1
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Result of processing one message (all fields optional)."""
+
+    state: bytes | None = None
+    change: bytes | None = None
+    trigger: str | None = None
+    sample: bytes | None = None
+    dlq: bytes | None = None
+    reason: str | None = None
+    duplicate: bool = False
+    late: bool = False
+    #: Segment bookkeeping: ``(old, new)`` with ``UNASSIGNED`` for no segment and ``old``
+    #: None for a customer seen for the first time.
+    moved: tuple[int | None, int] | None = None
+    event_ts: int | None = None
+    event_type: str | None = None
+
+
+class TokenBucket:
+    """At most ``rate`` tokens a second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class CustomerPipeline:
+    """Validation → de-duplication → feature window → segment assignment → outputs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.decoder = EventDecoder(settings.max_message_bytes, settings.max_future_skew_s)
+        self.transform = FeatureTransform(settings.segment_features)
+        self.margin = settings.segment_margin
+        self.model: SegmentModel | None = None
+        self._model_transform = self.transform
+        self._samples = TokenBucket(settings.learn_sample_rate)
+        self._sample_interval_ms = int(settings.learn_sample_interval_hours * HOUR_MS)
+
+    def use_model(self, model: SegmentModel) -> None:
+        """Assign with ``model`` from now on (newer versions only)."""
+        if self.model is not None and model.version <= self.model.version:
+            return
+        self.model = model
+        self._model_transform = (
+            self.transform if model.spec == self.transform.spec else FeatureTransform(model.spec)
+        )
+
+    # -- input events --------------------------------------------------------------------
+    def process(self, kind: str, key: bytes | None, value: bytes | None,
+                stored: bytes | None, topic: str, partition: int, offset: int,
+                timestamp: int | None = None) -> Outcome:
+        """Process one message from an input topic (``kind``: click, purchase, profile)."""
+        try:
+            ev = self.decoder.decode(kind, key, value)
+        except InvalidEvent as exc:
+            return Outcome(
+                reason=exc.reason,
+                dlq=dead_letter(exc.reason, exc.detail, topic, partition, offset, timestamp,
+                                key, value, self.settings.app_id),
+            )
+        state = CustomerState.from_bytes(stored) if stored is not None else CustomerState()
+        if not state.remember(ev.event_id):
+            return Outcome(duplicate=True, event_ts=ev.ts, event_type=ev.event_type)
+        out = Outcome(event_ts=ev.ts, event_type=ev.event_type)
+        if ev.kind == "profile":
+            for name, val in ev.profile.items():
+                if val is None:
+                    state.profile.pop(name, None)
+                else:
+                    state.profile[name] = val
+            trigger = "profile"
+        else:
+            out.late = not state.window.apply(ev)
+            trigger = "event"
+        if stored is None:
+            out.moved = (None, UNASSIGNED)
+        self._evaluate(state, out, trigger, ev.event_id, ev)
+        out.state = state.to_bytes()
+        return out
+
+    # -- re-scoring (model updates) ------------------------------------------------------
+    def rescore(self, customer_id: str, stored: bytes, trigger: str = "model_update") -> Outcome:
+        """Re-evaluate a stored customer against the current model."""
+        state = CustomerState.from_bytes(stored)
+        out = Outcome()
+        version = self.model.version if self.model else 0
+        if self._evaluate(state, out, trigger, f"{trigger}:{version}", None, customer_id):
+            out.state = state.to_bytes()
+        return out
+
+    def _evaluate(self, state: CustomerState, out: Outcome, trigger: str, cause_id: str,
+                  ev: Event | None, customer_id: str | None = None) -> bool:
+        """Assign ``state`` a segment; fill ``out.change``/``out.sample``; True if changed."""
+        features = state.window.features()
+        if ev is not None and ev.kind != "profile" and self._wants_sample(state, ev.ts):
+            vector = self.transform.vector(features, state.profile)
+            out.sample = orjson.dumps({"spec": self.transform.spec, "x": vector})
+            state.sampled_at = ev.ts
+        model = self.model
+        if model is None:
+            return False
+        raw = self._model_transform.vector(features, state.profile)
+        segment, distances = model.assign(raw, state.segment, self.margin)
+        previous = state.segment
+        state.model_version = model.version
+        if segment == previous:
+            return False
+        state.segment = segment
+        decided = {name: features.get(name, state.profile.get(name)) for name in model.features}
+        change = SegmentChange(
+            customer_id=ev.customer_id if ev is not None else customer_id or "",
+            previous_segment=previous,
+            segment=segment,
+            segment_label=model.labels[segment],
+            previous_segment_label=(
+                model.labels[previous] if previous is not None and previous < model.k else None
+            ),
+            model_version=model.version,
+            ts=ev.ts if ev is not None else state.window.as_of,
+            trigger=trigger,
+            cause_id=cause_id,
+            features=decided,
+            distance=round(float(distances[segment]), 6),
+        )
+        out.change = change.to_json()
+        out.trigger = trigger
+        out.moved = (None if out.moved is not None else
+                     (UNASSIGNED if previous is None else previous), segment)
+        return True
+
+    def _wants_sample(self, state: CustomerState, ts: int) -> bool:
+        """Sample a customer at most once per interval of its event time, and not before
+        it has been seen for one interval (a first event says little about a customer)."""
+        if state.sampled_at == 0:
+            state.sampled_at = ts
+            return False
+        return ts - state.sampled_at >= self._sample_interval_ms and self._samples.take()

@@ -1,0 +1,319 @@
+"""Online micro-segmentation, with no Faust import.
+
+Three pieces, one concept each:
+
+* :class:`FeatureTransform` turns a customer's features into the raw clustering vector
+  (which features, and ``log1p`` or identity for each: the ``SEGMENT_FEATURES`` setting).
+* :class:`SegmentLearner` is the single online learner: a River pipeline
+  ``StandardScaler | KMeans`` fed with sampled vectors. Its first centres come from
+  k-means++ and Lloyd iterations on a warm-up sample (deterministic for a seed, unlike
+  River's lazily drawn random centres); afterwards River's ``learn_one`` moves them.
+* :class:`SegmentModel` is an immutable, versioned snapshot of the learner (JSON, never
+  pickle) that every worker applies to assign segments with NumPy, with a margin rule
+  against flapping.
+
+>>> t = FeatureTransform("orders_90d:log1p,app_share_30d")
+>>> t.vector({"orders_90d": 3, "app_share_30d": 0.5}, {})
+[1.3862943611198906, 0.5]
+>>> learner = SegmentLearner(t, k=2, warmup=4, seed=1)
+>>> for x in ([0.0, 0.0], [0.1, 0.0], [3.0, 1.0], [3.1, 1.0]):
+...     learner.learn_one(x)
+>>> model = learner.snapshot(version=1)
+>>> model.assign([0.05, 0.0], None)[0] != model.assign([3.05, 1.0], None)[0]
+True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import orjson
+from river import cluster, compose, preprocessing
+
+from stream_app.labels import segment_labels
+
+TRANSFORMS = ("log1p", "identity")
+#: Value used for a feature that is undefined for a customer, before the transform.
+UNDEFINED_DEFAULTS = {"days_since_last_order": 365.0}
+
+
+class FeatureTransform:
+    """Which features form the clustering vector and how each is transformed.
+
+    ``spec`` is a comma-separated list of ``name`` or ``name:transform`` with transform in
+    :data:`TRANSFORMS`. Profile attributes (``age``, ``income``) may be listed too; a value
+    that is unknown for a customer is ``None`` in the vector and imputed by the model.
+    """
+
+    def __init__(self, spec: str) -> None:
+        names: list[str] = []
+        transforms: list[str] = []
+        for part in spec.split(","):
+            name, _, transform = part.strip().partition(":")
+            transform = transform or "identity"
+            if transform not in TRANSFORMS:
+                raise ValueError(f"SEGMENT_FEATURES: unknown transform {transform!r} for {name!r}")
+            if not name or name in names:
+                raise ValueError(f"SEGMENT_FEATURES: empty or repeated feature {name!r}")
+            names.append(name)
+            transforms.append(transform)
+        self.names = tuple(names)
+        self.transforms = tuple(transforms)
+        self._log = tuple(t == "log1p" for t in transforms)
+        self.spec = ",".join(f"{n}:{t}" for n, t in zip(self.names, self.transforms))
+
+    def vector(self, features: dict[str, Any], profile: dict[str, Any]) -> list[float | None]:
+        """The transformed vector; ``None`` where a profile attribute is unknown."""
+        out: list[float | None] = []
+        for name, log in zip(self.names, self._log):
+            value = features.get(name, profile.get(name))
+            if value is None:
+                value = UNDEFINED_DEFAULTS.get(name)
+                if value is None:
+                    out.append(None)
+                    continue
+            value = float(value)
+            out.append(math.log1p(value) if log and value > 0 else (0.0 if log else value))
+        return out
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        """Undo the transforms column-wise (vectors back to feature units)."""
+        out = np.array(values, dtype=float, copy=True)
+        for j, log in enumerate(self._log):
+            if log:
+                out[..., j] = np.expm1(out[..., j])
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentModel:
+    """A versioned snapshot of the segmentation model (what every worker applies).
+
+    Vectors are imputed (``impute``), standardised (``mean``/``std``, as River's
+    ``StandardScaler``) and assigned to the nearest of ``centres`` (Euclidean distance in
+    the scaled space, as River's ``KMeans``).
+    """
+
+    version: int
+    features: tuple[str, ...]
+    transforms: tuple[str, ...]
+    impute: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    centres: np.ndarray
+    labels: tuple[str, ...]
+    samples_seen: int
+    created_at: float
+
+    @property
+    def k(self) -> int:
+        return len(self.centres)
+
+    @property
+    def spec(self) -> str:
+        return ",".join(f"{n}:{t}" for n, t in zip(self.features, self.transforms))
+
+    def scale(self, raw: list[float | None]) -> np.ndarray:
+        x = np.array([self.impute[j] if v is None else v for j, v in enumerate(raw)], dtype=float)
+        return np.divide(x - self.mean, self.std, out=np.zeros_like(x), where=self.std > 0)
+
+    def distances(self, raw: list[float | None]) -> np.ndarray:
+        diff = self.centres - self.scale(raw)
+        return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+    def assign(
+        self, raw: list[float | None], current: int | None, margin: float = 0.0
+    ) -> tuple[int, np.ndarray]:
+        """Return ``(segment, distances)`` for a raw vector.
+
+        A customer in segment ``current`` moves only if the nearest centre is closer than
+        ``(1 - margin)`` times the distance to its current centre (hysteresis).
+        """
+        d = self.distances(raw)
+        best = int(np.argmin(d))
+        if (current is not None and 0 <= current < len(d) and best != current
+                and d[best] >= (1.0 - margin) * d[current]):
+            return current, d
+        return best, d
+
+    def centres_in_feature_units(self) -> np.ndarray:
+        """Centres mapped back through the scaler and the transforms."""
+        raw = self.centres * np.where(self.std > 0, self.std, 1.0) + self.mean
+        return FeatureTransform(self.spec).inverse(raw)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({
+            "version": self.version,
+            "features": [{"name": n, "transform": t}
+                         for n, t in zip(self.features, self.transforms)],
+            "impute": self.impute.tolist(),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "centres": self.centres.tolist(),
+            "labels": list(self.labels),
+            "samples_seen": self.samples_seen,
+            "created_at": self.created_at,
+        })
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SegmentModel:
+        raw = orjson.loads(data)
+        d = len(raw["features"])
+        centres = np.array(raw["centres"], dtype=float).reshape(-1, d)
+        vectors = [np.array(raw[k], dtype=float) for k in ("impute", "mean", "std")]
+        if any(v.shape != (d,) for v in vectors) or len(raw["labels"]) != len(centres):
+            raise ValueError("segment model snapshot has inconsistent dimensions")
+        return cls(
+            version=int(raw["version"]),
+            features=tuple(f["name"] for f in raw["features"]),
+            transforms=tuple(f["transform"] for f in raw["features"]),
+            impute=vectors[0], mean=vectors[1], std=vectors[2], centres=centres,
+            labels=tuple(raw["labels"]), samples_seen=int(raw["samples_seen"]),
+            created_at=float(raw["created_at"]),
+        )
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 20
+                     ) -> np.ndarray:
+    """k-means++ seeding followed by Lloyd iterations on ``x`` (n × d): ``k`` centres."""
+    n = len(x)
+    centres = np.empty((k, x.shape[1]))
+    centres[0] = x[rng.integers(n)]
+    d2 = ((x - centres[0]) ** 2).sum(axis=1)
+    for i in range(1, k):
+        total = d2.sum()
+        idx = rng.choice(n, p=d2 / total) if total > 0 else rng.integers(n)
+        centres[i] = x[idx]
+        d2 = np.minimum(d2, ((x - centres[i]) ** 2).sum(axis=1))
+    for _ in range(iterations):
+        labels = ((x[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+        for j in range(k):
+            members = x[labels == j]
+            if len(members):
+                centres[j] = members.mean(axis=0)
+    return centres
+
+
+class SegmentLearner:
+    """The online learner: River ``StandardScaler | KMeans`` with a k-means++ warm start.
+
+    Parameters
+    ----------
+    transform
+        The feature transform whose vectors are learned.
+    k
+        Number of micro-segments.
+    warmup
+        Vectors buffered before the first centres are chosen (default ``20 * k``).
+    halflife
+        River ``KMeans`` step towards each new vector.
+    seed
+        Seed of the warm start; equal seeds and samples give equal models in any process.
+    """
+
+    def __init__(self, transform: FeatureTransform, k: int, warmup: int = 0,
+                 halflife: float = 0.02, seed: int = 42) -> None:
+        self.transform = transform
+        self.k = k
+        self.warmup = warmup or 20 * k
+        self.seed = seed
+        self.names = transform.names
+        self.pipeline = compose.Pipeline(
+            preprocessing.StandardScaler(),
+            cluster.KMeans(n_clusters=k, halflife=halflife, seed=seed),
+        )
+        self.impute_sums = np.zeros(len(self.names))
+        self.impute_counts = np.zeros(len(self.names))
+        self.samples_seen = 0
+        self._buffer: list[dict[str, float]] | None = []
+
+    @property
+    def scaler(self) -> preprocessing.StandardScaler:
+        return self.pipeline.steps["StandardScaler"]
+
+    @property
+    def kmeans(self) -> cluster.KMeans:
+        return self.pipeline.steps["KMeans"]
+
+    @property
+    def ready(self) -> bool:
+        """Whether centres exist (the warm-up is over)."""
+        return self._buffer is None
+
+    def _impute(self, raw: list[float | None]) -> dict[str, float]:
+        x: dict[str, float] = {}
+        for j, (name, value) in enumerate(zip(self.names, raw)):
+            if value is None:
+                count = self.impute_counts[j]
+                x[name] = self.impute_sums[j] / count if count else 0.0
+            else:
+                self.impute_sums[j] += value
+                self.impute_counts[j] += 1
+                x[name] = value
+        return x
+
+    def learn_one(self, raw: list[float | None]) -> None:
+        """Learn from one raw vector (as :meth:`FeatureTransform.vector` returns)."""
+        x = self._impute(raw)
+        self.samples_seen += 1
+        if self._buffer is None:
+            self.pipeline.learn_one(x)
+            return
+        self.scaler.learn_one(x)
+        self._buffer.append(x)
+        if len(self._buffer) >= self.warmup:
+            self._seed_centres()
+
+    def _seed_centres(self) -> None:
+        assert self._buffer is not None
+        scaled = np.array([[self.scaler.transform_one(x)[n] for n in self.names]
+                           for x in self._buffer])
+        centres = kmeans_plus_plus(scaled, self.k, np.random.default_rng(self.seed))
+        self._set_centres(centres)
+        self._buffer = None
+
+    def _set_centres(self, centres: np.ndarray) -> None:
+        rand = partial(self.kmeans._rng.gauss, self.kmeans.mu, self.kmeans.sigma)
+        self.kmeans.centers = {
+            i: defaultdict(rand, zip(self.names, map(float, row))) for i, row in enumerate(centres)
+        }
+
+    def snapshot(self, version: int) -> SegmentModel:
+        """Freeze the current state as model ``version`` (requires :attr:`ready`)."""
+        if not self.ready:
+            raise RuntimeError("the learner has not finished its warm-up")
+        names = self.names
+        mean = np.array([self.scaler.means[n] for n in names])
+        std = np.sqrt(np.array([max(self.scaler.vars[n], 0.0) for n in names]))
+        centres = np.array([[self.kmeans.centers[i][n] for n in names] for i in range(self.k)])
+        counts = self.impute_counts
+        impute = np.divide(self.impute_sums, counts, out=np.zeros_like(counts), where=counts > 0)
+        return SegmentModel(
+            version=version, features=names, transforms=self.transform.transforms,
+            impute=impute, mean=mean, std=std, centres=centres,
+            labels=segment_labels(names, centres), samples_seen=self.samples_seen,
+            created_at=time.time(),
+        )
+
+    @classmethod
+    def resume(cls, model: SegmentModel, halflife: float = 0.02, seed: int = 42,
+               ) -> SegmentLearner:
+        """Rebuild a learner from a published snapshot, without retraining."""
+        learner = cls(FeatureTransform(model.spec), model.k, halflife=halflife, seed=seed)
+        n = max(model.samples_seen, 1)
+        for name, m, s in zip(learner.names, model.mean, model.std):
+            learner.scaler.counts[name] = n
+            learner.scaler.means[name] = float(m)
+            learner.scaler.vars[name] = float(s) ** 2
+        learner.impute_sums = model.impute * n
+        learner.impute_counts = np.full(len(learner.names), float(n))
+        learner.samples_seen = model.samples_seen
+        learner._set_centres(model.centres)
+        learner._buffer = None
+        return learner

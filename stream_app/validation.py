@@ -1,0 +1,194 @@
+"""Decoding and validation of input messages, with no Faust import.
+
+:class:`EventDecoder` turns the raw bytes of a Kafka message into an :class:`Event`, or
+raises :class:`InvalidEvent` with a reason from the bounded set :data:`REASONS` (used as a
+metric label) and a human-readable detail (sent to the DLQ).
+
+>>> decoder = EventDecoder()
+>>> ev = decoder.decode("click", b"c1", b'{"event_id":"e1","customer_id":"c1",'
+...     b'"ts":"2026-03-01T23:30:00+02:00","event_type":"page_view","channel":"App"}')
+>>> ev.kind, ev.ts, ev.local_hour, ev.channel
+('click', 1772400600000, 23, 'app')
+>>> decoder.decode("click", b"c1", b'{"event_id": 1}')
+Traceback (most recent call last):
+...
+stream_app.validation.InvalidEvent: schema_violation: data must contain [...] properties
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import fastjsonschema
+import orjson
+
+from stream_app.schemas import load_schema
+
+#: Bounded set of rejection reasons (the ``reason`` label of the invalid-events metric).
+REASONS = (
+    "oversized",
+    "invalid_json",
+    "not_an_object",
+    "schema_violation",
+    "invalid_timestamp",
+    "timestamp_out_of_range",
+    "key_mismatch",
+)
+
+#: Message kinds and the schema file that validates each.
+SCHEMA_FILES = {
+    "click": "clickstream.schema.json",
+    "purchase": "purchase.schema.json",
+    "profile": "customer-profile.schema.json",
+}
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+_MS = timedelta(milliseconds=1)
+PROFILE_FIELDS = ("age", "income", "region", "city", "gender")
+
+
+class InvalidEvent(ValueError):
+    """A message that cannot be processed; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Event:
+    """A validated input event, normalised to what the feature windows need.
+
+    ``ts`` is epoch milliseconds (UTC); ``local_hour`` is the hour of day in the
+    event's own zone offset (UTC when the timestamp was given as epoch milliseconds).
+    Money is in integer cents.
+    """
+
+    kind: str
+    event_id: str
+    customer_id: str
+    ts: int
+    local_hour: int
+    event_type: str
+    channel: str | None = None
+    session_id: str | None = None
+    categories: tuple[str, ...] = ()
+    amount_cents: int = 0
+    discount_cents: int = 0
+    quantity: int = 0
+    profile: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_ts(value: Any) -> tuple[int, int]:
+    """Return ``(epoch_ms, local_hour)`` for an ISO-8601-with-zone string or epoch ms.
+
+    >>> parse_ts("2026-01-01T00:00:00Z")
+    (1767225600000, 0)
+    >>> parse_ts(1767225600000)
+    (1767225600000, 0)
+    >>> parse_ts("2026-01-01T00:00:00")
+    Traceback (most recent call last):
+    ...
+    stream_app.validation.InvalidEvent: invalid_timestamp: ts needs a zone offset or Z: ...
+    """
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidEvent("invalid_timestamp", f"ts is not ISO-8601: {value[:40]!r}") from None
+        if dt.tzinfo is None:
+            raise InvalidEvent("invalid_timestamp", f"ts needs a zone offset or Z: {value[:40]!r}")
+        return (dt - EPOCH) // _MS, dt.hour
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise InvalidEvent("invalid_timestamp", "epoch-millisecond ts must be an integer")
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, (value // 3_600_000) % 24
+    raise InvalidEvent("invalid_timestamp",
+                       f"ts must be a string or integer, not {type(value).__name__}")
+
+
+def _cents(value: float | int | None) -> int:
+    return 0 if value is None else round(value * 100)
+
+
+def _lower(value: str | None) -> str | None:
+    return value.strip().lower() or None if value else None
+
+
+class EventDecoder:
+    """Decode and validate raw input messages against the JSON Schemas in ``schemas/``.
+
+    Parameters
+    ----------
+    max_message_bytes
+        Larger messages are rejected as ``oversized`` before parsing.
+    max_future_skew_s
+        Events stamped further than this into the future (wall clock) are rejected.
+    """
+
+    def __init__(self, max_message_bytes: int = 1_000_000, max_future_skew_s: float = 86_400.0):
+        self.max_message_bytes = max_message_bytes
+        self.max_future_skew_ms = int(max_future_skew_s * 1000)
+        self._validators = {
+            kind: fastjsonschema.compile(load_schema(name)) for kind, name in SCHEMA_FILES.items()
+        }
+
+    def decode(self, kind: str, key: bytes | None, value: bytes | None) -> Event:
+        """Return the :class:`Event` in ``value`` or raise :class:`InvalidEvent`."""
+        if value is None:
+            raise InvalidEvent("invalid_json", "message has no value")
+        if len(value) > self.max_message_bytes:
+            raise InvalidEvent("oversized", f"{len(value)} bytes > {self.max_message_bytes}")
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEvent("invalid_json", str(exc)[:200]) from None
+        if not isinstance(doc, dict):
+            raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+        try:
+            self._validators[kind](doc)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            raise InvalidEvent("schema_violation", exc.message[:300]) from None
+        customer_id = doc["customer_id"]
+        if key is None or key != customer_id.encode():
+            raise InvalidEvent(
+                "key_mismatch", "the Kafka key must be the customer_id (UTF-8 bytes)"
+            )
+        ts, local_hour = parse_ts(doc["ts"])
+        if ts < MIN_TS_MS or ts > time.time() * 1000 + self.max_future_skew_ms:
+            raise InvalidEvent("timestamp_out_of_range", f"ts {doc['ts']!r} is before 2000 or "
+                               "beyond the allowed future skew (MAX_FUTURE_SKEW_S)")
+        if kind == "click":
+            category = doc.get("category")
+            return Event(
+                "click", doc["event_id"], customer_id, ts, local_hour, doc["event_type"],
+                channel=_lower(doc.get("channel")), session_id=doc.get("session_id") or None,
+                categories=(category,) if category else (),
+            )
+        if kind == "purchase":
+            return self._purchase(doc, customer_id, ts, local_hour)
+        profile = {f: doc[f] for f in PROFILE_FIELDS if f in doc}
+        event_id = doc.get("event_id") or f"profile:{customer_id}:{ts}"
+        return Event("profile", event_id, customer_id, ts, local_hour, "profile", profile=profile)
+
+    @staticmethod
+    def _purchase(doc: dict[str, Any], customer_id: str, ts: int, local_hour: int) -> Event:
+        items = doc.get("items") or ()
+        categories = {i["category"] for i in items if i.get("category")}
+        if doc.get("category"):
+            categories.add(doc["category"])
+        quantity = sum(1 if i.get("quantity") is None else i["quantity"] for i in items) or 1
+        return Event(
+            "purchase", doc["event_id"], customer_id, ts, local_hour, "purchase",
+            channel=_lower(doc.get("channel")), categories=tuple(sorted(categories)),
+            amount_cents=_cents(doc["amount"]), discount_cents=_cents(doc.get("discount")),
+            quantity=quantity,
+        )
