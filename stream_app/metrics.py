@@ -6,9 +6,10 @@ segment ids (at most ``SEGMENTS_K``); never customer ids or personal attributes.
 """
 
 from __future__ import annotations
-
-from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: Prometheus text format (aiohttp adds the charset itself).
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 class Metrics:

@@ -135,7 +135,7 @@ class CustomerPipeline:
             out.sample = orjson.dumps({"spec": self.transform.spec, "x": vector})
             state.sampled_at = ev.ts
         model = self.model
-        if model is None:
+        if model is None or state.window.as_of == 0:  # no model yet, or no behaviour yet
             return False
         raw = self._model_transform.vector(features, state.profile)
         segment, distances = model.assign(raw, state.segment, self.margin)

@@ -1,0 +1,208 @@
+"""Shared fixtures: a real Tansu broker per session, and real workers as child processes.
+
+Nothing here mocks Kafka or Faust: the broker is the Tansu binary listening on a free
+port, workers are ``stream-app worker`` processes, and tests talk to both over TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_app.broker import EmbeddedBroker, free_port
+
+_ids = itertools.count()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.2) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+            if result:
+                return result
+        except (OSError, ValueError, KeyError) as exc:
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: "
+                         f"{last_error!r})")
+
+
+def http(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Parse a Prometheus exposition into {(sample name, sorted labels): value}."""
+    status, body = http(url)
+    assert status == 200, body
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def metric_sum(samples: dict, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as b:
+        yield b
+
+
+class Worker:
+    """A ``stream-app worker`` child process with its own topics and web port."""
+
+    def __init__(self, broker: EmbeddedBroker, data_dir: Path, topics: dict[str, str],
+                 app_id: str, **env: Any) -> None:
+        self.web_port = free_port()
+        self.data_dir = data_dir
+        self.topics = topics
+        self.app_id = app_id
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "STREAM_APP_EMBEDDED_BROKER": "true",
+            "STREAM_APP_ID": app_id,
+            "CLICKSTREAM_TOPIC": topics["click"],
+            "PURCHASES_TOPIC": topics["purchase"],
+            "PROFILES_TOPIC": topics["profile"],
+            "SEGMENT_CHANGES_TOPIC": topics["changes"],
+            "DLQ_TOPIC": topics["dlq"],
+            "WEB_PORT": str(self.web_port),
+            "DATA_DIR": str(data_dir / "state"),
+            "MODEL_PUBLISH_INTERVAL": "1",
+            **{k: str(v) for k, v in env.items()},
+        }
+        self.log_path = data_dir / f"worker-{self.web_port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def start(self, wait_ready: bool = True) -> Worker:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stream_app.cli", "worker"], env=self.env,
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        if wait_ready:
+            wait_for(self.assigned, 90, f"worker on {self.web_port} to get partitions")
+        return self
+
+    def assigned(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+        status, body = http(f"{self.url}/ready", 2)
+        return status in (200, 503) and orjson.loads(body)["partitions_assigned"]
+
+    def get(self, path: str) -> tuple[int, Any]:
+        status, body = http(self.url + path)
+        return status, orjson.loads(body)
+
+    def metrics(self) -> dict:
+        return scrape(f"{self.url}/metrics")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+
+@pytest.fixture()
+def make_worker(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Factory of workers with topics unique to the test (shared by its workers)."""
+    n = next(_ids)
+    prefix = f"t{os.getpid()}-{n}"
+    topics = {"click": f"{prefix}-clickstream", "purchase": f"{prefix}-purchases",
+              "profile": f"{prefix}-profiles", "changes": f"{prefix}-segment-changes",
+              "dlq": f"{prefix}-dlq"}
+    workers: list[Worker] = []
+
+    def make(**env: Any) -> Worker:
+        w = Worker(broker, tmp_path / f"w{len(workers)}", topics, f"{prefix}-app", **env)
+        workers.append(w)
+        return w
+
+    yield make
+    for w in workers:
+        w.stop()
+
+
+def produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes]]) -> None:
+    """Send (topic, key, value) messages in order and wait for every acknowledgement."""
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            futures = [await producer.send(t, v, key=k) for t, k, v in messages]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def consume_all(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Any]:
+    """The first ``count`` messages of ``topic`` (all partitions); fails if fewer arrive."""
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while len(out) < count:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"only {len(out)} of {count} messages on {topic}")
+                batch = await consumer.getmany(timeout_ms=500)
+                for messages in batch.values():
+                    out.extend(messages)
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
