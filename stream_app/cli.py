@@ -81,7 +81,11 @@ def worker(ctx: click.Context) -> None:
 
     settings = load_settings()
     faust_args = list(ctx.args)
-    if "--help" not in faust_args and "-h" not in faust_args:
+    partitions = settings.topic_partitions
+    if "--help" in faust_args:
+        click.echo(ctx.get_help().replace("Options:", "stream-app options:", 1))
+        click.echo("\nFaust worker options (passed through):\n")
+    else:
         logging.basicConfig(level=settings.log_level.upper(),
                             format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
         try:
@@ -90,8 +94,6 @@ def worker(ctx: click.Context) -> None:
             click.echo(f"stream-app worker: {exc}", err=True)
             sys.exit(2)
         partitions = plan.partitions
-    else:
-        partitions = settings.topic_partitions
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in faust_args):
         faust_args = ["--loglevel", settings.log_level, *faust_args]
     app = create_app(settings, partitions)

@@ -6,6 +6,7 @@ segment ids (at most ``SEGMENTS_K``); never customer ids or personal attributes.
 """
 
 from __future__ import annotations
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 #: Prometheus text format (aiohttp adds the charset itself).

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from stream_app.config import Settings
 
@@ -121,13 +121,14 @@ async def prepare_topics(settings: Settings, timeout: float = 30.0) -> TopicPlan
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
         await admin.start()
         try:
-            for topic in plan.to_create:
-                try:
-                    await admin.create_topics([topic])
-                    log.info("created topic %s with %d partitions", topic.name,
-                             topic.num_partitions)
-                except TopicAlreadyExistsError:
-                    pass
+            response = await admin.create_topics(plan.to_create)
+            for name, code, *message in response.topic_errors:
+                if code == 0:
+                    log.info("created topic %s", name)
+                elif code != TopicAlreadyExistsError.errno:  # another worker was first
+                    raise TopicLayoutError(
+                        f"cannot create topic {name}: {for_code(code).__name__} "
+                        f"{message[0] if message else ''}".rstrip())
         finally:
             await admin.close()
     return plan
