@@ -46,6 +46,7 @@ log = logging.getLogger("stream_app")
 
 RESCORE = orjson.dumps({"op": "rescore"})
 JSON = "application/json"
+NUMPY_AND_INT_KEYS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
@@ -266,7 +267,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     # -- web ------------------------------------------------------------------------------
     def json_response(view: View, body: Any, status: int = 200) -> Response:
-        return view.bytes(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        return view.bytes(orjson.dumps(body, option=NUMPY_AND_INT_KEYS),
                           content_type=JSON, status=status)
 
     @app.page("/health")
@@ -288,10 +289,30 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         refresh_gauges()
         return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
 
+    async def forward_to_owner(view: View, request: Request, key: bytes) -> Response | None:
+        """Answer from the worker owning ``key``'s partition; None when that is this one.
+
+        (Faust's ``table_route`` hashes the JSON-quoted string key, which is not the
+        partition of the raw key the data arrived with.)
+        """
+        try:
+            owner = app.router.key_store(customers.name, key)
+        except KeyError:
+            return json_response(view, {"error": "partitions are being assigned"}, 503)
+        me = app.conf.canonical_url
+        if (owner.host, owner.port) == (me.host, me.port):
+            return None
+        url = request.url.with_host(owner.host).with_port(owner.port)
+        async with app.http_client.get(url) as resp:
+            return view.bytes(await resp.read(), content_type=JSON, status=resp.status)
+
     @app.page("/customers/{customer_id}")
-    @app.table_route(table=customers, match_info="customer_id")
     async def customer_view(self: View, request: Request, customer_id: str) -> Response:
-        stored = customers.get(customer_id.encode())
+        key = customer_id.encode()
+        forwarded = await forward_to_owner(self, request, key)
+        if forwarded is not None:
+            return forwarded
+        stored = customers.get(key)
         if stored is None:
             return json_response(self, {"error": "unknown customer"}, 404)
         return json_response(self, customer_document(customer_id, stored, pipeline.model))

@@ -89,7 +89,7 @@ class CustomerPipeline:
                 timestamp: int | None = None) -> Outcome:
         """Process one message from an input topic (``kind``: click, purchase, profile)."""
         try:
-            ev = self.decoder.decode(kind, key, value)
+            ev = self.decoder.decode(kind, key, value, f"{topic}/{partition}/{offset}")
         except InvalidEvent as exc:
             return Outcome(
                 reason=exc.reason,

@@ -141,8 +141,12 @@ class EventDecoder:
             kind: fastjsonschema.compile(load_schema(name)) for kind, name in SCHEMA_FILES.items()
         }
 
-    def decode(self, kind: str, key: bytes | None, value: bytes | None) -> Event:
-        """Return the :class:`Event` in ``value`` or raise :class:`InvalidEvent`."""
+    def decode(self, kind: str, key: bytes | None, value: bytes | None,
+               position: str = "") -> Event:
+        """Return the :class:`Event` in ``value`` or raise :class:`InvalidEvent`.
+
+        ``position`` (topic/partition/offset) names a profile update without ``event_id``.
+        """
         if value is None:
             raise InvalidEvent("invalid_json", "message has no value")
         if len(value) > self.max_message_bytes:
@@ -176,7 +180,7 @@ class EventDecoder:
         if kind == "purchase":
             return self._purchase(doc, customer_id, ts, local_hour)
         profile = {f: doc[f] for f in PROFILE_FIELDS if f in doc}
-        event_id = doc.get("event_id") or f"profile:{customer_id}:{ts}"
+        event_id = doc.get("event_id") or f"profile:{position or ts}"
         return Event("profile", event_id, customer_id, ts, local_hour, "profile", profile=profile)
 
     @staticmethod
