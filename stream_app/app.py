@@ -92,10 +92,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     model_topic = app.topic(settings.segment_model_topic)
 
     # -- tables ---------------------------------------------------------------------------
-    customers = app.Table(
-        "customers", partitions=partitions,
-        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
-    )
+    customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes)
     segment_sizes = app.Table(
         "segment_sizes", default=int, partitions=partitions,
         schema=faust.Schema(key_type=str, value_type=int,
@@ -289,33 +286,26 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         refresh_gauges()
         return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
 
-    async def forward_to_owner(view: View, request: Request, key: bytes) -> Response | None:
-        """Answer from the worker owning ``key``'s partition; None when that is this one.
-
-        (Faust's ``table_route`` hashes the JSON-quoted string key, which is not the
-        partition of the raw key the data arrived with.)
-        """
-        try:
-            owner = app.router.key_store(customers.name, key)
-        except KeyError:
-            return json_response(view, {"error": "partitions are being assigned"}, 503)
-        me = app.conf.canonical_url
-        if (owner.host, owner.port) == (me.host, me.port):
-            return None
-        url = request.url.with_host(owner.host).with_port(owner.port)
-        async with app.http_client.get(url) as resp:
-            return view.bytes(await resp.read(), content_type=JSON, status=resp.status)
-
     @app.page("/customers/{customer_id}")
+    @app.table_route(table=customers, match_info="customer_id")
     async def customer_view(self: View, request: Request, customer_id: str) -> Response:
-        key = customer_id.encode()
-        forwarded = await forward_to_owner(self, request, key)
-        if forwarded is not None:
-            return forwarded
-        stored = customers.get(key)
+        stored = customers.get(customer_id.encode())
         if stored is None:
             return json_response(self, {"error": "unknown customer"}, 404)
         return json_response(self, customer_document(customer_id, stored, pipeline.model))
+
+    @app.page("/model")
+    async def model_view(self: View, request: Request) -> Response:
+        model = pipeline.model
+        if model is None:
+            return json_response(self, {"error": "no model yet"}, 404)
+        return json_response(self, {
+            "version": model.version, "k": model.k, "samples_seen": model.samples_seen,
+            "created_at": iso_ms(model.created_at * 1000),
+            "features": [{"name": n, "transform": t}
+                         for n, t in zip(model.features, model.transforms)],
+            "labels": list(model.labels),
+        })
 
     @app.page("/segments/_local")
     async def local_segments(self: View, request: Request) -> Response:

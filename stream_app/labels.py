@@ -20,7 +20,7 @@ WORDS: dict[str, tuple[str, str]] = {
     "revenue_90d": ("high spender", "low spender"),
     "revenue_30d": ("high spender", "low spender"),
     "avg_order_value_90d": ("big basket", "small basket"),
-    "days_since_last_order": ("lapsed", "bought recently"),
+    "days_since_last_order": ("no recent order", "bought recently"),
     "discount_share_90d": ("deal seeker", "pays full price"),
     "distinct_categories_90d": ("broad taste", "narrow taste"),
     "views_24h": ("browsing now", "not browsing"),

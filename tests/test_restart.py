@@ -1,0 +1,48 @@
+"""A restarted worker recovers customer state and the model from Kafka, not from memory."""
+
+from __future__ import annotations
+
+import time
+
+from stream_app.generator import SyntheticShop
+from tests.conftest import metric_sum, produce, wait_for
+
+STEP_MS = 600_000
+
+
+def test_restarted_worker_resumes_state_and_model(make_worker, broker):
+    first = make_worker(SEGMENTS_K=6).start()
+    now = int(time.time() * 1000)
+    shop = SyntheticShop(100, seed=21, start_ms=now - 4000 * STEP_MS, step_ms=STEP_MS)
+    events = list(shop.events(4000))
+    before, after = events[:2500], events[2500:]
+    produce(broker.bootstrap_servers, [(first.topics[e.kind], e.key, e.value) for e in before])
+    wait_for(lambda: metric_sum(first.metrics(), "stream_app_events_consumed_total") == 2500,
+             120, "the first part to be consumed")
+    wait_for(lambda: first.get("/segments")[1]["unassigned"] == 0 and
+             first.get("/segments")[1]["model_version"] >= 1, 60, "a model and assignments")
+    customers = sorted(shop.planted)[:20]
+    documents = {c: first.get(f"/customers/{c}")[1] for c in customers}
+    version_before = first.get("/segments")[1]["model_version"]
+    learned_before = metric_sum(first.metrics(), "stream_app_learner_samples_learned_total")
+    assert learned_before > 0
+    assert first.stop() == 0  # SIGTERM: a clean exit
+
+    # A new process with an empty data directory: everything comes back from Kafka.
+    second = make_worker(SEGMENTS_K=6).start()
+    wait_for(lambda: second.get("/ready")[0] == 200, 60, "the restarted worker to be ready")
+    assert second.get("/segments")[1]["model_version"] >= version_before
+    for c in customers:
+        status, doc = second.get(f"/customers/{c}")
+        assert status == 200 and doc == documents[c]
+
+    produce(broker.bootstrap_servers, [(second.topics[e.kind], e.key, e.value) for e in after])
+    wait_for(lambda: metric_sum(second.metrics(), "stream_app_events_consumed_total") == 1500,
+             120, "the second part to be consumed")
+    wait_for(lambda: second.get("/segments")[1]["model_version"] > version_before, 60,
+             "a newer model version from the resumed learner")
+    # The learner resumed from the snapshot: its sample count continues, it did not restart.
+    status, body = second.get("/model")
+    assert status == 200 and body["samples_seen"] > learned_before
+    assert metric_sum(second.metrics(), "stream_app_learner_samples_learned_total") < \
+        body["samples_seen"]
