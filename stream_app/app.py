@@ -15,7 +15,8 @@ Data flow (every arrow is a Kafka topic; ``p`` is the customer's partition)::
          │              <app>-segment-model (versioned JSON snapshots)
          │                          │
          │        task ``follow_model`` on every worker: apply newest snapshot
-         └───────── task ``rescore``: after a new model, re-score local customers
+         ├───────── task ``rescore``: after a model moved, re-score local customers
+         └───────── timer ``sweep``: after event time passed midnight, re-evaluate
 
 The agents are thin: they move bytes between Kafka, the tables and
 :class:`~stream_app.pipeline.CustomerPipeline`, and count what happened.
@@ -39,12 +40,14 @@ from stream_app.features import FEATURE_NAMES
 from stream_app.metrics import CONTENT_TYPE, Metrics
 from stream_app.model_feed import ModelFeed
 from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome
-from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel
+from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel, centre_shift
 from stream_app.state import CustomerState
+from stream_app.sweep import SweepSchedule
 
 log = logging.getLogger("stream_app")
 
 RESCORE = orjson.dumps({"op": "rescore"})
+CONTROL_OPS = ("rescore", "sweep")
 JSON = "application/json"
 NUMPY_AND_INT_KEYS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -101,12 +104,18 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     # -- the model every worker applies ---------------------------------------------------
     rescore_wanted = asyncio.Event()
+    rescored_model: SegmentModel | None = None
 
     def on_model(model: SegmentModel) -> None:
+        nonlocal rescored_model
         pipeline.use_model(model)
         metrics.model_version.set(model.version)
         metrics.model_updates.inc()
-        rescore_wanted.set()
+        if centre_shift(rescored_model, model) >= settings.rescore_min_shift:
+            rescored_model = model
+            rescore_wanted.set()
+
+    schedule = SweepSchedule()
 
     feed = ModelFeed(settings.bootstrap_servers, settings.segment_model_topic, on_model)
     app.model_feed = feed  # type: ignore[attr-defined]
@@ -129,6 +138,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             metrics.late.inc()
         if out.state is not None:
             customers[message.key] = out.state
+        if out.sweep_again:
+            schedule.schedule(partition, message.key, out.clock)
         if out.moved is not None:
             old, new = out.moved
             if old is not None:
@@ -143,6 +154,20 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             if message.timestamp:
                 metrics.latency.observe(max(0.0, time.time() - message.timestamp))
 
+    def control(key: bytes | None, value: bytes, stored: bytes | None) -> Outcome:
+        """Work queued by this app on a stored customer (see ``schemas/control``)."""
+        if key is None or stored is None:
+            return Outcome()
+        try:
+            op = orjson.loads(value)
+            if op["op"] == "rescore":
+                return pipeline.rescore(key.decode(), stored)
+            if op["op"] == "sweep":
+                return pipeline.sweep(key.decode(), stored, int(op["at"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.error("ignored an unreadable control message: %s", exc)
+        return Outcome()
+
     @app.agent(inputs)
     async def process(stream: faust.StreamT) -> None:
         """Every input message, in partition order: update the customer, emit changes."""
@@ -152,15 +177,16 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             message = event.message
             kind = kinds[message.topic]
             key = message.key
+            stored = customers.get(key) if key else None
             if kind == "control":
-                stored = customers.get(key) if key else None
-                out = pipeline.rescore(key.decode(), stored) if stored is not None else Outcome()
+                out = control(key, message.value, stored)
             else:
-                stored = customers.get(key) if key else None
                 out = pipeline.process(kind, key, message.value, stored, message.topic,
                                        message.partition, message.offset,
                                        _timestamp_ms(message.timestamp))
                 metrics.events.labels(message.topic, out.event_type or "invalid").inc()
+                if out.event_ts is not None and kind != "profile":
+                    schedule.observe(message.partition, out.event_ts)
             await publish(out, message)
             observe(time.perf_counter() - started)
 
@@ -238,6 +264,27 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 if ahead > 0:
                     await asyncio.sleep(ahead)
             metrics.rescores.inc(sent)
+
+    @app.timer(interval=settings.sweep_interval_s)
+    async def sweep() -> None:
+        """Queue customers whose windows slid because their partition's event time passed
+        a UTC midnight (one re-evaluation per active customer per event-time day)."""
+        mine = local_partitions()
+        for partition in [p for p in schedule.watermarks if p not in mine]:
+            schedule.drop_partition(partition)
+        started, sent = time.monotonic(), 0
+        for partition in sorted(mine):
+            at = schedule.watermarks.get(partition)
+            keys = schedule.pop_due(partition) if at else []
+            value = orjson.dumps({"op": "sweep", "at": at})
+            for key in keys:
+                await control_topic.send(key=key, value=value, partition=partition)
+                sent += 1
+                ahead = sent / settings.sweep_rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        metrics.sweeps.inc(sent)
+        metrics.sweep_pending.set(schedule.pending())
 
     def local_sizes() -> dict[int, dict[int, int]]:
         mine = local_partitions()
@@ -340,7 +387,7 @@ def customer_document(customer_id: str, stored: bytes, model: SegmentModel | Non
                       ) -> dict[str, Any]:
     """The body of ``GET /customers/{id}``."""
     state = CustomerState.from_bytes(stored)
-    features = state.window.features()
+    features = state.window.features(state.clock)
     for name in ("first_order_ts", "last_order_ts"):
         if features[name] is not None:
             features[name] = iso_ms(features[name])
@@ -348,7 +395,7 @@ def customer_document(customer_id: str, stored: bytes, model: SegmentModel | Non
     label = model.labels[segment] if model and segment is not None and segment < model.k else None
     return {
         "customer_id": customer_id,
-        "as_of": iso_ms(state.window.as_of) if state.window.as_of else None,
+        "as_of": iso_ms(state.clock) if state.clock else None,
         "segment": segment,
         "segment_label": label,
         "model_version": state.model_version,

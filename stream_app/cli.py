@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -156,6 +157,43 @@ def generate(customers: int, rate: float, duration: float, seed: int, time_scale
     sent = asyncio.run(produce(settings.bootstrap_servers, topics, shop.events(total, clock),
                                None if max_speed else rate))
     click.echo(f"sent {sent} messages for {customers} customers")
+
+
+@main.command()
+@settings_options(COMMON)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--topic", default=None,
+              help="Send every line to this topic (default: by kind, to the configured inputs).")
+@click.option("--rate", default=None, type=float, help="Events per second (default: flat out).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def replay(file: Path, topic: str | None, rate: float | None, no_progress: bool) -> None:
+    """Backfill: send a JSONL file of historical events into Kafka, with a progress bar."""
+    from stream_app.replay import replay as run_replay
+
+    settings = load_settings()
+    topics = {"click": settings.clickstream_topic, "purchase": settings.purchases_topic,
+              "profile": settings.profiles_topic}
+    sent = asyncio.run(run_replay(file, settings.bootstrap_servers, topics, topic, rate,
+                                  progress=not no_progress))
+    click.echo(f"replayed {sent} messages from {file}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", default=None,
+              help="A worker's HTTP address (default: http://127.0.0.1:$WEB_PORT).")
+@click.option("--max-rows", default=50, show_default=True, help="Mismatches to print.")
+def verify(file: Path, url: str | None, max_rows: int) -> None:
+    """Compare a running worker's features with a batch recomputation of FILE (JSONL).
+
+    Exits 1 if any customer's feature differs (counts and money exactly, ratios to 1e-9).
+    """
+    from stream_app.verify import run
+
+    settings = load_settings()
+    url = url or f"http://127.0.0.1:{settings.web_port}"
+    sys.exit(run(file, url, lateness_ms=int(settings.allowed_lateness_s * 1000),
+                 max_rows=max_rows))
 
 
 @main.command()

@@ -6,11 +6,13 @@ the latest day each session and each purchased category was seen, and lifetime t
 Features are computed at ``as_of``, the newest event time seen for the customer, so
 replaying history yields the same numbers as live traffic.
 
-Window semantics (also in the README): a window of N days at ``as_of`` covers the UTC day
-of ``as_of`` and the N-1 days before it; ``views_24h`` covers the UTC hour of ``as_of``
-and the 23 hours before it. Events older than the retention horizon still count in the
-lifetime totals (``orders_total``, ``revenue_total``, ``first_order_ts``,
-``last_order_ts``) but not in any window.
+Window semantics (also in the README): features are evaluated at a time ``T`` (``as_of``,
+or later when time passes without events); a window of N days covers the UTC day of ``T``
+and the N-1 days before it; ``views_24h`` covers the UTC hour of ``T`` and the 23 hours
+before it. Out-of-order events land in their own bucket as long as they are no more than
+the allowed lateness older than ``as_of``; later ones are *late*: a late purchase still
+counts in the lifetime totals (``orders_total``, ``revenue_total``, ``first_order_ts``,
+``last_order_ts``), a late click changes nothing, and neither touches a window.
 
 >>> from stream_app.validation import Event
 >>> w = FeatureWindow()
@@ -20,6 +22,8 @@ lifetime totals (``orders_total``, ``revenue_total``, ``first_order_ts``,
 True
 >>> w.apply(Event("click", "e2", "c", day + 7_200_000, 2, "page_view", channel="app"))
 True
+>>> w.apply(Event("click", "e3", "c", day, 0, "page_view"))  # two hours late
+False
 >>> f = w.features()
 >>> f["orders_30d"], f["revenue_30d"], f["discount_share_90d"], f["views_24h"], f["app_share_30d"]
 (1, 19.99, 1.0, 1, 0.5)
@@ -36,6 +40,8 @@ DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 #: Day buckets older than this (relative to ``as_of``) are dropped.
 RETENTION_DAYS = 90
+#: Default allowed lateness: older events (relative to ``as_of``) touch no window.
+ALLOWED_LATENESS_MS = HOUR_MS
 #: Local hours counted as night: 22:00 to 05:59.
 NIGHT_HOURS = frozenset({22, 23, 0, 1, 2, 3, 4, 5})
 MAX_CATEGORIES = 64
@@ -90,10 +96,11 @@ class FeatureWindow:
         self.last_order_ts: int | None = None
 
     # -- updates -------------------------------------------------------------------------
-    def apply(self, ev: Event) -> bool:
-        """Add one click or purchase event; return ``False`` if it only hit lifetime totals.
+    def apply(self, ev: Event, lateness_ms: int = ALLOWED_LATENESS_MS) -> bool:
+        """Add one click or purchase event; return ``False`` if it was late.
 
-        Out-of-order events inside the retention horizon land in their own bucket.
+        An event older than ``as_of - lateness_ms`` is late: it counts in the lifetime
+        totals (purchases) and in no window. Other out-of-order events land in their bucket.
         """
         if ev.kind == "purchase":
             self.orders_total += 1
@@ -102,11 +109,11 @@ class FeatureWindow:
                 self.first_order_ts = ev.ts
             if self.last_order_ts is None or ev.ts > self.last_order_ts:
                 self.last_order_ts = ev.ts
+        if ev.ts < self.as_of - lateness_ms:
+            return False
         if ev.ts > self.as_of:
             self.advance(ev.ts)
         day = ev.ts // DAY_MS
-        if day <= self.as_of // DAY_MS - RETENTION_DAYS:
-            return False
         bucket = self.days.get(day)
         if bucket is None:
             bucket = self.days[day] = [0] * N_COUNTERS
@@ -166,9 +173,13 @@ class FeatureWindow:
             del self.categories[c]
 
     # -- reads ---------------------------------------------------------------------------
-    def features(self) -> dict[str, Any]:
-        """Every feature of :data:`FEATURE_NAMES` at ``as_of`` (money in currency units)."""
-        today = self.as_of // DAY_MS
+    def features(self, at: int | None = None) -> dict[str, Any]:
+        """Every feature of :data:`FEATURE_NAMES` at ``at`` (default and minimum: ``as_of``).
+
+        Money is in currency units.
+        """
+        at = self.as_of if at is None or at < self.as_of else at
+        today = at // DAY_MS
         o30 = r30 = o90 = r90 = d90 = v7 = s7 = a7 = i7 = e30 = n30 = app30 = 0
         for day, c in self.days.items():
             age = today - day
@@ -188,7 +199,7 @@ class FeatureWindow:
                     s7 += c[SEARCHES]
                     a7 += c[ADD_TO_CART]
                     i7 += c[ITEMS]
-        first_hour = self.as_of // HOUR_MS - 23
+        first_hour = at // HOUR_MS - 23
         return {
             "orders_total": self.orders_total,
             "revenue_total": self.revenue_total / 100,
@@ -200,7 +211,7 @@ class FeatureWindow:
             "revenue_90d": r90 / 100,
             "avg_order_value_90d": r90 / o90 / 100 if o90 else 0.0,
             "days_since_last_order": (
-                (self.as_of - self.last_order_ts) / DAY_MS if self.last_order_ts is not None
+                (at - self.last_order_ts) / DAY_MS if self.last_order_ts is not None
                 else None
             ),
             "discount_share_90d": d90 / o90 if o90 else 0.0,
@@ -214,6 +225,10 @@ class FeatureWindow:
             "night_share_30d": n30 / e30 if e30 else 0.0,
             "app_share_30d": app30 / e30 if e30 else 0.0,
         }
+
+    def changes_with_time(self, at: int) -> bool:
+        """Whether some windowed feature can still change as time passes beyond ``at``."""
+        return bool(self.days) and max(self.days) > at // DAY_MS - RETENTION_DAYS
 
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

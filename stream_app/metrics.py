@@ -56,6 +56,12 @@ class Metrics:
         self.samples_learned = Counter(p + "learner_samples_learned_total",
                                        "Feature vectors learned (on the learner worker only).",
                                        registry=r)
+        self.sweeps = Counter(p + "sweep_requests_total",
+                              "Customers queued for re-evaluation because event time passed.",
+                              registry=r)
+        self.sweep_pending = Gauge(p + "sweep_pending",
+                                   "Customers scheduled for a future time-based re-evaluation.",
+                                   registry=r)
         self.rescores = Counter(p + "rescore_requests_total",
                                 "Customers queued for re-scoring after a model update.",
                                 registry=r)

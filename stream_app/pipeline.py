@@ -39,8 +39,13 @@ class Outcome:
     #: Segment bookkeeping: ``(old, new)`` with ``UNASSIGNED`` for no segment and ``old``
     #: None for a customer seen for the first time.
     moved: tuple[int | None, int] | None = None
+    #: Event time of the message (the customer's clock for rescore and sweep).
     event_ts: int | None = None
     event_type: str | None = None
+    #: Whether the customer should be swept again when time passes (windows not empty),
+    #: and its clock (the event time its features are evaluated at).
+    sweep_again: bool = False
+    clock: int = 0
 
 
 class TokenBucket:
@@ -73,6 +78,7 @@ class CustomerPipeline:
         self._model_transform = self.transform
         self._samples = TokenBucket(settings.learn_sample_rate)
         self._sample_interval_ms = int(settings.learn_sample_interval_hours * HOUR_MS)
+        self.lateness_ms = int(settings.allowed_lateness_s * 1000)
 
     def use_model(self, model: SegmentModel) -> None:
         """Assign with ``model`` from now on (newer versions only)."""
@@ -97,39 +103,59 @@ class CustomerPipeline:
                                 key, value, self.settings.app_id),
             )
         state = CustomerState.from_bytes(stored) if stored is not None else CustomerState()
-        if not state.remember(ev.event_id):
-            return Outcome(duplicate=True, event_ts=ev.ts, event_type=ev.event_type)
         out = Outcome(event_ts=ev.ts, event_type=ev.event_type)
         if ev.kind == "profile":
-            for name, val in ev.profile.items():
-                if val is None:
-                    state.profile.pop(name, None)
-                else:
-                    state.profile[name] = val
+            if not state.update_profile(ev.profile, ev.ts):
+                out.late = True  # an older update than the one applied: nothing changes
+                return out
             trigger = "profile"
         else:
-            out.late = not state.window.apply(ev)
+            if not state.remember(ev.event_id, ev.ts, ev.kind == "purchase", self.lateness_ms):
+                out.duplicate = True
+                return out
+            out.late = not state.window.apply(ev, self.lateness_ms)
             trigger = "event"
         if stored is None:
             out.moved = (None, UNASSIGNED)
         self._evaluate(state, out, trigger, ev.event_id, ev)
         out.state = state.to_bytes()
+        out.sweep_again = state.window.changes_with_time(state.clock)
+        out.clock = state.clock
         return out
 
-    # -- re-scoring (model updates) ------------------------------------------------------
-    def rescore(self, customer_id: str, stored: bytes, trigger: str = "model_update") -> Outcome:
-        """Re-evaluate a stored customer against the current model."""
+    # -- re-evaluation without a new event -----------------------------------------------
+    def rescore(self, customer_id: str, stored: bytes) -> Outcome:
+        """Re-evaluate a stored customer against the current model (``model_update``)."""
         state = CustomerState.from_bytes(stored)
         out = Outcome()
         version = self.model.version if self.model else 0
-        if self._evaluate(state, out, trigger, f"{trigger}:{version}", None, customer_id):
+        if self._evaluate(state, out, "model_update", f"model:{version}", None, customer_id):
             out.state = state.to_bytes()
+        out.event_ts = state.clock
+        out.sweep_again = state.window.changes_with_time(state.clock)
+        out.clock = state.clock
+        return out
+
+    def sweep(self, customer_id: str, stored: bytes, at: int) -> Outcome:
+        """Let time pass to ``at`` (event time) for a customer with no newer event.
+
+        Windows slide, so features may change; a resulting move has trigger ``inactivity``.
+        """
+        state = CustomerState.from_bytes(stored)
+        out = Outcome()
+        if at > state.clock:
+            state.evaluated_at = at
+            self._evaluate(state, out, "inactivity", f"sweep:{at}", None, customer_id)
+            out.state = state.to_bytes()
+        out.event_ts = state.clock
+        out.sweep_again = state.window.changes_with_time(state.clock)
+        out.clock = state.clock
         return out
 
     def _evaluate(self, state: CustomerState, out: Outcome, trigger: str, cause_id: str,
                   ev: Event | None, customer_id: str | None = None) -> bool:
         """Assign ``state`` a segment; fill ``out.change``/``out.sample``; True if changed."""
-        features = state.window.features()
+        features = state.window.features(state.clock)
         if ev is not None and ev.kind != "profile" and self._wants_sample(state, ev.ts):
             vector = self.transform.vector(features, state.profile)
             out.sample = orjson.dumps({"spec": self.transform.spec, "x": vector})
@@ -154,7 +180,7 @@ class CustomerPipeline:
                 model.labels[previous] if previous is not None and previous < model.k else None
             ),
             model_version=model.version,
-            ts=ev.ts if ev is not None else state.window.as_of,
+            ts=ev.ts if ev is not None else state.clock,
             trigger=trigger,
             cause_id=cause_id,
             features=decided,

@@ -179,6 +179,19 @@ class SegmentModel:
         )
 
 
+def centre_shift(old: SegmentModel | None, new: SegmentModel) -> float:
+    """How far the centres moved from ``old`` to ``new``, in ``new``'s standardised units.
+
+    The largest displacement of any centre (``inf`` without an old model or when the
+    feature set or K changed): a measure of how many assignments a new version may change.
+    """
+    if old is None or old.spec != new.spec or old.k != new.k:
+        return math.inf
+    raw = old.centres * old.std + old.mean
+    rescaled = np.divide(raw - new.mean, new.std, out=np.zeros_like(raw), where=new.std > 0)
+    return float(np.sqrt(((new.centres - rescaled) ** 2).sum(axis=1)).max())
+
+
 def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 20
                      ) -> np.ndarray:
     """k-means++ seeding followed by Lloyd iterations on ``x`` (n × d): ``k`` centres."""

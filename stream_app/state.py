@@ -1,9 +1,14 @@
 """Everything kept per customer in the customer table, and its byte encoding.
 
+De-duplication memory is bounded: the ids of events within the allowed lateness of the
+customer's newest event (any older copy would be late and change no window), at most
+:data:`MAX_RECENT_IDS`, and the ids of the newest :data:`MAX_ORDER_IDS` purchases (a
+late duplicate purchase would otherwise count twice in the lifetime totals).
+
 >>> s = CustomerState()
->>> s.remember("evt-1")
+>>> s.remember("evt-1", 1_000, purchase=False, lateness_ms=3_600_000)
 True
->>> s.remember("evt-1")
+>>> s.remember("evt-1", 1_000, purchase=False, lateness_ms=3_600_000)
 False
 >>> CustomerState.from_bytes(s.to_bytes()).segment is None
 True
@@ -18,8 +23,8 @@ import orjson
 
 from stream_app.features import FeatureWindow
 
-#: How many recent event ids are remembered per customer to drop redeliveries.
-RECENT_EVENT_IDS = 64
+MAX_RECENT_IDS = 1024
+MAX_ORDER_IDS = 1000
 
 
 def event_digest(event_id: str) -> int:
@@ -30,34 +35,76 @@ def event_digest(event_id: str) -> int:
 class CustomerState:
     """Feature window, profile, current segment and de-duplication memory of a customer."""
 
-    __slots__ = ("model_version", "profile", "recent", "sampled_at", "segment", "window")
+    __slots__ = (
+        "evaluated_at",
+        "model_version",
+        "orders",
+        "profile",
+        "profile_ts",
+        "recent",
+        "sampled_at",
+        "segment",
+        "window",
+    )
 
     def __init__(self) -> None:
         self.window = FeatureWindow()
         self.profile: dict[str, Any] = {}
+        self.profile_ts = 0
         self.segment: int | None = None
         self.model_version = 0
-        self.recent: list[int] = []
+        self.recent: list[list[int]] = []  # [digest, ts] of recent events
+        self.orders: list[int] = []  # digests of the newest purchases
         self.sampled_at = 0  # event time of the last sample sent to the learner
+        self.evaluated_at = 0  # event time the features were last evaluated at
 
-    def remember(self, event_id: str) -> bool:
-        """Record ``event_id``; return ``False`` if it was seen among the recent ids."""
+    @property
+    def clock(self) -> int:
+        """The time features are evaluated at: the newest event, or later after a sweep."""
+        return max(self.window.as_of, self.evaluated_at)
+
+    def remember(self, event_id: str, ts: int, purchase: bool, lateness_ms: int) -> bool:
+        """Record an event id; return ``False`` if the event was already applied."""
         digest = event_digest(event_id)
-        if digest in self.recent:
+        horizon = max(self.window.as_of, ts) - lateness_ms
+        if purchase:
+            if digest in self.orders:
+                return False
+        elif any(d == digest and t >= horizon for d, t in self.recent):
             return False
-        self.recent.append(digest)
-        if len(self.recent) > RECENT_EVENT_IDS:
-            del self.recent[0]
+        if purchase:
+            self.orders.append(digest)
+            if len(self.orders) > MAX_ORDER_IDS:
+                del self.orders[0]
+        if ts >= horizon:
+            recent = [r for r in self.recent if r[1] >= horizon]
+            recent.append([digest, ts])
+            self.recent = recent[-MAX_RECENT_IDS:]
+        return True
+
+    def update_profile(self, attributes: dict[str, Any], ts: int) -> bool:
+        """Apply a profile update unless a newer one was applied (last writer wins)."""
+        if ts < self.profile_ts:
+            return False
+        self.profile_ts = ts
+        for name, value in attributes.items():
+            if value is None:
+                self.profile.pop(name, None)
+            else:
+                self.profile[name] = value
         return True
 
     def to_bytes(self) -> bytes:
         return orjson.dumps({
             "w": self.window.to_dict(),
             "p": self.profile,
+            "pt": self.profile_ts,
             "s": self.segment,
             "v": self.model_version,
             "e": self.recent,
+            "o": self.orders,
             "t": self.sampled_at,
+            "c": self.evaluated_at,
         })
 
     @classmethod
@@ -66,8 +113,11 @@ class CustomerState:
         s = cls()
         s.window = FeatureWindow.from_dict(raw["w"])
         s.profile = raw["p"]
+        s.profile_ts = raw["pt"]
         s.segment = raw["s"]
         s.model_version = raw["v"]
         s.recent = raw["e"]
+        s.orders = raw["o"]
         s.sampled_at = raw["t"]
+        s.evaluated_at = raw["c"]
         return s
