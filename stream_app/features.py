@@ -10,9 +10,14 @@ Window semantics (also in the README): features are evaluated at a time ``T`` (`
 or later when time passes without events); a window of N days covers the UTC day of ``T``
 and the N-1 days before it; ``views_24h`` covers the UTC hour of ``T`` and the 23 hours
 before it. Out-of-order events land in their own bucket as long as they are no more than
-the allowed lateness older than ``as_of``; later ones are *late*: a late purchase still
-counts in the lifetime totals (``orders_total``, ``revenue_total``, ``first_order_ts``,
+the allowed lateness older than the customer's newest event *of the same stream*
+(clickstream or purchases); later ones are *late*: a late purchase still counts in the
+lifetime totals (``orders_total``, ``revenue_total``, ``first_order_ts``,
 ``last_order_ts``), a late click changes nothing, and neither touches a window.
+
+Lateness is judged per stream because Kafka orders messages within a partition, not
+across topics: a worker may read a customer's clicks ahead of its purchases or behind
+them, and the result must not depend on that.
 
 >>> from stream_app.validation import Event
 >>> w = FeatureWindow()
@@ -79,6 +84,8 @@ class FeatureWindow:
         "first_order_ts",
         "hours",
         "last_order_ts",
+        "newest_click",
+        "newest_order",
         "orders_total",
         "revenue_total",
         "sessions",
@@ -86,6 +93,8 @@ class FeatureWindow:
 
     def __init__(self) -> None:
         self.as_of = 0
+        self.newest_click = 0  # newest event time of each stream, for lateness
+        self.newest_order = 0
         self.days: dict[int, list[int]] = {}
         self.hours: dict[int, int] = {}
         self.sessions: dict[str, int] = {}
@@ -99,8 +108,9 @@ class FeatureWindow:
     def apply(self, ev: Event, lateness_ms: int = ALLOWED_LATENESS_MS) -> bool:
         """Add one click or purchase event; return ``False`` if it was late.
 
-        An event older than ``as_of - lateness_ms`` is late: it counts in the lifetime
-        totals (purchases) and in no window. Other out-of-order events land in their bucket.
+        An event older than the newest event of its stream minus ``lateness_ms`` is late:
+        it counts in the lifetime totals (purchases) and in no window. Other out-of-order
+        events land in their bucket.
         """
         if ev.kind == "purchase":
             self.orders_total += 1
@@ -109,11 +119,19 @@ class FeatureWindow:
                 self.first_order_ts = ev.ts
             if self.last_order_ts is None or ev.ts > self.last_order_ts:
                 self.last_order_ts = ev.ts
-        if ev.ts < self.as_of - lateness_ms:
-            return False
+        if ev.kind == "purchase":
+            if ev.ts < self.newest_order - lateness_ms:
+                return False
+            self.newest_order = max(self.newest_order, ev.ts)
+        else:
+            if ev.ts < self.newest_click - lateness_ms:
+                return False
+            self.newest_click = max(self.newest_click, ev.ts)
         if ev.ts > self.as_of:
             self.advance(ev.ts)
         day = ev.ts // DAY_MS
+        if day <= self.as_of // DAY_MS - RETENTION_DAYS:
+            return True  # on time for its stream, but older than every window
         bucket = self.days.get(day)
         if bucket is None:
             bucket = self.days[day] = [0] * N_COUNTERS
@@ -235,6 +253,8 @@ class FeatureWindow:
         """A compact JSON-ready form (see :meth:`from_dict`)."""
         return {
             "a": self.as_of,
+            "nc": self.newest_click,
+            "no": self.newest_order,
             "d": [[day, *c] for day, c in self.days.items()],
             "h": [[h, v] for h, v in self.hours.items()],
             "s": self.sessions,
@@ -249,6 +269,8 @@ class FeatureWindow:
     def from_dict(cls, data: dict[str, Any]) -> FeatureWindow:
         w = cls()
         w.as_of = data["a"]
+        w.newest_click = data["nc"]
+        w.newest_order = data["no"]
         w.days = {row[0]: row[1:] for row in data["d"]}
         w.hours = {h: v for h, v in data["h"]}
         w.sessions = data["s"]

@@ -1,7 +1,7 @@
 """Everything kept per customer in the customer table, and its byte encoding.
 
-De-duplication memory is bounded: the ids of events within the allowed lateness of the
-customer's newest event (any older copy would be late and change no window), at most
+De-duplication memory is bounded: the ids of clicks within the allowed lateness of the
+customer's newest click (any older copy would be late and change nothing), at most
 :data:`MAX_RECENT_IDS`, and the ids of the newest :data:`MAX_ORDER_IDS` purchases (a
 late duplicate purchase would otherwise count twice in the lifetime totals).
 
@@ -66,16 +66,16 @@ class CustomerState:
     def remember(self, event_id: str, ts: int, purchase: bool, lateness_ms: int) -> bool:
         """Record an event id; return ``False`` if the event was already applied."""
         digest = event_digest(event_id)
-        horizon = max(self.window.as_of, ts) - lateness_ms
         if purchase:
             if digest in self.orders:
                 return False
-        elif any(d == digest and t >= horizon for d, t in self.recent):
-            return False
-        if purchase:
             self.orders.append(digest)
             if len(self.orders) > MAX_ORDER_IDS:
                 del self.orders[0]
+            return True
+        horizon = max(self.window.newest_click, ts) - lateness_ms
+        if any(d == digest and t >= horizon for d, t in self.recent):
+            return False
         if ts >= horizon:
             recent = [r for r in self.recent if r[1] >= horizon]
             recent.append([digest, ts])
