@@ -273,8 +273,8 @@ class FeatureWindow:
         w.newest_order = data["no"]
         w.days = {row[0]: row[1:] for row in data["d"]}
         w.hours = {h: v for h, v in data["h"]}
-        w.sessions = data["s"]
-        w.categories = data["c"]
+        w.sessions = dict(data["s"])
+        w.categories = dict(data["c"])
         w.orders_total = data["o"]
         w.revenue_total = data["r"]
         w.first_order_ts = data["f"]

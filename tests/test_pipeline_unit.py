@@ -1,0 +1,592 @@
+"""Unit tests of stream_app.pipeline.CustomerPipeline, without a broker.
+
+The pipeline turns one raw input message and the customer's stored state into an
+``Outcome``: the state to store, and a segment change / learner sample / dead letter to
+send. Segment-change messages are parsed with orjson (format: stream_app.changes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import orjson
+import pytest
+from jsonschema import Draft7Validator, FormatChecker
+
+from stream_app.changes import iso_ms
+from stream_app.config import Settings
+from stream_app.features import DAY_MS, FEATURE_NAMES, HOUR_MS
+from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome
+from stream_app.schemas import load_schema
+from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel
+from stream_app.state import CustomerState
+
+D = 20_000  # a UTC day number (2024-10-04)
+T0 = D * DAY_MS + 10 * HOUR_MS
+MIN_MS = 60_000
+SPEC = "orders_30d:log1p,views_7d:log1p"
+CHANGE_SCHEMA = Draft7Validator(load_schema("segment-change.schema.json"),
+                                format_checker=FormatChecker())
+TOPICS = {"click": "clickstream", "purchase": "purchases", "profile": "customer-profiles"}
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def settings(**overrides) -> Settings:
+    return dataclasses.replace(Settings(), **{"segment_features": SPEC, "segments_k": 2,
+                                              **overrides})
+
+
+def learn_model(version: int = 1, spec: str = SPEC, vectors=None) -> SegmentModel:
+    """Two clusters: customers who buy (3-5 orders in 30 days) and who only browse."""
+    transform = FeatureTransform(spec)
+    learner = SegmentLearner(transform, k=2, warmup=40, seed=1)
+    rng = random.Random(5)
+    if vectors is None:
+        vectors = [{"orders_30d": 0 if i % 2 else rng.randrange(3, 6),
+                    "views_7d": rng.randrange(0, 10)} for i in range(40)]
+    for features in vectors:
+        learner.learn_one(transform.vector(features, {}))
+    assert learner.ready
+    return learner.snapshot(version)
+
+
+@pytest.fixture(scope="module")
+def model() -> SegmentModel:
+    return learn_model()
+
+
+def segment_of(model: SegmentModel, **features) -> int:
+    raw = FeatureTransform(model.spec).vector({"orders_30d": 0, "views_7d": 0, **features}, {})
+    return model.assign(raw, None)[0]
+
+
+def browser_and_buyer(model: SegmentModel) -> tuple[int, int]:
+    browser, buyer = segment_of(model, views_7d=1), segment_of(model, orders_30d=3)
+    assert browser != buyer
+    return browser, buyer
+
+
+def click_msg(customer: str, ts: int, n: int, event_type: str = "page_view", **extra) -> bytes:
+    return orjson.dumps({"event_id": f"{customer}-c{n}", "customer_id": customer, "ts": ts,
+                         "event_type": event_type, **extra})
+
+
+def purchase_msg(customer: str, ts: int, n: int, amount: float = 50.0, **extra) -> bytes:
+    return orjson.dumps({"event_id": f"{customer}-o{n}", "customer_id": customer, "ts": ts,
+                         "order_id": f"{customer}-order-{n}", "amount": amount, **extra})
+
+
+def profile_msg(customer: str, ts: int, **attributes) -> bytes:
+    return orjson.dumps({"customer_id": customer, "ts": ts, **attributes})
+
+
+class Customer:
+    """Feeds one customer's messages through a pipeline, keeping the stored state."""
+
+    def __init__(self, pipeline: CustomerPipeline, customer_id: str = "c1") -> None:
+        self.pipeline = pipeline
+        self.id = customer_id
+        self.stored: bytes | None = None
+        self.offset = 0
+
+    def send(self, kind: str, value: bytes, key: bytes | None = None) -> Outcome:
+        self.offset += 1
+        out = self.pipeline.process(kind, self.id.encode() if key is None else key, value,
+                                    self.stored, TOPICS[kind], 0, self.offset)
+        if out.state is not None:
+            self.stored = out.state
+        return out
+
+    def click(self, ts: int, n: int, event_type: str = "page_view", **extra) -> Outcome:
+        return self.send("click", click_msg(self.id, ts, n, event_type, **extra))
+
+    def buy(self, ts: int, n: int, amount: float = 50.0, **extra) -> Outcome:
+        return self.send("purchase", purchase_msg(self.id, ts, n, amount, **extra))
+
+    def profile(self, ts: int, **attributes) -> Outcome:
+        return self.send("profile", profile_msg(self.id, ts, **attributes))
+
+    def sweep(self, at: int) -> Outcome:
+        assert self.stored is not None
+        out = self.pipeline.sweep(self.id, self.stored, at)
+        if out.state is not None:
+            self.stored = out.state
+        return out
+
+    def rescore(self) -> Outcome:
+        assert self.stored is not None
+        out = self.pipeline.rescore(self.id, self.stored)
+        if out.state is not None:
+            self.stored = out.state
+        return out
+
+    @property
+    def state(self) -> CustomerState:
+        assert self.stored is not None
+        return CustomerState.from_bytes(self.stored)
+
+    @property
+    def features(self) -> dict:
+        s = self.state
+        return s.window.features(s.clock)
+
+
+def change_of(out: Outcome) -> dict:
+    assert out.change is not None
+    change = orjson.loads(out.change)
+    errors = [e.message for e in CHANGE_SCHEMA.iter_errors(change)]
+    assert not errors, errors
+    assert out.trigger == change["trigger"]
+    return change
+
+
+def buyer_customer(pipeline: CustomerPipeline, model: SegmentModel) -> Customer:
+    """A customer with three orders on day D, in the buyers' segment."""
+    c = Customer(pipeline, "buyer")
+    for n in range(3):
+        c.buy(T0 + n * 10 * MIN_MS, n, 20.0)
+    assert c.state.segment == browser_and_buyer(model)[1]
+    return c
+
+
+# -- a valid event ------------------------------------------------------------------------------
+
+
+def test_click_creates_state_and_a_first_segment_change(model):
+    browser, _ = browser_and_buyer(model)
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    out = c.click(T0, 1, channel="App")
+    assert out.state is not None and out.dlq is None and out.reason is None
+    assert not out.duplicate and not out.late
+    assert out.event_ts == T0 and out.event_type == "page_view"
+    assert out.clock == T0 and out.sweep_again is True
+    state = c.state
+    assert state.window.as_of == T0 and state.segment == browser
+    assert state.model_version == model.version
+    f = state.window.features()
+    assert f["views_7d"] == 1 and f["views_24h"] == 1 and f["app_share_30d"] == 1.0
+    assert out.moved == (None, browser)
+    assert out.trigger == "event"
+    change = change_of(out)
+    assert change["customer_id"] == "c1"
+    assert change["previous_segment"] is None and change["previous_segment_label"] is None
+    assert change["segment"] == browser
+    assert change["segment_label"] == model.labels[browser]
+    assert change["model_version"] == model.version
+    assert change["trigger"] == "event"
+    assert change["ts"] == iso_ms(T0)
+    assert change["features"] == {"orders_30d": 0, "views_7d": 1}
+    raw = FeatureTransform(SPEC).vector(f, {})
+    assert change["distance"] == pytest.approx(model.distances(raw)[browser], abs=1e-6)
+
+
+def test_segment_change_id_is_deterministic(model):
+    def first_change(value: bytes) -> dict:
+        pipeline = CustomerPipeline(settings())
+        pipeline.use_model(model)
+        return change_of(pipeline.process("click", b"c1", value, None, "clickstream", 3, 77))
+
+    a = first_change(click_msg("c1", T0, 1))
+    b = first_change(click_msg("c1", T0, 1))
+    assert a["event_id"] == b["event_id"]
+    assert a == {**b, "emitted_at": a["emitted_at"]}
+    # Another cause, another id (same customer, model and move).
+    assert first_change(click_msg("c1", T0, 2))["event_id"] != a["event_id"]
+
+
+def test_without_a_model_no_change(model):
+    pipeline = CustomerPipeline(settings())
+    c = Customer(pipeline)
+    out = c.click(T0, 1)
+    assert out.state is not None and out.change is None and out.trigger is None
+    assert out.moved == (None, UNASSIGNED)
+    assert c.state.segment is None and c.state.window.features()["views_7d"] == 1
+    out = c.buy(T0 + MIN_MS, 1)
+    assert out.change is None and out.moved is None and c.state.segment is None
+    # The first model assigns the customer at its next event.
+    pipeline.use_model(model)
+    out = c.click(T0 + 2 * MIN_MS, 2)
+    change = change_of(out)
+    assert change["previous_segment"] is None and change["trigger"] == "event"
+    assert out.moved == (UNASSIGNED, change["segment"])
+
+
+def test_profile_only_customer_gets_no_segment(model):
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    out = c.profile(T0, age=40, income=1000.0)
+    assert out.state is not None and out.change is None
+    assert out.moved == (None, UNASSIGNED) and out.sweep_again is False
+    assert c.state.segment is None and c.state.profile == {"age": 40, "income": 1000.0}
+    assert c.state.window.as_of == 0
+    # Re-scoring or sweeping a customer without behaviour assigns nothing either.
+    assert c.rescore().change is None and c.state.segment is None
+    assert c.sweep(T0 + DAY_MS).change is None and c.state.segment is None
+    # Its first event does.
+    out = c.click(T0 + HOUR_MS, 1)
+    change = change_of(out)
+    assert change["previous_segment"] is None and change["trigger"] == "event"
+    assert out.moved == (UNASSIGNED, change["segment"])
+    assert c.state.profile == {"age": 40, "income": 1000.0}
+
+
+def test_a_profile_update_can_move_a_customer():
+    spec = "income:log1p,views_7d:log1p"
+    model = learn_model(spec=spec, vectors=[
+        {"income": 20_000 if i % 2 else 300_000, "views_7d": i % 5} for i in range(40)])
+    pipeline = CustomerPipeline(settings(segment_features=spec))
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    c.profile(T0, income=20_000, region="north")
+    first = change_of(c.click(T0 + MIN_MS, 1))
+    out = c.profile(T0 + HOUR_MS, income=300_000)
+    change = change_of(out)
+    assert change["trigger"] == "profile" and change["previous_segment"] == first["segment"]
+    assert change["features"]["income"] == 300_000
+    assert change["ts"] == iso_ms(T0 + HOUR_MS)
+    assert c.state.profile == {"income": 300_000, "region": "north"}
+    # An older update is ignored (last writer wins) and reported as late.
+    out = c.profile(T0 + 30 * MIN_MS, income=20_000, region=None)
+    assert out.late and out.state is None and out.change is None
+    assert c.state.profile == {"income": 300_000, "region": "north"}
+
+
+def test_samples_for_the_learner(model):
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    assert c.click(T0, 1).sample is None  # not on a customer's first event
+    assert c.click(T0 + 30 * MIN_MS, 2).sample is None  # nor within the interval
+    out = c.click(T0 + HOUR_MS, 3)
+    assert out.sample is not None
+    sample = orjson.loads(out.sample)
+    assert sample["spec"] == FeatureTransform(SPEC).spec
+    assert sample["x"] == FeatureTransform(SPEC).vector(c.features, {})
+    assert c.state.sampled_at == T0 + HOUR_MS
+
+
+# -- invalid input, duplicates ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    (b"c1", b"not json", "invalid_json"),
+    (b"c1", None, "invalid_json"),
+    (b"c1", b"[1, 2]", "not_an_object"),
+    (b"c1", orjson.dumps({"event_id": "e1", "customer_id": "c1", "ts": T0}),
+     "schema_violation"),
+    (b"other", click_msg("c1", T0, 1), "key_mismatch"),
+    (None, click_msg("c1", T0, 1), "key_mismatch"),
+    (b"c1", click_msg("c1", "1999-12-31T23:00:00Z", 1), "timestamp_out_of_range"),
+    (b"c1", click_msg("c1", "2024-10-04 10:00", 1), "invalid_timestamp"),
+])
+def test_invalid_input_goes_to_the_dead_letter_queue(model, key, value, reason):
+    pipeline = CustomerPipeline(settings(app_id="unit-app"))
+    pipeline.use_model(model)
+    stored = Customer(pipeline)
+    stored.click(T0 - MIN_MS, 0)
+    for previous in (None, stored.stored):
+        out = pipeline.process("click", key, value, previous, "clickstream", 2, 41, 1234)
+        assert out.reason == reason
+        assert out.state is None and out.change is None and out.sample is None
+        assert not out.duplicate and not out.late
+        record = orjson.loads(out.dlq)
+        assert record["reason"] == reason and record["detail"]
+        assert (record["topic"], record["partition"], record["offset"]) == ("clickstream", 2, 41)
+        assert record["timestamp"] == 1234 and record["app_id"] == "unit-app"
+        assert record["key"] == (None if key is None else key.decode())
+        assert record["value"] == (None if value is None else value.decode())
+
+
+def test_duplicate_event_gives_no_state(model):
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    c.buy(T0, 1, 12.5)
+    c.click(T0 + MIN_MS, 1)
+    before = c.stored
+    for out in (c.click(T0 + MIN_MS, 1), c.buy(T0, 1, 12.5)):
+        assert out.duplicate is True and not out.late
+        assert out.state is None and out.change is None and out.sample is None
+        assert out.dlq is None
+    assert c.stored == before
+    # A purchase is recognised however much later it is redelivered.
+    c.click(T0 + 20 * DAY_MS, 2)
+    out = c.buy(T0, 1, 12.5)
+    assert out.duplicate is True and out.state is None
+    assert c.features["orders_total"] == 1 and c.features["revenue_total"] == 12.5
+
+
+def test_replaying_the_same_events_leaves_features_unchanged(model):
+    rng = random.Random(9)
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    messages = []
+    ts = T0 - 10 * DAY_MS
+    for n in range(200):
+        ts += rng.randrange(0, 2 * HOUR_MS)
+        if n % 6 == 0:
+            messages.append(("purchase", purchase_msg("c1", ts, n, rng.randrange(1, 500) / 4,
+                                                      channel=rng.choice(["app", "web"]))))
+        else:
+            messages.append(("click", click_msg(
+                "c1", ts, n, rng.choice(["page_view", "search", "add_to_cart"]),
+                session_id=f"s{n // 10}")))
+    # Mild disorder, within the allowed lateness (one hour).
+    for i in range(0, 200, 2):
+        if _ts(messages[i + 1]) - _ts(messages[i]) < HOUR_MS:
+            messages[i], messages[i + 1] = messages[i + 1], messages[i]
+    first = [c.send(kind, value) for kind, value in messages]
+    assert not any(o.duplicate or o.late for o in first)
+    features, segment = c.features, c.state.segment
+    assert features["orders_total"] == 34 and features["views_7d"] > 0
+    second = [c.send(kind, value) for kind, value in messages]
+    assert all(o.duplicate or o.late for o in second)
+    assert any(o.duplicate for o in second) and any(o.late for o in second)
+    assert all(o.change is None for o in second)
+    # Purchases are all recognised; clicks older than the lateness are late instead.
+    assert all(o.duplicate for (kind, _), o in zip(messages, second) if kind == "purchase")
+    assert c.features == features and c.state.segment == segment
+
+
+def _ts(message: tuple[str, bytes]) -> int:
+    return orjson.loads(message[1])["ts"]
+
+
+# -- late events ---------------------------------------------------------------------------------
+
+
+def test_late_purchase_changes_only_lifetime_totals(model):
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    c.buy(T0, 1, 10.0, channel="app", items=[{"category": "a", "quantity": 2}])
+    c.buy(T0 + 3 * HOUR_MS, 2, 5.0)
+    c.click(T0 + 4 * HOUR_MS, 1, "add_to_cart", session_id="s")
+    before, segment = c.features, c.state.segment
+    # Two hours older than the newest purchase: late (the lateness is one hour).
+    out = c.buy(T0 + HOUR_MS, 3, 25.0, discount=5.0, channel="app",
+                items=[{"category": "b", "quantity": 7}])
+    assert out.late is True and not out.duplicate and out.state is not None
+    assert out.event_ts == T0 + HOUR_MS and out.clock == T0 + 4 * HOUR_MS
+    after = c.features
+    assert after["orders_total"] == 3 and after["revenue_total"] == 40.0
+    assert after["first_order_ts"] == T0 and after["last_order_ts"] == T0 + 3 * HOUR_MS
+    for name in FEATURE_NAMES:
+        if name not in ("orders_total", "revenue_total"):
+            assert after[name] == before[name], name
+    assert after["orders_30d"] == 2 and after["revenue_30d"] == 15.0
+    assert c.state.segment == segment and c.state.window.as_of == T0 + 4 * HOUR_MS
+    # Its copy is a duplicate; an older late purchase moves first_order_ts.
+    assert c.buy(T0 + HOUR_MS, 3, 25.0).duplicate is True
+    assert c.buy(T0 - 5 * DAY_MS, 4, 1.0).late is True
+    assert c.features["first_order_ts"] == T0 - 5 * DAY_MS
+    assert c.features["orders_total"] == 4 and c.features["orders_90d"] == 2
+
+
+def test_lateness_is_judged_per_stream(model):
+    """A worker may read a customer's clicks behind its purchases (two topics)."""
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    c.buy(T0 + 5 * HOUR_MS, 1)
+    out = c.click(T0, 1)  # five hours older than the purchase, but the first click
+    assert out.late is False and c.features["views_7d"] == 1
+    assert c.click(T0 - HOUR_MS, 2).late is False
+    assert c.click(T0 - HOUR_MS - 1, 3).late is True
+    assert c.buy(T0 + 4 * HOUR_MS, 2).late is False
+    assert c.buy(T0 + 4 * HOUR_MS - 1, 3).late is True
+    assert c.features["views_7d"] == 2 and c.features["orders_30d"] == 2
+
+
+def test_late_click_changes_nothing_and_within_lateness_lands(model):
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    c.click(T0 + 2 * HOUR_MS, 1)
+    before = c.features
+    out = c.click(T0 + HOUR_MS - 1, 2, session_id="s", channel="app")
+    assert out.late is True and out.change is None
+    assert c.features == before
+    out = c.click(T0 + HOUR_MS, 3, session_id="s")
+    assert out.late is False
+    assert c.features["views_7d"] == 2 and c.features["sessions_7d"] == 1
+    # The allowed lateness is a setting.
+    lax = Customer(CustomerPipeline(settings(allowed_lateness_s=3 * 86_400.0)))
+    lax.click(T0 + 2 * HOUR_MS, 1)
+    assert lax.click(T0 - 2 * DAY_MS, 2).late is False
+    assert lax.click(T0 - 3 * DAY_MS, 3).late is True
+    assert lax.features["views_7d"] == 2
+
+
+# -- sweeps (time passing) ------------------------------------------------------------------------
+
+
+def test_sweep_slides_windows_and_moves_an_inactive_buyer(model):
+    browser, buyer = browser_and_buyer(model)
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = buyer_customer(pipeline, model)
+    as_of = c.state.window.as_of
+    # A day later: windows slid but the customer stays.
+    out = c.sweep(as_of + DAY_MS)
+    assert out.state is not None and out.change is None
+    assert out.clock == out.event_ts == as_of + DAY_MS and out.sweep_again is True
+    assert c.state.clock == as_of + DAY_MS and c.state.window.as_of == as_of
+    assert c.features["orders_30d"] == 3 and c.features["days_since_last_order"] == 1.0
+    stored = c.stored
+    # 31 days later nothing is left in the 30-day window: the buyer leaves.
+    at = as_of + 31 * DAY_MS
+    out = c.sweep(at)
+    assert out.clock == at and out.event_ts == at and out.sweep_again is True
+    assert c.features["orders_30d"] == 0 and c.features["orders_90d"] == 3
+    assert c.state.segment == browser
+    change = change_of(out)
+    assert change["trigger"] == "inactivity" and out.trigger == "inactivity"
+    assert change["ts"] == iso_ms(at)
+    assert change["previous_segment"] == buyer and change["segment"] == browser
+    assert change["previous_segment_label"] == model.labels[buyer]
+    assert change["features"]["orders_30d"] == 0
+    assert out.moved == (buyer, browser)
+    # The same sweep again from the same stored state: the same change id.
+    again = pipeline.sweep("buyer", stored, at)
+    assert change_of(again)["event_id"] == change["event_id"]
+    # Sweeping to a time not after the clock does nothing.
+    for earlier in (at, at - DAY_MS, as_of):
+        out = c.sweep(earlier)
+        assert out.state is None and out.change is None and out.clock == at
+
+
+def test_sweep_again_is_false_once_every_window_is_empty(model):
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = buyer_customer(pipeline, model)
+    day = c.state.window.as_of // DAY_MS
+    assert c.sweep(day * DAY_MS + 30 * DAY_MS).sweep_again is True
+    out = c.sweep((day + 89) * DAY_MS + DAY_MS - 1)  # the last moment day `day` counts
+    assert out.sweep_again is True and c.features["orders_90d"] == 3
+    out = c.sweep((day + 90) * DAY_MS)
+    assert out.sweep_again is False and out.state is not None
+    f = c.features
+    assert f["orders_90d"] == 0 and f["views_7d"] == 0 and f["orders_total"] == 3
+    assert pipeline.sweep("buyer", c.stored, (day + 200) * DAY_MS).sweep_again is False
+    # A new event makes the customer sweepable again.
+    assert c.click((day + 201) * DAY_MS, 1).sweep_again is True
+
+
+def test_event_after_a_sweep_is_evaluated_at_the_later_clock(model):
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = buyer_customer(pipeline, model)
+    as_of = c.state.window.as_of
+    c.sweep(as_of + 40 * DAY_MS)
+    # An event newer than as_of but older than the swept clock is not late.
+    out = c.click(as_of + 2 * DAY_MS, 1)
+    assert out.late is False and out.clock == as_of + 40 * DAY_MS
+    assert c.features["views_7d"] == 0 and c.features["orders_30d"] == 0
+    assert c.state.window.as_of == as_of + 2 * DAY_MS
+
+
+# -- model updates -------------------------------------------------------------------------------
+
+
+def moved_model(model: SegmentModel, version: int, centres: np.ndarray) -> SegmentModel:
+    return dataclasses.replace(model, version=version, centres=np.asarray(centres, dtype=float))
+
+
+def test_rescore_after_a_model_update(model):
+    browser, buyer = browser_and_buyer(model)
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    c.click(T0, 1)
+    assert c.state.segment == browser
+    # Same model: nothing to do.
+    out = c.rescore()
+    assert out.change is None and out.state is None and out.clock == T0
+    # Version 2: the two centres swapped places.
+    v2 = moved_model(model, 2, model.centres[::-1])
+    pipeline.use_model(v2)
+    assert pipeline.model is v2
+    stored = c.stored
+    out = c.rescore()
+    change = change_of(out)
+    assert change["trigger"] == "model_update" and change["model_version"] == 2
+    assert change["previous_segment"] == browser and change["segment"] == buyer
+    assert change["customer_id"] == "c1" and change["ts"] == iso_ms(T0)
+    assert out.moved == (browser, buyer) and out.event_ts == T0 and out.sweep_again
+    assert c.state.segment == buyer and c.state.model_version == 2
+    assert change_of(pipeline.rescore("c1", stored))["event_id"] == change["event_id"]
+    # Rescoring again with the same version: no further move.
+    out = c.rescore()
+    assert out.change is None and out.state is None
+
+
+def test_use_model_ignores_older_versions(model):
+    browser, buyer = browser_and_buyer(model)
+    pipeline = CustomerPipeline(settings())
+    v5 = moved_model(model, 5, model.centres)
+    pipeline.use_model(v5)
+    pipeline.use_model(model)  # version 1
+    assert pipeline.model is v5
+    pipeline.use_model(moved_model(model, 5, model.centres[::-1]))  # same version
+    assert pipeline.model is v5
+    c = Customer(pipeline)
+    change = change_of(c.click(T0, 1))
+    assert change["model_version"] == 5 and change["segment"] == browser
+    v6 = moved_model(model, 6, model.centres[::-1])
+    pipeline.use_model(v6)
+    assert pipeline.model is v6
+    assert change_of(c.rescore())["segment"] == buyer
+
+
+def test_model_with_another_feature_spec(model):
+    """A model's own features are used, whatever SEGMENT_FEATURES says."""
+    pipeline = CustomerPipeline(dataclasses.replace(Settings()))
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    c.buy(T0, 1)
+    c.buy(T0 + MIN_MS, 2)
+    c.buy(T0 + 2 * MIN_MS, 3)
+    assert c.state.segment == browser_and_buyer(model)[1]
+
+
+def test_margin_prevents_a_move_to_a_slightly_closer_centre(model):
+    margin = settings().segment_margin
+    assert margin == 0.15
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    c.click(T0, 1)
+    current = c.state.segment
+    other = 1 - current
+    x = model.scale(FeatureTransform(model.spec).vector(c.features, {}))
+
+    def centres(d_current: float, d_other: float) -> np.ndarray:
+        out = np.empty_like(model.centres)
+        out[current] = x + np.array([d_current, 0.0])
+        out[other] = x + np.array([0.0, d_other])
+        return out
+
+    # The other centre is closer, but not by the margin: 0.9 >= (1 - 0.15) x 1.0.
+    v2 = moved_model(model, 2, centres(1.0, 0.9))
+    assert v2.assign(FeatureTransform(model.spec).vector(c.features, {}), None)[0] == other
+    pipeline.use_model(v2)
+    out = c.rescore()
+    assert out.change is None and c.state.segment == current
+    # Without a margin the customer would move.
+    no_margin = CustomerPipeline(settings(segment_margin=0.0))
+    no_margin.use_model(v2)
+    assert change_of(no_margin.rescore("c1", c.stored))["segment"] == other
+    # Closer by more than the margin: 0.8 < 0.85 x 1.0.
+    pipeline.use_model(moved_model(model, 3, centres(1.0, 0.8)))
+    change = change_of(c.rescore())
+    assert change["previous_segment"] == current and change["segment"] == other
+    assert change["distance"] == pytest.approx(0.8, abs=1e-6)
