@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict, deque
 from typing import Any
 
 import faust
@@ -37,6 +38,7 @@ from faust.web import Request, Response, View
 from stream_app.changes import iso_ms
 from stream_app.config import Settings
 from stream_app.features import FEATURE_NAMES
+from stream_app.labels import describe
 from stream_app.metrics import CONTENT_TYPE, Metrics
 from stream_app.model_feed import ModelFeed
 from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome
@@ -47,7 +49,9 @@ from stream_app.sweep import SweepSchedule
 log = logging.getLogger("stream_app")
 
 RESCORE = orjson.dumps({"op": "rescore"})
-CONTROL_OPS = ("rescore", "sweep")
+EXAMPLES = 5
+QUALITY_GAUGES = ("wcss_ratio", "homogeneity", "separation_min", "separation_mean",
+                  "silhouette")
 JSON = "application/json"
 NUMPY_AND_INT_KEYS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -111,11 +115,16 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         pipeline.use_model(model)
         metrics.model_version.set(model.version)
         metrics.model_updates.inc()
+        for measure in QUALITY_GAUGES:
+            if measure in model.quality:
+                metrics.quality.labels(measure).set(model.quality[measure])
         if centre_shift(rescored_model, model) >= settings.rescore_min_shift:
             rescored_model = model
             rescore_wanted.set()
 
     schedule = SweepSchedule()
+    #: A few customers who recently entered each segment (GET /segments/{id}).
+    examples: dict[int, deque[str]] = defaultdict(lambda: deque(maxlen=EXAMPLES))
 
     feed = ModelFeed(settings.bootstrap_servers, settings.segment_model_topic, on_model)
     app.model_feed = feed  # type: ignore[attr-defined]
@@ -151,6 +160,13 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         if out.change is not None:
             await changes_topic.send(key=message.key, value=out.change)
             metrics.changes.labels(out.trigger).inc()
+            if out.flap:
+                metrics.flaps.inc()
+            old, new = out.moved if out.moved is not None else (None, UNASSIGNED)
+            if old is not None and old != UNASSIGNED:
+                metrics.moves.inc()
+            if new != UNASSIGNED:
+                examples[new].append(message.key.decode())
             if message.timestamp:
                 metrics.latency.observe(max(0.0, time.time() - message.timestamp))
 
@@ -200,12 +216,14 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         latest = feed.latest
         transform = FeatureTransform(settings.segment_features)
         if latest is not None and latest.version > version and latest.spec == transform.spec:
-            learner = SegmentLearner.resume(latest, settings.kmeans_halflife, settings.model_seed)
+            learner = SegmentLearner.resume(latest, settings.kmeans_halflife, settings.model_seed,
+                                            settings.model_reservoir, settings.model_refine_every)
             version = latest.version
         elif learner is None:
             learner = SegmentLearner(transform, settings.segments_k,
                                      settings.model_warmup_samples, settings.kmeans_halflife,
-                                     settings.model_seed)
+                                     settings.model_seed, settings.model_reservoir,
+                                     settings.model_refine_every)
         return learner
 
     async def publish_model() -> None:
@@ -354,13 +372,13 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             "labels": list(model.labels),
         })
 
-    @app.page("/segments/_local")
-    async def local_segments(self: View, request: Request) -> Response:
-        return json_response(self, {str(p): s for p, s in local_sizes().items()})
+    def local_view() -> dict[str, Any]:
+        return {"sizes": local_sizes(),
+                "examples": {seg: list(ids) for seg, ids in examples.items()}}
 
-    @app.page("/segments")
-    async def segments_view(self: View, request: Request) -> Response:
-        sizes = {p: dict(s) for p, s in local_sizes().items()}
+    async def cluster_view() -> tuple[dict[int, dict[int, int]], dict[int, list[str]]]:
+        """Segment sizes per partition and example customers, from every worker."""
+        views = [local_view()]
         me = str(app.conf.canonical_url).rstrip("/")
         for host in app.router.tables_metadata():
             url = str(host).rstrip("/")
@@ -368,13 +386,34 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 continue
             try:
                 async with app.http_client.get(f"{url}/segments/_local") as resp:
-                    remote = orjson.loads(await resp.read())
+                    views.append(orjson.loads(await resp.read()))
             except Exception as exc:  # a peer that is down only makes the answer partial
                 log.warning("segment sizes from %s unavailable: %s", url, exc)
-                continue
-            for p, s in remote.items():
-                sizes.setdefault(int(p), {int(k): v for k, v in s.items()})
+        sizes: dict[int, dict[int, int]] = {}
+        found: dict[int, list[str]] = {}
+        for view in views:
+            for p, per_segment in view["sizes"].items():
+                sizes.setdefault(int(p), {int(k): v for k, v in per_segment.items()})
+            for seg, ids in view["examples"].items():
+                found.setdefault(int(seg), []).extend(ids)
+        return sizes, found
+
+    @app.page("/segments/_local")
+    async def local_segments(self: View, request: Request) -> Response:
+        return json_response(self, local_view())
+
+    @app.page("/segments")
+    async def segments_view(self: View, request: Request) -> Response:
+        sizes, _ = await cluster_view()
         return json_response(self, segments_document(pipeline.model, sizes))
+
+    @app.page("/segments/{segment_id}")
+    async def segment_view(self: View, request: Request, segment_id: str) -> Response:
+        model = pipeline.model
+        if model is None or not segment_id.isdigit() or int(segment_id) >= model.k:
+            return json_response(self, {"error": "unknown segment"}, 404)
+        sizes, found = await cluster_view()
+        return json_response(self, segment_explanation(model, int(segment_id), sizes, found))
 
     return app
 
@@ -401,6 +440,28 @@ def customer_document(customer_id: str, stored: bytes, model: SegmentModel | Non
         "model_version": state.model_version,
         "features": {name: features[name] for name in FEATURE_NAMES},
         "profile": state.profile,
+    }
+
+
+def segment_explanation(model: SegmentModel, segment: int, sizes: dict[int, dict[int, int]],
+                        examples: dict[int, list[str]]) -> dict[str, Any]:
+    """The body of ``GET /segments/{id}``: what distinguishes the segment, and who is in it."""
+    centre_units = model.centres_in_feature_units()[segment]
+    population = FeatureTransform(model.spec).inverse(model.mean[None, :])[0]
+    size = sum(per_segment.get(segment, 0) for per_segment in sizes.values())
+    return {
+        "id": segment,
+        "label": model.labels[segment],
+        "size": size,
+        "model_version": model.version,
+        "centre": {n: round(float(v), 4) for n, v in zip(model.features, centre_units)},
+        "distinguishing": [
+            {"feature": name, "z": round(z, 3), "word": word,
+             "segment_value": round(float(centre_units[model.features.index(name)]), 4),
+             "population_value": round(float(population[model.features.index(name)]), 4)}
+            for name, z, word in describe(model.features, model.centres[segment])
+        ],
+        "examples": examples.get(segment, [])[:EXAMPLES],
     }
 
 

@@ -197,6 +197,56 @@ def verify(file: Path, url: str | None, max_rows: int) -> None:
 
 
 @main.command()
+@click.option("--url", "urls", multiple=True,
+              help="A worker's HTTP address; repeat for every worker "
+                   "(default: http://127.0.0.1:$WEB_PORT).")
+@click.option("--window", default=30.0, show_default=True,
+              help="Seconds over which churn is measured.")
+@click.option("--planted-customers", type=int, default=None,
+              help="Customers of the generator run feeding the workers (for the ARI).")
+@click.option("--planted-seed", type=int, default=7, show_default=True,
+              help="Seed of that generator run.")
+@click.option("--offline", is_flag=True,
+              help="Compare River clusterers on one synthetic sample stream, in-process.")
+@click.option("--customers", default=2000, show_default=True, help="--offline: customers.")
+@click.option("--events", default=40_000, show_default=True, help="--offline: events.")
+@click.option("--k", "k", default=4, show_default=True, help="--offline: segments.")
+@click.option("--clusterers", default="kmeans,kmeans-plain,streamkmeans,clustream,dbstream",
+              show_default=True, help="--offline: which clusterers.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def evaluate(urls: tuple[str, ...], window: float, planted_customers: int | None,
+             planted_seed: int, offline: bool, customers: int, events: int, k: int,
+             clusterers: str, as_json: bool) -> None:
+    """Segment quality: homogeneity, separation, silhouette, WCSS vs batch k-means, churn,
+    flap rate, and the adjusted Rand index against the generator's planted types."""
+    import orjson
+
+    from stream_app import evaluate as ev
+
+    if offline:
+        rows = ev.evaluate_offline(customers, events, k, clusterers=clusterers.split(","),
+                                   progress=None if as_json else
+                                   lambda name: click.echo(f"learning with {name} ...",
+                                                           err=True))
+        if as_json:
+            click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        else:
+            ev.print_offline(rows)
+        return
+    settings = load_settings()
+    urls = urls or (f"http://127.0.0.1:{settings.web_port}",)
+    planted = (planted_customers, planted_seed) if planted_customers else None
+    try:
+        report = ev.evaluate_live(list(urls), window, planted)
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        ev.print_live(report)
+
+
+@main.command()
 @click.option("--customers", default=2000, show_default=True, help="Number of customers.")
 @click.option("--rate", default=300.0, show_default=True, help="Generated events per second.")
 @click.option("--port", default=9092, show_default=True,

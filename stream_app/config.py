@@ -22,9 +22,8 @@ from pathlib import Path
 
 #: Default clustering vector: feature name and transform applied before online scaling.
 DEFAULT_SEGMENT_FEATURES = (
-    "orders_90d:log1p,avg_order_value_90d:log1p,days_since_last_order:log1p,"
-    "discount_share_90d,distinct_categories_90d:log1p,views_7d:log1p,searches_7d:log1p,"
-    "add_to_cart_7d:log1p,cart_abandon_rate_7d,night_share_30d,app_share_30d"
+    "orders_90d:log1p,avg_order_value_90d:log1p,discount_share_90d,views_7d:log1p,"
+    "searches_7d:log1p,night_share_30d,app_share_30d"
 )
 
 
@@ -69,6 +68,8 @@ class Settings:
     kmeans_halflife: float = field(default=0.02, metadata={"env": "KMEANS_HALFLIFE"})
     model_seed: int = field(default=42, metadata={"env": "MODEL_SEED"})
     model_warmup_samples: int = field(default=0, metadata={"env": "MODEL_WARMUP_SAMPLES"})
+    model_reservoir: int = field(default=5000, metadata={"env": "MODEL_RESERVOIR"})
+    model_refine_every: int = field(default=0, metadata={"env": "MODEL_REFINE_EVERY"})
     model_publish_interval: float = field(
         default=5.0, metadata={"env": "MODEL_PUBLISH_INTERVAL"}
     )

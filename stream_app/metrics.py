@@ -32,6 +32,16 @@ class Metrics:
                             registry=r)
         self.changes = Counter(p + "segment_changes_total", "Segment-change events published.",
                                ["trigger"], registry=r)
+        self.moves = Counter(p + "segment_moves_total",
+                             "Changes of customers who already had a segment (churn).",
+                             registry=r)
+        self.flaps = Counter(p + "segment_flaps_total",
+                             "Changes back to the segment just left within 5 evaluations.",
+                             registry=r)
+        self.quality = Gauge(p + "segment_quality",
+                             "Quality of the applied model on the learner's reservoir sample: "
+                             "wcss_ratio (vs batch k-means), homogeneity, separation_min, "
+                             "separation_mean, silhouette.", ["measure"], registry=r)
         self.processing = Histogram(
             p + "processing_seconds", "Time to process one input message.", registry=r,
             buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2, 0.1, 1.0),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 
 from stream_app.changes import SegmentChange, dead_letter
@@ -22,6 +23,10 @@ from stream_app.state import CustomerState
 from stream_app.validation import Event, EventDecoder, InvalidEvent
 
 UNASSIGNED = -1
+#: A move back to the segment a customer just left, within this many evaluations, is a flap.
+FLAP_EVALUATIONS = 5
+#: How many features a segment change names as the reasons for the move.
+REASONS = 3
 
 
 @dataclass(slots=True)
@@ -36,6 +41,8 @@ class Outcome:
     reason: str | None = None
     duplicate: bool = False
     late: bool = False
+    #: The customer returned to the segment it left within FLAP_EVALUATIONS evaluations.
+    flap: bool = False
     #: Segment bookkeeping: ``(old, new)`` with ``UNASSIGNED`` for no segment and ``old``
     #: None for a customer seen for the first time.
     moved: tuple[int | None, int] | None = None
@@ -167,8 +174,13 @@ class CustomerPipeline:
         segment, distances = model.assign(raw, state.segment, self.margin)
         previous = state.segment
         state.model_version = model.version
+        state.evaluations += 1
         if segment == previous:
             return False
+        if previous is not None:
+            out.flap = segment == state.left_segment and state.evaluations <= FLAP_EVALUATIONS
+            state.left_segment = previous
+        state.evaluations = 0
         state.segment = segment
         decided = {name: features.get(name, state.profile.get(name)) for name in model.features}
         change = SegmentChange(
@@ -185,6 +197,7 @@ class CustomerPipeline:
             cause_id=cause_id,
             features=decided,
             distance=round(float(distances[segment]), 6),
+            extra={"reasons": reasons(model, raw, previous, segment, decided)},
         )
         out.change = change.to_json()
         out.trigger = trigger
@@ -199,3 +212,25 @@ class CustomerPipeline:
             state.sampled_at = ts
             return False
         return ts - state.sampled_at >= self._sample_interval_ms and self._samples.take()
+
+
+def reasons(model: SegmentModel, raw: list[float | None], previous: int | None, segment: int,
+            values: dict[str, object]) -> list[dict[str, object]]:
+    """The features that brought the customer closer to ``segment`` than to ``previous``
+    (to the population average on a first assignment), strongest first.
+
+    Each reason gives the feature's value, the customer's z-score and the segment centre's.
+    """
+    z = model.scale(raw)
+    centre = model.centres[segment]
+    before = (model.centres[previous] if previous is not None and previous < model.k
+              else np.zeros_like(centre))
+    gain = (z - before) ** 2 - (z - centre) ** 2
+    out = []
+    for j in np.argsort(-gain)[:REASONS]:
+        if gain[j] <= 0:
+            break
+        name = model.features[j]
+        out.append({"feature": name, "value": values.get(name), "z": round(float(z[j]), 3),
+                    "segment_z": round(float(centre[j]), 3)})
+    return out

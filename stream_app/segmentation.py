@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,7 @@ import orjson
 from river import cluster, compose, preprocessing
 
 from stream_app.labels import segment_labels
+from stream_app.quality import Reservoir, batch_kmeans, match_centres, quality_report, wcss
 
 TRANSFORMS = ("log1p", "identity")
 #: Value used for a feature that is undefined for a customer, before the transform.
@@ -110,6 +111,8 @@ class SegmentModel:
     labels: tuple[str, ...]
     samples_seen: int
     created_at: float
+    #: Quality of the learner's partition on its reservoir sample (see :mod:`quality`).
+    quality: dict[str, float] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -159,6 +162,7 @@ class SegmentModel:
             "labels": list(self.labels),
             "samples_seen": self.samples_seen,
             "created_at": self.created_at,
+            "quality": self.quality,
         })
 
     @classmethod
@@ -175,7 +179,7 @@ class SegmentModel:
             transforms=tuple(f["transform"] for f in raw["features"]),
             impute=vectors[0], mean=vectors[1], std=vectors[2], centres=centres,
             labels=tuple(raw["labels"]), samples_seen=int(raw["samples_seen"]),
-            created_at=float(raw["created_at"]),
+            created_at=float(raw["created_at"]), quality=dict(raw.get("quality") or {}),
         )
 
 
@@ -204,12 +208,26 @@ def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, iterations
         idx = rng.choice(n, p=d2 / total) if total > 0 else rng.integers(n)
         centres[i] = x[idx]
         d2 = np.minimum(d2, ((x - centres[i]) ** 2).sum(axis=1))
+    return lloyd(x, centres, iterations)
+
+
+def lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 20) -> np.ndarray:
+    """Lloyd iterations from ``centres``: row ``i`` stays centre ``i`` (ids are kept);
+    a centre without members stays where it is."""
+    centres = np.array(centres, dtype=float, copy=True)
+    x2 = (x ** 2).sum(axis=1)[:, None]
     for _ in range(iterations):
-        labels = ((x[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
-        for j in range(k):
+        d2 = x2 - 2 * x @ centres.T + (centres ** 2).sum(axis=1)[None, :]
+        labels = d2.argmin(axis=1)
+        moved = False
+        for j in range(len(centres)):
             members = x[labels == j]
             if len(members):
-                centres[j] = members.mean(axis=0)
+                new = members.mean(axis=0)
+                moved = moved or not np.allclose(new, centres[j])
+                centres[j] = new
+        if not moved:
+            break
     return centres
 
 
@@ -231,11 +249,17 @@ class SegmentLearner:
     """
 
     def __init__(self, transform: FeatureTransform, k: int, warmup: int = 0,
-                 halflife: float = 0.02, seed: int = 42) -> None:
+                 halflife: float = 0.02, seed: int = 42, reservoir: int = 5000,
+                 refine_every: int = 0) -> None:
         self.transform = transform
         self.k = k
         self.warmup = warmup or 20 * k
         self.seed = seed
+        self.reservoir = Reservoir(reservoir, seed)
+        self.refine_every = refine_every or max(1000, 20 * k)
+        self.refinements = 0
+        self.quality: dict[str, float] = {}
+        self._since_refine = 0
         self.names = transform.names
         self.pipeline = compose.Pipeline(
             preprocessing.StandardScaler(),
@@ -259,7 +283,7 @@ class SegmentLearner:
         """Whether centres exist (the warm-up is over)."""
         return self._buffer is None
 
-    def _impute(self, raw: list[float | None]) -> dict[str, float]:
+    def impute(self, raw: list[float | None]) -> dict[str, float]:
         x: dict[str, float] = {}
         for j, (name, value) in enumerate(zip(self.names, raw)):
             if value is None:
@@ -273,10 +297,14 @@ class SegmentLearner:
 
     def learn_one(self, raw: list[float | None]) -> None:
         """Learn from one raw vector (as :meth:`FeatureTransform.vector` returns)."""
-        x = self._impute(raw)
+        x = self.impute(raw)
         self.samples_seen += 1
+        self.reservoir.add([x[n] for n in self.names])
         if self._buffer is None:
             self.pipeline.learn_one(x)
+            self._since_refine += 1
+            if self._since_refine >= self.refine_every:
+                self.refine()
             return
         self.scaler.learn_one(x)
         self._buffer.append(x)
@@ -290,6 +318,41 @@ class SegmentLearner:
         centres = kmeans_plus_plus(scaled, self.k, np.random.default_rng(self.seed))
         self._set_centres(centres)
         self._buffer = None
+        self.quality = quality_report(scaled, centres, seed=self.seed)
+
+    def centres(self) -> np.ndarray:
+        """Current centres (k × d, standardised space), row ``i`` = segment ``i``."""
+        return np.array([[self.kmeans.centers[i][n] for n in self.names]
+                         for i in range(self.k)])
+
+    def scaled_reservoir(self) -> np.ndarray:
+        """The reservoir sample standardised with the current scaler."""
+        x = self.reservoir.array()
+        mean = np.array([self.scaler.means[n] for n in self.names])
+        std = np.sqrt(np.array([max(self.scaler.vars[n], 0.0) for n in self.names]))
+        return np.divide(x - mean, std, out=np.zeros_like(x), where=std > 0)
+
+    def refine(self) -> None:
+        """Batch-refine the centres on the reservoir sample, keeping segment ids.
+
+        Two candidates: Lloyd iterations from the current centres (each centre keeps its
+        id), and a fresh k-means++ solution whose centres are matched to the current ones
+        (Hungarian assignment on distance). The lower within-cluster sum of squares wins;
+        River's online updates continue from there. This bounds the drift of an online
+        k-means and revives centres that no longer attract anyone.
+        """
+        self._since_refine = 0
+        x = self.scaled_reservoir()
+        if len(x) < 2 * self.k:
+            return
+        current = self.centres()
+        kept = lloyd(x, current)
+        fresh = batch_kmeans(x, self.k, seed=self.seed + self.refinements)
+        fresh = fresh[match_centres(current, fresh)]
+        best = min((kept, fresh), key=lambda c: wcss(x, c))
+        self._set_centres(best)
+        self.refinements += 1
+        self.quality = quality_report(x, best, seed=self.seed)
 
     def _set_centres(self, centres: np.ndarray) -> None:
         rand = partial(self.kmeans._rng.gauss, self.kmeans.mu, self.kmeans.sigma)
@@ -304,21 +367,25 @@ class SegmentLearner:
         names = self.names
         mean = np.array([self.scaler.means[n] for n in names])
         std = np.sqrt(np.array([max(self.scaler.vars[n], 0.0) for n in names]))
-        centres = np.array([[self.kmeans.centers[i][n] for n in names] for i in range(self.k)])
+        centres = self.centres()
         counts = self.impute_counts
         impute = np.divide(self.impute_sums, counts, out=np.zeros_like(counts), where=counts > 0)
         return SegmentModel(
             version=version, features=names, transforms=self.transform.transforms,
             impute=impute, mean=mean, std=std, centres=centres,
             labels=segment_labels(names, centres), samples_seen=self.samples_seen,
-            created_at=time.time(),
+            created_at=time.time(), quality=dict(self.quality),
         )
 
     @classmethod
     def resume(cls, model: SegmentModel, halflife: float = 0.02, seed: int = 42,
-               ) -> SegmentLearner:
-        """Rebuild a learner from a published snapshot, without retraining."""
-        learner = cls(FeatureTransform(model.spec), model.k, halflife=halflife, seed=seed)
+               reservoir: int = 5000, refine_every: int = 0) -> SegmentLearner:
+        """Rebuild a learner from a published snapshot, without retraining.
+
+        The reservoir sample is not in the snapshot: it refills from new samples.
+        """
+        learner = cls(FeatureTransform(model.spec), model.k, halflife=halflife, seed=seed,
+                      reservoir=reservoir, refine_every=refine_every)
         n = max(model.samples_seen, 1)
         for name, m, s in zip(learner.names, model.mean, model.std):
             learner.scaler.counts[name] = n
@@ -329,4 +396,5 @@ class SegmentLearner:
         learner.samples_seen = model.samples_seen
         learner._set_centres(model.centres)
         learner._buffer = None
+        learner.quality = dict(model.quality)
         return learner

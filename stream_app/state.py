@@ -36,15 +36,8 @@ class CustomerState:
     """Feature window, profile, current segment and de-duplication memory of a customer."""
 
     __slots__ = (
-        "evaluated_at",
-        "model_version",
-        "orders",
-        "profile",
-        "profile_ts",
-        "recent",
-        "sampled_at",
-        "segment",
-        "window",
+        "evaluated_at", "evaluations", "left_segment", "model_version", "orders", "profile",
+        "profile_ts", "recent", "sampled_at", "segment", "window",
     )
 
     def __init__(self) -> None:
@@ -57,6 +50,8 @@ class CustomerState:
         self.orders: list[int] = []  # digests of the newest purchases
         self.sampled_at = 0  # event time of the last sample sent to the learner
         self.evaluated_at = 0  # event time the features were last evaluated at
+        self.left_segment: int | None = None  # the segment left at the last change
+        self.evaluations = 0  # evaluations since the last change (for flap counting)
 
     @property
     def clock(self) -> int:
@@ -105,6 +100,8 @@ class CustomerState:
             "o": self.orders,
             "t": self.sampled_at,
             "c": self.evaluated_at,
+            "l": self.left_segment,
+            "n": self.evaluations,
         })
 
     @classmethod
@@ -120,4 +117,6 @@ class CustomerState:
         s.orders = raw["o"]
         s.sampled_at = raw["t"]
         s.evaluated_at = raw["c"]
+        s.left_segment = raw["l"]
+        s.evaluations = raw["n"]
         return s

@@ -1,0 +1,632 @@
+"""Quality measures of a segmentation, with no Faust import.
+
+Every function works on vectors already in a model's standardised space (what
+:meth:`stream_app.segmentation.SegmentModel.scale` returns): ``x`` is an ``n × d`` array
+of vectors and ``centres`` a ``k × d`` array (``SegmentModel.centres``).
+
+* compactness: :func:`wcss`, :func:`homogeneity`;
+* distinguishability: :func:`separation`, :func:`silhouette`;
+* optimality against the batch reference: :func:`batch_kmeans`, :func:`wcss_ratio`;
+* stability between model versions: :func:`adjusted_rand_index`, :func:`match_centres`,
+  :func:`flap_rate`;
+* a uniform sample of the stream to measure on: :class:`Reservoir`;
+* all of it at once, JSON-ready: :func:`quality_report`.
+
+>>> x = np.array([[0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [10.0, 1.0]])
+>>> centres = np.array([[0.0, 0.5], [10.0, 0.5]])
+>>> assign(x, centres).tolist()
+[0, 0, 1, 1]
+>>> wcss(x, centres)
+1.0
+>>> report = quality_report(x, centres)
+>>> report["wcss_ratio"], report["segments_used"]
+(1.0, 2)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+#: Upper bound on the elements of a distance block in :func:`silhouette` (about 32 MB).
+_BLOCK_ELEMENTS = 4_000_000
+
+
+def _points(x: Any, name: str = "x") -> np.ndarray:
+    """``x`` as a float array of shape ``(n, d)``."""
+    arr = np.asarray(x, dtype=float)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d array (n × d), got shape {arr.shape}")
+    return arr
+
+
+def _squared_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``n × k`` squared Euclidean distances by ``||x||² − 2 x·c + ||c||²`` (clipped at 0)."""
+    # ``(c @ x.T).T`` rather than ``x @ c.T``: same numbers, but OpenBLAS is several times
+    # faster with the long dimension last.
+    d2 = (centres @ x.T).T
+    d2 *= -2.0
+    d2 += np.einsum("ij,ij->i", x, x)[:, None]
+    d2 += np.einsum("ij,ij->i", centres, centres)[None, :]
+    return np.maximum(d2, 0.0, out=d2)
+
+
+def _labels(x: np.ndarray, centres: np.ndarray, labels: Any | None) -> np.ndarray:
+    if labels is None:
+        return assign(x, centres)
+    lab = np.asarray(labels, dtype=np.intp)
+    if lab.shape != (len(x),):
+        raise ValueError(f"labels must have shape ({len(x)},), got {lab.shape}")
+    if len(lab) and (lab.min() < 0 or lab.max() >= len(centres)):
+        raise ValueError("labels must index the centres")
+    return lab
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator`` with ``0 / 0 = 1`` and ``x / 0 = inf``."""
+    scale = max(abs(numerator), abs(denominator))
+    if denominator <= 1e-12 * scale:
+        return 1.0 if numerator <= 1e-12 * max(scale, 1.0) else math.inf
+    return float(numerator / denominator)
+
+
+def assign(x: Any, centres: Any) -> np.ndarray:
+    """Index of the nearest centre (Euclidean) of every row of ``x``.
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d)
+        Vectors in the standardised space.
+    centres : array_like, shape (k, d)
+        Centres in the same space.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,)
+        Integer labels in ``range(k)``; ties go to the lowest index.
+
+    Notes
+    -----
+    Distances come from the expansion ``||x||² − 2 x·c + ||c||²`` (whose first term does
+    not change the argmin): memory is ``O(n k)``, never an ``n × k × d`` temporary.
+
+    Examples
+    --------
+    >>> assign([[0.0, 0.1], [4.0, 3.9], [0.2, 0.0]], [[0.0, 0.0], [4.0, 4.0]]).tolist()
+    [0, 1, 0]
+    """
+    x = _points(x)
+    c = _points(centres, "centres")
+    if len(c) == 0:
+        raise ValueError("at least one centre is needed")
+    if x.shape[1] != c.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} columns but centres have {c.shape[1]}")
+    if len(x) == 0:
+        return np.empty(0, dtype=np.intp)
+    # ``||x||²`` is the same for every centre, so the argmin needs only ``||c||² − 2 c·x``
+    # (k × n: the long dimension last is the fast layout for the product and the argmin).
+    score = c @ x.T
+    score *= -2.0
+    score += np.einsum("ij,ij->i", c, c)[:, None]
+    return score.argmin(axis=0)
+
+
+def wcss(x: Any, centres: Any, labels: Any | None = None) -> float:
+    """Within-cluster sum of squares: ``Σ_i ||x_i − c_{label(i)}||²``.
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d)
+        Vectors in the standardised space.
+    centres : array_like, shape (k, d)
+        Centres in the same space.
+    labels : array_like of int, shape (n,), optional
+        Centre of each vector; the nearest centre (:func:`assign`) by default.
+
+    Returns
+    -------
+    float
+        ``0.0`` for an empty ``x``.
+
+    Examples
+    --------
+    >>> wcss([[0.0, 0.0], [2.0, 0.0], [9.0, 9.0]], [[1.0, 0.0], [9.0, 9.0]])
+    2.0
+    >>> wcss([[0.0, 0.0], [2.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]], labels=[0, 0])
+    2.0
+    """
+    x = _points(x)
+    c = _points(centres, "centres")
+    lab = _labels(x, c, labels)
+    diff = x - c[lab]
+    return float(np.einsum("ij,ij->", diff, diff))
+
+
+def homogeneity(x: Any, centres: Any, labels: Any | None = None) -> float:
+    """Mean Euclidean distance of a vector to its centre (lower is more homogeneous).
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d)
+        Vectors in the standardised space.
+    centres : array_like, shape (k, d)
+        Centres in the same space.
+    labels : array_like of int, shape (n,), optional
+        Centre of each vector; the nearest centre (:func:`assign`) by default.
+
+    Returns
+    -------
+    float
+        In standardised units; ``0.0`` for an empty ``x``.
+
+    Examples
+    --------
+    >>> homogeneity([[3.0, 4.0], [0.0, 1.0]], [[0.0, 0.0]])
+    3.0
+    """
+    x = _points(x)
+    c = _points(centres, "centres")
+    lab = _labels(x, c, labels)
+    if len(x) == 0:
+        return 0.0
+    diff = x - c[lab]
+    return float(np.sqrt(np.einsum("ij,ij->i", diff, diff)).mean())
+
+
+def separation(centres: Any, labels: Any | None = None) -> dict[str, float]:
+    """Smallest and mean pairwise distance between centres (distinguishability).
+
+    Parameters
+    ----------
+    centres : array_like, shape (k, d)
+        Centres in the standardised space.
+    labels : array_like of int, optional
+        When given, only the centres that some label points to (the segments with
+        members) are compared.
+
+    Returns
+    -------
+    dict
+        ``{"min": float, "mean": float}``; both ``0.0`` when fewer than two centres count.
+
+    Examples
+    --------
+    >>> separation([[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]])
+    {'min': 3.0, 'mean': 4.0}
+    >>> separation([[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]], labels=[0, 1, 1])
+    {'min': 5.0, 'mean': 5.0}
+    """
+    c = _points(centres, "centres")
+    if labels is not None:
+        used = np.unique(np.asarray(labels, dtype=np.intp))
+        if len(used) and (used[0] < 0 or used[-1] >= len(c)):
+            raise ValueError("labels must index the centres")
+        c = c[used]
+    if len(c) < 2:
+        return {"min": 0.0, "mean": 0.0}
+    diff = c[:, None, :] - c[None, :, :]
+    dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    pairs = dist[np.triu_indices(len(c), k=1)]
+    return {"min": float(pairs.min()), "mean": float(pairs.mean())}
+
+
+def silhouette(x: Any, labels: Any, sample: int = 1000,
+               rng: np.random.Generator | int | None = None) -> float:
+    """Mean silhouette coefficient over a random sample of the vectors.
+
+    For a vector ``i`` with mean distance ``a`` to the other members of its cluster and
+    smallest mean distance ``b`` to the members of another cluster,
+    ``s(i) = (b − a) / max(a, b)``; ``s(i) = 0`` when ``i`` is alone in its cluster (or
+    when ``a = b = 0``).
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d)
+        Vectors in the standardised space.
+    labels : array_like, shape (n,)
+        Cluster of each vector (any hashable integers; need not be contiguous).
+    sample : int, default 1000
+        At most this many vectors, drawn without replacement, are scored; each against
+        all ``n`` vectors, so the cost is ``O(sample × n)``.
+    rng : numpy.random.Generator or int, optional
+        Source (or seed) of the sample; unused when ``n <= sample``.
+
+    Returns
+    -------
+    float
+        In ``[-1, 1]``; ``0.0`` when fewer than two clusters have members.
+
+    Examples
+    --------
+    >>> x = [[0.0], [1.0], [10.0], [11.0]]
+    >>> round(silhouette(x, [0, 0, 1, 1]), 4)
+    0.8997
+    >>> silhouette(x, [0, 0, 0, 0])
+    0.0
+    """
+    x = _points(x)
+    lab = np.asarray(labels)
+    if lab.shape != (len(x),):
+        raise ValueError(f"labels must have shape ({len(x)},), got {lab.shape}")
+    if sample < 1:
+        raise ValueError("sample must be at least 1")
+    groups, inverse = np.unique(lab, return_inverse=True)
+    m = len(groups)
+    if m < 2:
+        return 0.0
+    n = len(x)
+    inverse = inverse.reshape(-1)
+    counts = np.bincount(inverse, minlength=m).astype(float)
+    if n > sample:
+        idx = np.sort(np.random.default_rng(rng).choice(n, size=sample, replace=False))
+    else:
+        idx = np.arange(n)
+    onehot = np.zeros((n, m))
+    onehot[np.arange(n), inverse] = 1.0
+    norms = np.einsum("ij,ij->i", x, x)
+    block = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    scores = np.empty(len(idx))
+    for start in range(0, len(idx), block):
+        rows = idx[start:start + block]
+        d2 = norms[rows, None] - 2.0 * (x[rows] @ x.T) + norms[None, :]
+        dist = np.sqrt(np.maximum(d2, 0.0, out=d2), out=d2)
+        dist[np.arange(len(rows)), rows] = 0.0  # exact self-distance
+        sums = dist @ onehot  # rows × m: total distance to each cluster
+        own = inverse[rows]
+        r = np.arange(len(rows))
+        own_size = counts[own]
+        a = np.divide(sums[r, own], own_size - 1.0, out=np.zeros(len(rows)),
+                      where=own_size > 1.0)
+        means = sums / counts[None, :]
+        means[r, own] = np.inf
+        b = means.min(axis=1)
+        top = np.maximum(a, b)
+        s = np.divide(b - a, top, out=np.zeros(len(rows)), where=top > 0)
+        s[own_size <= 1.0] = 0.0
+        scores[start:start + len(rows)] = s
+    return float(scores.mean())
+
+
+def batch_kmeans(x: Any, k: int, seed: int = 0, restarts: int = 3,
+                 max_iter: int = 100, tol: float = 1e-4) -> np.ndarray:
+    """Reference batch k-means: k-means++ seeding and Lloyd iterations, best of restarts.
+
+    Each restart seeds with :func:`stream_app.segmentation.kmeans_plus_plus` and runs
+    Lloyd iterations until the assignment stops changing or the centres move less than
+    ``tol`` (at most ``max_iter``); a centre that loses all its members stays where it
+    is, as in ``kmeans_plus_plus``.
+    The restart with the lowest :func:`wcss` wins.
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d)
+        Vectors in the standardised space (``n >= 1``).
+    k : int
+        Number of centres.
+    seed : int, default 0
+        Seed of the NumPy generator shared by all restarts (deterministic).
+    restarts : int, default 3
+        Number of independent seedings.
+    max_iter : int, default 100
+        Upper bound on Lloyd iterations per restart.
+    tol : float, default 1e-4
+        Stop when the summed squared centre movement of an iteration is at most ``tol``
+        times the mean per-column variance of ``x`` (the scikit-learn convention).
+
+    Returns
+    -------
+    numpy.ndarray, shape (k, d)
+
+    Examples
+    --------
+    >>> x = np.array([[0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [10.0, 1.0]])
+    >>> np.sort(batch_kmeans(x, 2), axis=0).tolist()
+    [[0.0, 0.5], [10.0, 0.5]]
+    """
+    x = _points(x)
+    if len(x) == 0:
+        raise ValueError("batch k-means needs at least one vector")
+    if k < 1 or restarts < 1:
+        raise ValueError("k and restarts must be at least 1")
+    # Imported here: stream_app.segmentation imports this module at its top.
+    from stream_app.segmentation import kmeans_plus_plus
+
+    rng = np.random.default_rng(seed)
+    threshold = tol * float(x.var(axis=0).mean())
+    best: np.ndarray | None = None
+    best_cost = math.inf
+    for _ in range(restarts):
+        centres = kmeans_plus_plus(x, k, rng, iterations=0)
+        labels = assign(x, centres)
+        for _ in range(max_iter):
+            sums = np.column_stack([np.bincount(labels, weights=col, minlength=k)
+                                    for col in x.T])
+            counts = np.bincount(labels, minlength=k)
+            filled = counts > 0
+            moved = sums[filled] / counts[filled, None]
+            shift = float(((moved - centres[filled]) ** 2).sum())
+            centres[filled] = moved
+            new = assign(x, centres)
+            converged = shift <= threshold or np.array_equal(new, labels)
+            labels = new
+            if converged:
+                break
+        cost = wcss(x, centres, labels)
+        if cost < best_cost:
+            best, best_cost = centres, cost
+    assert best is not None
+    return best
+
+
+def wcss_ratio(x: Any, centres: Any, seed: int = 0) -> float:
+    """WCSS of ``centres`` over the WCSS of :func:`batch_kmeans` with the same ``k``.
+
+    About ``1.0`` when the (streaming) centres are as good as batch k-means on ``x``;
+    larger is worse. It can dip slightly below 1 since batch k-means is a local optimum.
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d)
+        Vectors in the standardised space (``n >= 1``).
+    centres : array_like, shape (k, d)
+        The centres to judge.
+    seed : int, default 0
+        Seed of :func:`batch_kmeans`.
+
+    Returns
+    -------
+    float
+        ``1.0`` when both sums are zero, ``inf`` when only the batch sum is zero.
+
+    Examples
+    --------
+    >>> x = np.array([[0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [10.0, 1.0]])
+    >>> wcss_ratio(x, [[10.0, 0.5], [0.0, 0.5]])
+    1.0
+    >>> wcss_ratio(x, [[0.0, 0.0], [0.0, 1.0]])
+    200.0
+    """
+    x = _points(x)
+    c = _points(centres, "centres")
+    return _ratio(wcss(x, c), wcss(x, batch_kmeans(x, len(c), seed=seed)))
+
+
+def adjusted_rand_index(labels_a: Any, labels_b: Any) -> float:
+    """Adjusted Rand index (Hubert & Arabie, 1985) of two partitions of the same items.
+
+    From the contingency table ``n_ij`` with row sums ``a_i``, column sums ``b_j`` and
+    ``n`` items::
+
+        ARI = (Σ C(n_ij, 2) − E) / (½ [Σ C(a_i, 2) + Σ C(b_j, 2)] − E),
+        E = Σ C(a_i, 2) · Σ C(b_j, 2) / C(n, 2)
+
+    Parameters
+    ----------
+    labels_a, labels_b : array_like, shape (n,)
+        Cluster labels; only the partition matters, not the label values.
+
+    Returns
+    -------
+    float
+        ``1.0`` for identical partitions up to renaming, about ``0`` for independent ones
+        (it can be negative). The degenerate cases where the denominator vanishes (both
+        partitions a single cluster, or both all singletons, or ``n < 2``) are identical
+        partitions and give ``1.0``.
+
+    Examples
+    --------
+    >>> adjusted_rand_index([0, 0, 1, 1], [5, 5, 3, 3])
+    1.0
+    >>> round(adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]), 6)
+    0.242424
+    """
+    a = np.asarray(labels_a).reshape(-1)
+    b = np.asarray(labels_b).reshape(-1)
+    if len(a) != len(b):
+        raise ValueError(f"label arrays differ in length: {len(a)} and {len(b)}")
+    n = len(a)
+    if n < 2:
+        return 1.0
+    _, ia = np.unique(a, return_inverse=True)
+    _, ib = np.unique(b, return_inverse=True)
+    ia, ib = ia.reshape(-1), ib.reshape(-1)
+    cols = int(ib.max()) + 1
+    table = np.bincount(ia * cols + ib).astype(np.int64)
+
+    def pairs(counts: np.ndarray) -> int:
+        counts = counts.astype(np.int64)
+        return int((counts * (counts - 1) // 2).sum())
+
+    index = pairs(table)
+    sum_a = pairs(np.bincount(ia))
+    sum_b = pairs(np.bincount(ib))
+    total = n * (n - 1) // 2
+    # Exact integer numerator and denominator (scaled by 2 C(n, 2)) before one division.
+    numerator = 2 * (index * total - sum_a * sum_b)
+    denominator = (sum_a + sum_b) * total - 2 * sum_a * sum_b
+    if denominator == 0:
+        return 1.0
+    return float(numerator / denominator)
+
+
+def match_centres(old: Any, new: Any) -> np.ndarray:
+    """Permutation ``perm`` such that ``new[perm]`` best matches ``old`` row by row.
+
+    Minimises the total Euclidean distance ``Σ_i ||old[i] − new[perm[i]]||`` with the
+    Hungarian algorithm (:func:`scipy.optimize.linear_sum_assignment`).
+
+    Parameters
+    ----------
+    old, new : array_like, shape (k, d)
+        Two sets of centres of equal shape.
+
+    Returns
+    -------
+    numpy.ndarray of int, shape (k,)
+
+    Examples
+    --------
+    >>> old = [[0.0, 0.0], [5.0, 5.0], [9.0, 0.0]]
+    >>> new = [[9.1, 0.0], [0.1, 0.0], [5.0, 4.9]]
+    >>> match_centres(old, new).tolist()
+    [1, 2, 0]
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    o = _points(old, "old")
+    w = _points(new, "new")
+    if o.shape != w.shape:
+        raise ValueError(f"old and new must have equal shapes, got {o.shape} and {w.shape}")
+    cost = np.sqrt(_squared_distances(o, w))
+    rows, cols = linear_sum_assignment(cost)
+    perm = np.empty(len(o), dtype=np.intp)
+    perm[rows] = cols
+    return perm
+
+
+def flap_rate(flaps: int, changes: int) -> float:
+    """Share of segment changes that are flaps: ``flaps / changes``, ``0.0`` without changes.
+
+    Examples
+    --------
+    >>> flap_rate(3, 12), flap_rate(0, 0)
+    (0.25, 0.0)
+    """
+    return float(flaps) / changes if changes > 0 else 0.0
+
+
+class Reservoir:
+    """Fixed-capacity uniform sample of a stream of vectors (Vitter's Algorithm R).
+
+    After ``seen`` additions every vector added so far is in the sample with probability
+    ``min(1, capacity / seen)``.
+
+    Parameters
+    ----------
+    capacity : int
+        Largest number of vectors kept.
+    seed : int, default 0
+        Seed of the ``random.Random`` that chooses replacements.
+
+    Examples
+    --------
+    >>> r = Reservoir(capacity=3, seed=1)
+    >>> for i in range(10):
+    ...     r.add([float(i), 0.0])
+    >>> len(r), r.seen, r.array().shape
+    (3, 10, (3, 2))
+    >>> again = Reservoir.from_list(3, r.seen, r.to_list(), seed=1)
+    >>> again.to_list() == r.to_list()
+    True
+    """
+
+    def __init__(self, capacity: int, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = int(capacity)
+        self.seed = seed
+        self.seen = 0
+        self._rows: list[list[float]] = []
+        self._rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, vector: Iterable[float]) -> None:
+        """Offer one vector: kept with probability ``capacity / seen``, evicting at random."""
+        row = [float(v) for v in vector]
+        if self._rows and len(row) != len(self._rows[0]):
+            raise ValueError(f"vector has {len(row)} values, the reservoir holds "
+                             f"{len(self._rows[0])}")
+        self.seen += 1
+        if len(self._rows) < self.capacity:
+            self._rows.append(row)
+            return
+        j = self._rng.randrange(self.seen)
+        if j < self.capacity:
+            self._rows[j] = row
+
+    def array(self) -> np.ndarray:
+        """The sample as an ``m × d`` float array (``0 × 0`` when empty)."""
+        if not self._rows:
+            return np.empty((0, 0))
+        return np.array(self._rows, dtype=float)
+
+    def to_list(self) -> list[list[float]]:
+        """The sample as lists of floats (JSON-serialisable; a copy)."""
+        return [list(row) for row in self._rows]
+
+    @classmethod
+    def from_list(cls, capacity: int, seen: int, rows: Sequence[Iterable[float]],
+                  seed: int = 0) -> Reservoir:
+        """Restore a reservoir saved as ``capacity``, ``seen`` and :meth:`to_list`.
+
+        The random generator is re-seeded from ``seed`` and ``seen``, so a restored
+        reservoir does not replay the draws it made from its start.
+        """
+        r = cls(capacity, seed)
+        data = [[float(v) for v in row] for row in rows]
+        if len(data) != min(seen, capacity):
+            raise ValueError(f"{len(data)} rows do not fit capacity={capacity}, seen={seen}")
+        if data and any(len(row) != len(data[0]) for row in data):
+            raise ValueError("rows of unequal length")
+        r._rows = data
+        r.seen = int(seen)
+        if seen:
+            r._rng = random.Random(f"{seed}:{seen}")
+        return r
+
+
+def quality_report(x: Any, model_centres: Any, seed: int = 0) -> dict[str, Any]:
+    """All quality measures of ``model_centres`` on the vectors ``x``, JSON-ready.
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d)
+        Vectors in the model's standardised space (e.g. :meth:`Reservoir.array` of
+        scaled vectors); ``n >= 1``.
+    model_centres : array_like, shape (k, d)
+        The model's centres (``SegmentModel.centres``).
+    seed : int, default 0
+        Seed of the batch reference and of the silhouette sample.
+
+    Returns
+    -------
+    dict
+        ``n``, ``k`` and ``segments_used`` (ints); ``wcss``, ``batch_wcss``,
+        ``wcss_ratio``, ``homogeneity``, ``separation_min``, ``separation_mean`` and
+        ``silhouette`` (floats). ``separation_*`` count only segments with members.
+        ``wcss_ratio`` is ``inf`` only when the batch reference fits ``x`` exactly but
+        the model does not.
+
+    Examples
+    --------
+    >>> x = np.array([[0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [10.0, 1.0]])
+    >>> r = quality_report(x, [[0.0, 0.5], [10.0, 0.5], [50.0, 50.0]])
+    >>> r["k"], r["segments_used"], r["separation_min"], r["wcss_ratio"] > 1
+    (3, 2, 10.0, True)
+    """
+    x = _points(x)
+    centres = _points(model_centres, "model_centres")
+    if len(x) == 0:
+        raise ValueError("a quality report needs at least one vector")
+    labels = assign(x, centres)
+    model_wcss = wcss(x, centres, labels)
+    batch_wcss = wcss(x, batch_kmeans(x, len(centres), seed=seed))
+    sep = separation(centres, labels)
+    return {
+        "n": len(x),
+        "k": len(centres),
+        "wcss": model_wcss,
+        "batch_wcss": batch_wcss,
+        "wcss_ratio": _ratio(model_wcss, batch_wcss),
+        "homogeneity": homogeneity(x, centres, labels),
+        "separation_min": sep["min"],
+        "separation_mean": sep["mean"],
+        "silhouette": silhouette(x, labels, rng=seed),
+        "segments_used": len(np.unique(labels)),
+    }
