@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict, deque
 from typing import Any
@@ -116,8 +117,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         metrics.model_version.set(model.version)
         metrics.model_updates.inc()
         for measure in QUALITY_GAUGES:
-            if measure in model.quality:
-                metrics.quality.labels(measure).set(model.quality[measure])
+            value = model.quality.get(measure)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                metrics.quality.labels(measure).set(value)
         if centre_shift(rescored_model, model) >= settings.rescore_min_shift:
             rescored_model = model
             rescore_wanted.set()
