@@ -372,6 +372,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             "features": [{"name": n, "transform": t}
                          for n, t in zip(model.features, model.transforms)],
             "labels": list(model.labels),
+            "quality": model.quality,
         })
 
     def local_view() -> dict[str, Any]:

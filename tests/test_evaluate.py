@@ -1,0 +1,67 @@
+"""`stream-app evaluate` against a live worker fed by the generator meets the quality bar."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+from tests.conftest import metric_sum, wait_for
+
+CUSTOMERS = 400
+RATE = 400
+DURATION = 40  # 16,000 events: 40 per customer
+TIME_SCALE = 129_600  # 60 days of event time across the run
+
+
+def cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stream_app.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_evaluate_reports_quality_against_planted_types(make_worker):
+    worker = make_worker(SEGMENTS_K=4).start()
+    result = cli("generate", "--customers", str(CUSTOMERS), "--rate", str(RATE),
+                 "--duration", str(DURATION), "--seed", "7", "--time-scale", str(TIME_SCALE),
+                 "--max-speed", env=worker.env)
+    assert result.returncode == 0, result.stderr
+    events = RATE * DURATION
+    wait_for(lambda: metric_sum(worker.metrics(), "stream_app_events_consumed_total") == events,
+             240, "the generated events to be consumed", interval=1.0)
+    wait_for(lambda: worker.get("/segments")[1]["unassigned"] == 0, 60, "all assigned")
+    previous = [-1.0]
+
+    def settled() -> bool:  # re-scoring after the last model update has finished
+        total = metric_sum(worker.metrics(), "stream_app_segment_changes_total")
+        done, previous[0] = total == previous[0], total
+        return done
+
+    wait_for(settled, 120, "segment changes to settle", interval=3.0)
+
+    result = cli("evaluate", "--url", worker.url, "--window", "2", "--planted-customers",
+                 str(CUSTOMERS), "--planted-seed", "7", "--json", env=worker.env)
+    assert result.returncode == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["k"] == 4 and report["customers_compared"] == CUSTOMERS
+    assert report["wcss_ratio"] <= 1.15, report
+    assert report["ari_planted"] >= 0.9, report
+    assert report["flap_rate"] <= 0.01, report
+    assert report["silhouette"] > 0.2 and report["separation_min"] > 0, report
+    assert report["homogeneity"] > 0 and report["churn_per_customer_hour"] >= 0
+
+    # The segments explain themselves.
+    _, segments = worker.get("/segments")
+    biggest = max(segments["segments"], key=lambda s: s["size"])
+    status, explained = worker.get(f"/segments/{biggest['id']}")
+    assert status == 200 and explained["size"] == biggest["size"]
+    assert explained["label"] == biggest["label"]
+    zs = [abs(d["z"]) for d in explained["distinguishing"]]
+    assert zs == sorted(zs, reverse=True) and len(zs) == len(explained["centre"])
+    assert explained["examples"]
+    for customer in explained["examples"]:
+        assert worker.get(f"/customers/{customer}")[1]["segment"] == biggest["id"]
+    assert worker.get("/segments/99")[0] == 404
+
+    table = cli("evaluate", "--url", worker.url, "--window", "1", env=worker.env)
+    assert table.returncode == 0 and "wcss_ratio" in table.stdout
