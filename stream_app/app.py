@@ -43,7 +43,7 @@ from stream_app.labels import describe
 from stream_app.metrics import CONTENT_TYPE, Metrics
 from stream_app.model_feed import ModelFeed
 from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome
-from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel, centre_shift
+from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel
 from stream_app.state import CustomerState
 from stream_app.sweep import SweepSchedule
 
@@ -109,10 +109,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     # -- the model every worker applies ---------------------------------------------------
     rescore_wanted = asyncio.Event()
-    rescored_model: SegmentModel | None = None
+    rescored_any = False
 
     def on_model(model: SegmentModel) -> None:
-        nonlocal rescored_model
+        nonlocal rescored_any
         pipeline.use_model(model)
         metrics.model_version.set(model.version)
         metrics.model_updates.inc()
@@ -120,8 +120,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             value = model.quality.get(measure)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 metrics.quality.labels(measure).set(value)
-        if centre_shift(rescored_model, model) >= settings.rescore_min_shift:
-            rescored_model = model
+        if model.rescore or not rescored_any:  # and the first model this worker applies
+            rescored_any = True
             rescore_wanted.set()
 
     schedule = SweepSchedule()
@@ -219,13 +219,14 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         transform = FeatureTransform(settings.segment_features)
         if latest is not None and latest.version > version and latest.spec == transform.spec:
             learner = SegmentLearner.resume(latest, settings.kmeans_halflife, settings.model_seed,
-                                            settings.model_reservoir, settings.model_refine_every)
+                                            settings.model_reservoir, settings.model_refine_every,
+                                            settings.rescore_min_moved)
             version = latest.version
         elif learner is None:
             learner = SegmentLearner(transform, settings.segments_k,
                                      settings.model_warmup_samples, settings.kmeans_halflife,
                                      settings.model_seed, settings.model_reservoir,
-                                     settings.model_refine_every)
+                                     settings.model_refine_every, settings.rescore_min_moved)
         return learner
 
     async def publish_model() -> None:

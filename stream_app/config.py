@@ -64,8 +64,10 @@ class Settings:
     segment_features: str = field(
         default=DEFAULT_SEGMENT_FEATURES, metadata={"env": "SEGMENT_FEATURES"}
     )
-    segment_margin: float = field(default=0.15, metadata={"env": "SEGMENT_MARGIN"})
-    kmeans_halflife: float = field(default=0.02, metadata={"env": "KMEANS_HALFLIFE"})
+    segment_margin: float = field(default=0.3, metadata={"env": "SEGMENT_MARGIN"})
+    segment_confirmations: int = field(default=2, metadata={"env": "SEGMENT_CONFIRMATIONS"})
+    segment_min_events: int = field(default=3, metadata={"env": "SEGMENT_MIN_EVENTS"})
+    kmeans_halflife: float = field(default=0.005, metadata={"env": "KMEANS_HALFLIFE"})
     model_seed: int = field(default=42, metadata={"env": "MODEL_SEED"})
     model_warmup_samples: int = field(default=0, metadata={"env": "MODEL_WARMUP_SAMPLES"})
     model_reservoir: int = field(default=5000, metadata={"env": "MODEL_RESERVOIR"})
@@ -78,7 +80,7 @@ class Settings:
         default=1.0, metadata={"env": "LEARN_SAMPLE_INTERVAL_HOURS"}
     )
     rescore_rate: float = field(default=2000.0, metadata={"env": "RESCORE_RATE"})
-    rescore_min_shift: float = field(default=0.25, metadata={"env": "RESCORE_MIN_SHIFT"})
+    rescore_min_moved: float = field(default=0.02, metadata={"env": "RESCORE_MIN_MOVED"})
     allowed_lateness_s: float = field(default=3600.0, metadata={"env": "ALLOWED_LATENESS_S"})
     sweep_interval_s: float = field(default=10.0, metadata={"env": "SWEEP_INTERVAL_S"})
     sweep_rate: float = field(default=2000.0, metadata={"env": "SWEEP_RATE"})

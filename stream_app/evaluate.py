@@ -100,7 +100,7 @@ def evaluate_live(urls: Sequence[str], window: float = 30.0,
                                     - before["stream_app_segment_moves_total"])
         / customers / hours,
         "flap_rate": after["stream_app_segment_flaps_total"]
-        / max(after["stream_app_segment_moves_total"], 1.0),
+        / max(after["stream_app_segment_changes_total"], 1.0),
         "changes": after["stream_app_segment_changes_total"],
         "customers": after["stream_app_customers"],
     }

@@ -244,6 +244,10 @@ class FeatureWindow:
             "app_share_30d": app30 / e30 if e30 else 0.0,
         }
 
+    def event_count(self) -> int:
+        """Clicks and purchases in the day buckets (the last 90 days of activity)."""
+        return sum(c[EVENTS] for c in self.days.values())
+
     def changes_with_time(self, at: int) -> bool:
         """Whether some windowed feature can still change as time passes beyond ``at``."""
         return bool(self.days) and max(self.days) > at // DAY_MS - RETENTION_DAYS

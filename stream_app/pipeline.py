@@ -25,6 +25,9 @@ from stream_app.validation import Event, EventDecoder, InvalidEvent
 UNASSIGNED = -1
 #: A move back to the segment a customer just left, within this many evaluations, is a flap.
 FLAP_EVALUATIONS = 5
+#: Moves that need SEGMENT_CONFIRMATIONS consecutive wins (a profile change or the passage
+#: of time moves a customer at once).
+DEBOUNCED = frozenset({"event", "model_update"})
 #: How many features a segment change names as the reasons for the move.
 REASONS = 3
 
@@ -81,6 +84,10 @@ class CustomerPipeline:
         self.decoder = EventDecoder(settings.max_message_bytes, settings.max_future_skew_s)
         self.transform = FeatureTransform(settings.segment_features)
         self.margin = settings.segment_margin
+        #: Margin to return to the segment just left, within FLAP_EVALUATIONS evaluations.
+        self.return_margin = min(0.9, 2 * settings.segment_margin)
+        self.confirmations = settings.segment_confirmations
+        self.min_events = max(1, settings.segment_min_events)
         self.model: SegmentModel | None = None
         self._model_transform = self.transform
         self._samples = TokenBucket(settings.learn_sample_rate)
@@ -168,15 +175,31 @@ class CustomerPipeline:
             out.sample = orjson.dumps({"spec": self.transform.spec, "x": vector})
             state.sampled_at = ev.ts
         model = self.model
-        if model is None or state.window.as_of == 0:  # no model yet, or no behaviour yet
-            return False
+        if model is None or state.window.event_count() < self.min_events:
+            return False  # no model yet, or too little behaviour to judge
         raw = self._model_transform.vector(features, state.profile)
         segment, distances = model.assign(raw, state.segment, self.margin)
         previous = state.segment
+        if (segment == state.left_segment and previous is not None
+                and state.evaluations < FLAP_EVALUATIONS
+                and distances[segment] >= (1.0 - self.return_margin) * distances[previous]):
+            segment = previous  # going straight back needs a wider margin (flap damping)
+        if segment == previous:
+            state.pending = None
+        elif previous is not None and trigger in DEBOUNCED and self.confirmations > 1:
+            # Debounce: a customer moves only when the same new segment wins `confirmations`
+            # evaluations in a row (one odd event, or one jitter of the model, is no move).
+            if state.pending == segment:
+                state.pending_count += 1
+            else:
+                state.pending, state.pending_count = segment, 1
+            if state.pending_count < self.confirmations:
+                segment = previous
         state.model_version = model.version
         state.evaluations += 1
         if segment == previous:
             return False
+        state.pending = None
         if previous is not None:
             out.flap = segment == state.left_segment and state.evaluations <= FLAP_EVALUATIONS
             state.left_segment = previous

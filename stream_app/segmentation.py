@@ -37,9 +37,18 @@ import orjson
 from river import cluster, compose, preprocessing
 
 from stream_app.labels import segment_labels
-from stream_app.quality import Reservoir, batch_kmeans, match_centres, quality_report, wcss
+from stream_app.quality import (
+    Reservoir,
+    assign,
+    batch_kmeans,
+    match_centres,
+    quality_report,
+    wcss,
+)
 
 TRANSFORMS = ("log1p", "identity")
+#: A fresh k-means solution replaces the refined current centres only below this WCSS ratio.
+REFINE_GAIN = 0.95
 #: Value used for a feature that is undefined for a customer, before the transform.
 UNDEFINED_DEFAULTS = {"days_since_last_order": 365.0}
 
@@ -113,6 +122,9 @@ class SegmentModel:
     created_at: float
     #: Quality of the learner's partition on its reservoir sample (see :mod:`quality`).
     quality: dict[str, float] = field(default_factory=dict)
+    #: Whether workers should re-score every customer: set when, since the last version
+    #: so marked, enough of the learner's sample changed segment.
+    rescore: bool = False
 
     @property
     def k(self) -> int:
@@ -163,6 +175,7 @@ class SegmentModel:
             "samples_seen": self.samples_seen,
             "created_at": self.created_at,
             "quality": self.quality,
+            "rescore": self.rescore,
         })
 
     @classmethod
@@ -180,20 +193,8 @@ class SegmentModel:
             impute=vectors[0], mean=vectors[1], std=vectors[2], centres=centres,
             labels=tuple(raw["labels"]), samples_seen=int(raw["samples_seen"]),
             created_at=float(raw["created_at"]), quality=dict(raw.get("quality") or {}),
+            rescore=bool(raw.get("rescore", False)),
         )
-
-
-def centre_shift(old: SegmentModel | None, new: SegmentModel) -> float:
-    """How far the centres moved from ``old`` to ``new``, in ``new``'s standardised units.
-
-    The largest displacement of any centre (``inf`` without an old model or when the
-    feature set or K changed): a measure of how many assignments a new version may change.
-    """
-    if old is None or old.spec != new.spec or old.k != new.k:
-        return math.inf
-    raw = old.centres * old.std + old.mean
-    rescaled = np.divide(raw - new.mean, new.std, out=np.zeros_like(raw), where=new.std > 0)
-    return float(np.sqrt(((new.centres - rescaled) ** 2).sum(axis=1)).max())
 
 
 def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 20
@@ -250,7 +251,7 @@ class SegmentLearner:
 
     def __init__(self, transform: FeatureTransform, k: int, warmup: int = 0,
                  halflife: float = 0.02, seed: int = 42, reservoir: int = 5000,
-                 refine_every: int = 0) -> None:
+                 refine_every: int = 0, rescore_share: float = 0.02) -> None:
         self.transform = transform
         self.k = k
         self.warmup = warmup or 20 * k
@@ -259,7 +260,14 @@ class SegmentLearner:
         self.refine_every = refine_every or max(1000, 20 * k)
         self.refinements = 0
         self.quality: dict[str, float] = {}
+        self.rescore_share = rescore_share
+        self._rescored: np.ndarray | None = None  # raw centres of the last re-scored version
         self._since_refine = 0
+        #: The standardisation the centres live in: the scaler's statistics as of the last
+        #: refinement. Centres move only by learning and at refinements, not every time the
+        #: running statistics drift, so a new model version moves few customers.
+        self.frame_mean = np.zeros(len(transform.names))
+        self.frame_std = np.ones(len(transform.names))
         self.names = transform.names
         self.pipeline = compose.Pipeline(
             preprocessing.StandardScaler(),
@@ -301,7 +309,9 @@ class SegmentLearner:
         self.samples_seen += 1
         self.reservoir.add([x[n] for n in self.names])
         if self._buffer is None:
-            self.pipeline.learn_one(x)
+            self.scaler.learn_one(x)  # running statistics, adopted at the next refinement
+            z = self._to_frame(np.array([x[n] for n in self.names]))
+            self.kmeans.learn_one(dict(zip(self.names, z.tolist())))
             self._since_refine += 1
             if self._since_refine >= self.refine_every:
                 self.refine()
@@ -311,10 +321,22 @@ class SegmentLearner:
         if len(self._buffer) >= self.warmup:
             self._seed_centres()
 
+    def predict_one(self, raw: list[float | None]) -> int:
+        """The segment River's KMeans assigns ``raw`` to (no hysteresis, no learning)."""
+        x = self.impute_value(raw)
+        z = self._to_frame(np.array(x))
+        return self.kmeans.predict_one(dict(zip(self.names, z.tolist())))
+
+    def impute_value(self, raw: list[float | None]) -> list[float]:
+        """``raw`` with unknown values replaced by their mean so far (learns nothing)."""
+        counts = self.impute_counts
+        means = np.divide(self.impute_sums, counts, out=np.zeros_like(counts), where=counts > 0)
+        return [float(means[j]) if v is None else v for j, v in enumerate(raw)]
+
     def _seed_centres(self) -> None:
         assert self._buffer is not None
-        scaled = np.array([[self.scaler.transform_one(x)[n] for n in self.names]
-                           for x in self._buffer])
+        self.frame_mean, self.frame_std = self._scaler_stats()
+        scaled = self._to_frame(np.array([[x[n] for n in self.names] for x in self._buffer]))
         centres = kmeans_plus_plus(scaled, self.k, np.random.default_rng(self.seed))
         self._set_centres(centres)
         self._buffer = None
@@ -325,12 +347,20 @@ class SegmentLearner:
         return np.array([[self.kmeans.centers[i][n] for n in self.names]
                          for i in range(self.k)])
 
-    def scaled_reservoir(self) -> np.ndarray:
-        """The reservoir sample standardised with the current scaler."""
-        x = self.reservoir.array()
+    def _scaler_stats(self) -> tuple[np.ndarray, np.ndarray]:
         mean = np.array([self.scaler.means[n] for n in self.names])
         std = np.sqrt(np.array([max(self.scaler.vars[n], 0.0) for n in self.names]))
-        return np.divide(x - mean, std, out=np.zeros_like(x), where=std > 0)
+        return mean, std
+
+    def _to_frame(self, x: np.ndarray) -> np.ndarray:
+        return np.divide(x - self.frame_mean, self.frame_std, out=np.zeros_like(x),
+                         where=self.frame_std > 0)
+
+    def scaled_reservoir(self) -> np.ndarray:
+        """The reservoir sample in the centres' frame (see :meth:`refine`)."""
+        if not len(self.reservoir):
+            return np.zeros((0, len(self.names)))
+        return self._to_frame(self.reservoir.array())
 
     def refine(self) -> None:
         """Batch-refine the centres on the reservoir sample, keeping segment ids.
@@ -342,14 +372,20 @@ class SegmentLearner:
         k-means and revives centres that no longer attract anyone.
         """
         self._since_refine = 0
-        x = self.scaled_reservoir()
-        if len(x) < 2 * self.k:
+        if len(self.reservoir) < 2 * self.k:
             return
-        current = self.centres()
+        # Adopt the running scaler statistics as the new frame, keeping every centre at
+        # the same place in feature space.
+        raw_centres = self.centres() * self.frame_std + self.frame_mean
+        self.frame_mean, self.frame_std = self._scaler_stats()
+        current = self._to_frame(raw_centres)
+        x = self.scaled_reservoir()
         kept = lloyd(x, current)
         fresh = batch_kmeans(x, self.k, seed=self.seed + self.refinements)
         fresh = fresh[match_centres(current, fresh)]
-        best = min((kept, fresh), key=lambda c: wcss(x, c))
+        # A fresh solution must be clearly better to replace the kept one: two near-equal
+        # local optima would otherwise alternate and move customers back and forth.
+        best = fresh if wcss(x, fresh) < REFINE_GAIN * wcss(x, kept) else kept
         self._set_centres(best)
         self.refinements += 1
         self.quality = quality_report(x, best, seed=self.seed)
@@ -365,27 +401,42 @@ class SegmentLearner:
         if not self.ready:
             raise RuntimeError("the learner has not finished its warm-up")
         names = self.names
-        mean = np.array([self.scaler.means[n] for n in names])
-        std = np.sqrt(np.array([max(self.scaler.vars[n], 0.0) for n in names]))
+        mean, std = self.frame_mean, self.frame_std
         centres = self.centres()
         counts = self.impute_counts
         impute = np.divide(self.impute_sums, counts, out=np.zeros_like(counts), where=counts > 0)
+        rescore = self._moved_share(centres) >= self.rescore_share
+        if rescore:
+            self._rescored = centres * std + mean
         return SegmentModel(
             version=version, features=names, transforms=self.transform.transforms,
             impute=impute, mean=mean, std=std, centres=centres,
             labels=segment_labels(names, centres), samples_seen=self.samples_seen,
-            created_at=time.time(), quality=dict(self.quality),
+            created_at=time.time(), quality=dict(self.quality), rescore=rescore,
         )
+
+    def _moved_share(self, centres: np.ndarray) -> float:
+        """Share of the reservoir sample whose segment differs from the last version that
+        was re-scored (1.0 for the first version)."""
+        if self._rescored is None:
+            return 1.0
+        x = self.scaled_reservoir()
+        if not len(x):
+            return 0.0
+        before = assign(x, self._to_frame(self._rescored))
+        return float(np.mean(assign(x, centres) != before))
 
     @classmethod
     def resume(cls, model: SegmentModel, halflife: float = 0.02, seed: int = 42,
-               reservoir: int = 5000, refine_every: int = 0) -> SegmentLearner:
+               reservoir: int = 5000, refine_every: int = 0, rescore_share: float = 0.02,
+               ) -> SegmentLearner:
         """Rebuild a learner from a published snapshot, without retraining.
 
         The reservoir sample is not in the snapshot: it refills from new samples.
         """
         learner = cls(FeatureTransform(model.spec), model.k, halflife=halflife, seed=seed,
-                      reservoir=reservoir, refine_every=refine_every)
+                      reservoir=reservoir, refine_every=refine_every,
+                      rescore_share=rescore_share)
         n = max(model.samples_seen, 1)
         for name, m, s in zip(learner.names, model.mean, model.std):
             learner.scaler.counts[name] = n
@@ -394,7 +445,9 @@ class SegmentLearner:
         learner.impute_sums = model.impute * n
         learner.impute_counts = np.full(len(learner.names), float(n))
         learner.samples_seen = model.samples_seen
+        learner.frame_mean, learner.frame_std = model.mean.copy(), model.std.copy()
         learner._set_centres(model.centres)
         learner._buffer = None
         learner.quality = dict(model.quality)
+        learner._rescored = model.centres * model.std + model.mean
         return learner

@@ -36,8 +36,8 @@ class CustomerState:
     """Feature window, profile, current segment and de-duplication memory of a customer."""
 
     __slots__ = (
-        "evaluated_at", "evaluations", "left_segment", "model_version", "orders", "profile",
-        "profile_ts", "recent", "sampled_at", "segment", "window",
+        "evaluated_at", "evaluations", "left_segment", "model_version", "orders", "pending",
+        "pending_count", "profile", "profile_ts", "recent", "sampled_at", "segment", "window",
     )
 
     def __init__(self) -> None:
@@ -52,6 +52,8 @@ class CustomerState:
         self.evaluated_at = 0  # event time the features were last evaluated at
         self.left_segment: int | None = None  # the segment left at the last change
         self.evaluations = 0  # evaluations since the last change (for flap counting)
+        self.pending: int | None = None  # segment winning evaluations without a move yet
+        self.pending_count = 0
 
     @property
     def clock(self) -> int:
@@ -102,6 +104,7 @@ class CustomerState:
             "c": self.evaluated_at,
             "l": self.left_segment,
             "n": self.evaluations,
+            "q": [self.pending, self.pending_count],
         })
 
     @classmethod
@@ -119,4 +122,5 @@ class CustomerState:
         s.evaluated_at = raw["c"]
         s.left_segment = raw["l"]
         s.evaluations = raw["n"]
+        s.pending, s.pending_count = raw["q"]
         return s

@@ -36,8 +36,11 @@ TOPICS = {"click": "clickstream", "purchase": "purchases", "profile": "customer-
 
 
 def settings(**overrides) -> Settings:
+    """Immediate moves (no minimum history, no debounce) unless a test says otherwise."""
     return dataclasses.replace(Settings(), **{"segment_features": SPEC, "segments_k": 2,
-                                              **overrides})
+                                              "segment_min_events": 1,
+                                              "segment_confirmations": 1,
+                                              "segment_margin": 0.15, **overrides})
 
 
 def learn_model(version: int = 1, spec: str = SPEC, vectors=None) -> SegmentModel:

@@ -73,7 +73,8 @@ def test_independent_models_agree_after_matching():
 def _pipeline(margin: float) -> CustomerPipeline:
     """Two segments on the app share alone: web-only (0) and app-only (1) customers."""
     settings = dataclasses.replace(Settings(), segment_features="app_share_30d",
-                                   segment_margin=margin, learn_sample_rate=0.001)
+                                   segment_margin=margin, learn_sample_rate=0.001,
+                                   segment_min_events=1, segment_confirmations=1)
     pipeline = CustomerPipeline(settings)
     learner = SegmentLearner(FeatureTransform("app_share_30d"), 2, warmup=20, seed=1)
     for i in range(40):
@@ -112,3 +113,27 @@ def test_changes_name_their_reasons():
     change = orjson.loads(out.change)
     assert change["reasons"] and change["reasons"][0]["feature"] == "app_share_30d"
     assert change["reasons"][0]["value"] == 0.0 and change["reasons"][0]["z"] < 0
+
+
+def test_a_move_needs_two_consecutive_wins_and_assignment_needs_history():
+    settings = dataclasses.replace(Settings(), segment_features="app_share_30d",
+                                   segment_margin=0.0, learn_sample_rate=0.001,
+                                   segment_min_events=3, segment_confirmations=2)
+    pipeline = CustomerPipeline(settings)
+    learner = SegmentLearner(FeatureTransform("app_share_30d"), 2, warmup=20, seed=1)
+    for i in range(40):
+        learner.learn_one([float(i % 2)])
+    pipeline.use_model(learner.snapshot(1))
+    stored, moves = None, []
+    # App share: 1, 1, 1 (assigned at the third event), 1, .8, .67, .57, .5, .44, .4
+    for n, channel in enumerate(["app"] * 4 + ["web"] * 6):
+        doc = {"event_id": f"e{n}", "customer_id": "c", "ts": 1_767_225_600_000 + n * 1000,
+               "event_type": "page_view", "channel": channel}
+        out = pipeline.process("click", b"c", orjson.dumps(doc), stored, "t", 0, n)
+        stored = out.state
+        if out.change is not None:
+            moves.append((n, orjson.loads(out.change)["previous_segment"]))
+    # Assigned once it has three events; moved when the web side won twice in a row
+    # (at .44 and .4), not at the first crossing.
+    assert [n for n, _ in moves] == [2, 9]
+    assert moves[0][1] is None and moves[1][1] is not None

@@ -265,11 +265,10 @@ def test_assign_agrees_with_river_pipeline():
     rng = np.random.default_rng(3)
     learner = _trained(7, samples(rng, 600), k=6, warmup=120)
     model = learner.snapshot(version=4)
-    names = learner.names
     probes = np.concatenate([np.array(samples(rng, 1500)), rng.uniform(-20, 20, (500, 3))])
     segments = set()
     for x in probes.tolist():
-        expected = learner.pipeline.predict_one(dict(zip(names, x)))
+        expected = learner.predict_one(x)
         seg, _ = model.assign(x, None)
         assert seg == expected
         # With margin 0 the current segment does not matter.
