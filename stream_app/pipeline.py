@@ -25,9 +25,10 @@ from stream_app.validation import Event, EventDecoder, InvalidEvent
 UNASSIGNED = -1
 #: A move back to the segment a customer just left, within this many evaluations, is a flap.
 FLAP_EVALUATIONS = 5
-#: Moves that need SEGMENT_CONFIRMATIONS consecutive wins (a profile change or the passage
-#: of time moves a customer at once).
-DEBOUNCED = frozenset({"event", "model_update"})
+#: Moves that need SEGMENT_CONFIRMATIONS consecutive wins. A model update, a profile change
+#: or the passage of time moves a customer at once: re-scoring passes are rare and may be
+#: the last evaluation a quiet customer gets.
+DEBOUNCED = frozenset({"event"})
 #: How many features a segment change names as the reasons for the move.
 REASONS = 3
 
