@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -267,24 +268,27 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         return {tp.partition for tp in app.assignor.assigned_actives()
                 if tp.topic == settings.clickstream_topic}
 
+    async def queue_control(work: Iterable[tuple[int, bytes, bytes]], rate: float) -> int:
+        """Send control messages ``(partition, key, value)``, at most ``rate`` a second."""
+        started, sent = time.monotonic(), 0
+        for partition, key, value in work:
+            await control_topic.send(key=key, value=value, partition=partition)
+            sent += 1
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        return sent
+
     @app.task
     async def rescore() -> None:
-        """After a new model: queue every local customer for re-scoring, rate-limited."""
+        """After a model update marked for it: re-score every local customer, rate-limited."""
         while True:
             await rescore_wanted.wait()
             rescore_wanted.clear()
             mine = local_partitions()
-            started, sent = time.monotonic(), 0
-            for key in list(customers.keys()):
-                partition = (murmur2(key) & 0x7FFFFFFF) % partitions
-                if partition not in mine:
-                    continue
-                await control_topic.send(key=key, value=RESCORE, partition=partition)
-                sent += 1
-                ahead = sent / settings.rescore_rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            metrics.rescores.inc(sent)
+            work = ((p, key, RESCORE) for key in list(customers.keys())
+                    if (p := (murmur2(key) & 0x7FFFFFFF) % partitions) in mine)
+            metrics.rescores.inc(await queue_control(work, settings.rescore_rate))
 
     @app.timer(interval=settings.sweep_interval_s)
     async def sweep() -> None:
@@ -293,18 +297,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         mine = local_partitions()
         for partition in [p for p in schedule.watermarks if p not in mine]:
             schedule.drop_partition(partition)
-        started, sent = time.monotonic(), 0
-        for partition in sorted(mine):
-            at = schedule.watermarks.get(partition)
-            keys = schedule.pop_due(partition) if at else []
-            value = orjson.dumps({"op": "sweep", "at": at})
-            for key in keys:
-                await control_topic.send(key=key, value=value, partition=partition)
-                sent += 1
-                ahead = sent / settings.sweep_rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        metrics.sweeps.inc(sent)
+        due = [(p, schedule.pop_due(p), schedule.watermarks[p])
+               for p in sorted(mine) if p in schedule.watermarks]
+        work = ((p, key, orjson.dumps({"op": "sweep", "at": at}))
+                for p, keys, at in due for key in keys)
+        metrics.sweeps.inc(await queue_control(work, settings.sweep_rate))
         metrics.sweep_pending.set(schedule.pending())
 
     def local_sizes() -> dict[int, dict[int, int]]:
