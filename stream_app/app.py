@@ -43,6 +43,7 @@ from stream_app.features import FEATURE_NAMES
 from stream_app.labels import describe
 from stream_app.metrics import CONTENT_TYPE, Metrics
 from stream_app.model_feed import ModelFeed
+from stream_app.pacing import Pace
 from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome
 from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel
 from stream_app.state import CustomerState
@@ -270,14 +271,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     async def queue_control(work: Iterable[tuple[int, bytes, bytes]], rate: float) -> int:
         """Send control messages ``(partition, key, value)``, at most ``rate`` a second."""
-        started, sent = time.monotonic(), 0
+        pace = Pace(rate)
         for partition, key, value in work:
             await control_topic.send(key=key, value=value, partition=partition)
-            sent += 1
-            ahead = sent / rate - (time.monotonic() - started)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-        return sent
+            await pace.sent()
+        return pace.count
 
     @app.task
     async def rescore() -> None:

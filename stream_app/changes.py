@@ -19,8 +19,6 @@ from typing import Any
 
 import orjson
 
-TRIGGERS = ("event", "inactivity", "model_update", "profile", "erasure")
-
 
 def iso_ms(epoch_ms: int | float) -> str:
     """ISO-8601 UTC with milliseconds, e.g. ``2026-01-01T00:00:00.000Z``."""

@@ -28,7 +28,7 @@ from rich.table import Table
 from stream_app.config import Settings
 from stream_app.generator import TYPES, SyntheticShop
 from stream_app.pipeline import CustomerPipeline
-from stream_app.quality import adjusted_rand_index, assign, quality_report
+from stream_app.quality import adjusted_rand_index, assign, flap_rate, quality_report
 from stream_app.segmentation import FeatureTransform, SegmentLearner
 from stream_app.state import CustomerState
 
@@ -99,8 +99,8 @@ def evaluate_live(urls: Sequence[str], window: float = 30.0,
         "churn_per_customer_hour": (after["stream_app_segment_moves_total"]
                                     - before["stream_app_segment_moves_total"])
         / customers / hours,
-        "flap_rate": after["stream_app_segment_flaps_total"]
-        / max(after["stream_app_segment_changes_total"], 1.0),
+        "flap_rate": flap_rate(int(after["stream_app_segment_flaps_total"]),
+                               int(after["stream_app_segment_changes_total"])),
         "changes": after["stream_app_segment_changes_total"],
         "customers": after["stream_app_customers"],
     }

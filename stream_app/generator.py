@@ -197,28 +197,25 @@ async def produce(bootstrap_servers: list[str], topics: dict[str, str],
     """
     from aiokafka import AIOKafkaProducer
 
+    from stream_app.pacing import Pace
+
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5,
                                 max_batch_size=256 * 1024)
     await producer.start()
-    sent = 0
-    started = time.monotonic()
+    pace = Pace(rate)
     try:
         pending = []
         for event in events:
             pending.append(await producer.send(topics[event.kind], event.value, key=event.key))
-            sent += 1
-            if sent % 500 == 0:
+            await pace.sent()
+            if pace.count % 500 == 0:
                 await asyncio.gather(*pending)
                 pending.clear()
                 if on_sent:
-                    on_sent(sent)
-            if rate:
-                ahead = sent / rate - (time.monotonic() - started)
-                if ahead > 0.002:
-                    await asyncio.sleep(ahead)
+                    on_sent(pace.count)
         await asyncio.gather(*pending)
         if on_sent:
-            on_sent(sent)
+            on_sent(pace.count)
     finally:
         await producer.stop()
-    return sent
+    return pace.count

@@ -9,13 +9,14 @@ profiles). A backfill therefore gives the same features as the same events arriv
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from stream_app.pacing import Pace
 
 
 def kind_of(doc: object) -> str:
@@ -58,26 +59,20 @@ async def replay(path: Path, bootstrap_servers: list[str], topics: dict[str, str
     await producer.start()
     bar = Progress(TextColumn("replay {task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn(), disable=not progress)
-    sent = 0
-    started = time.monotonic()
+    pace = Pace(rate)
     try:
         with bar:
             task = bar.add_task(path.name, total=total)
             pending = []
             for key, value, kind in read_lines(path):
-                target = topic or topics[kind]
-                pending.append(await producer.send(target, value, key=key))
-                sent += 1
+                pending.append(await producer.send(topic or topics[kind], value, key=key))
+                await pace.sent()
                 if len(pending) >= 1000:
                     await asyncio.gather(*pending)
                     bar.update(task, advance=len(pending))
                     pending.clear()
-                if rate:
-                    ahead = sent / rate - (time.monotonic() - started)
-                    if ahead > 0.002:
-                        await asyncio.sleep(ahead)
             await asyncio.gather(*pending)
             bar.update(task, advance=len(pending))
     finally:
         await producer.stop()
-    return sent
+    return pace.count

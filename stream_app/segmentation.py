@@ -4,8 +4,8 @@ Three pieces, one concept each:
 
 * :class:`FeatureTransform` turns a customer's features into the raw clustering vector
   (which features, and ``log1p`` or identity for each: the ``SEGMENT_FEATURES`` setting).
-* :class:`SegmentLearner` is the single online learner: a River pipeline
-  ``StandardScaler | KMeans`` fed with sampled vectors. Its first centres come from
+* :class:`SegmentLearner` is the single online learner: River's ``StandardScaler`` and
+  ``KMeans`` fed with sampled vectors. Its first centres come from
   k-means++ and Lloyd iterations on a warm-up sample (deterministic for a seed, unlike
   River's lazily drawn random centres); afterwards River's ``learn_one`` moves them.
 * :class:`SegmentModel` is an immutable, versioned snapshot of the learner (JSON, never
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from river import cluster, compose, preprocessing
+from river import cluster, preprocessing
 
 from stream_app.labels import segment_labels
 from stream_app.quality import (
@@ -233,7 +233,7 @@ def lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 20) -> np.ndarra
 
 
 class SegmentLearner:
-    """The online learner: River ``StandardScaler | KMeans`` with a k-means++ warm start.
+    """The online learner: River ``StandardScaler`` and ``KMeans``, k-means++ warm start.
 
     Parameters
     ----------
@@ -269,22 +269,14 @@ class SegmentLearner:
         self.frame_mean = np.zeros(len(transform.names))
         self.frame_std = np.ones(len(transform.names))
         self.names = transform.names
-        self.pipeline = compose.Pipeline(
-            preprocessing.StandardScaler(),
-            cluster.KMeans(n_clusters=k, halflife=halflife, seed=seed),
-        )
+        #: Running statistics of the learned vectors (adopted as the frame at refinements).
+        self.scaler = preprocessing.StandardScaler()
+        #: The online k-means, learning in the frame (``learn_one`` moves the nearest centre).
+        self.kmeans = cluster.KMeans(n_clusters=k, halflife=halflife, seed=seed)
         self.impute_sums = np.zeros(len(self.names))
         self.impute_counts = np.zeros(len(self.names))
         self.samples_seen = 0
         self._buffer: list[dict[str, float]] | None = []
-
-    @property
-    def scaler(self) -> preprocessing.StandardScaler:
-        return self.pipeline.steps["StandardScaler"]
-
-    @property
-    def kmeans(self) -> cluster.KMeans:
-        return self.pipeline.steps["KMeans"]
 
     @property
     def ready(self) -> bool:

@@ -70,11 +70,12 @@ def test_independent_models_agree_after_matching():
     assert np.mean(assign(sa, ca) == assign(sb, cb)) >= 0.98
 
 
-def _pipeline(margin: float) -> CustomerPipeline:
+def _pipeline(margin: float, min_events: int = 1, confirmations: int = 1) -> CustomerPipeline:
     """Two segments on the app share alone: web-only (0) and app-only (1) customers."""
     settings = dataclasses.replace(Settings(), segment_features="app_share_30d",
                                    segment_margin=margin, learn_sample_rate=0.001,
-                                   segment_min_events=1, segment_confirmations=1)
+                                   segment_min_events=min_events,
+                                   segment_confirmations=confirmations)
     pipeline = CustomerPipeline(settings)
     learner = SegmentLearner(FeatureTransform("app_share_30d"), 2, warmup=20, seed=1)
     for i in range(40):
@@ -116,14 +117,7 @@ def test_changes_name_their_reasons():
 
 
 def test_a_move_needs_two_consecutive_wins_and_assignment_needs_history():
-    settings = dataclasses.replace(Settings(), segment_features="app_share_30d",
-                                   segment_margin=0.0, learn_sample_rate=0.001,
-                                   segment_min_events=3, segment_confirmations=2)
-    pipeline = CustomerPipeline(settings)
-    learner = SegmentLearner(FeatureTransform("app_share_30d"), 2, warmup=20, seed=1)
-    for i in range(40):
-        learner.learn_one([float(i % 2)])
-    pipeline.use_model(learner.snapshot(1))
+    pipeline = _pipeline(0.0, min_events=3, confirmations=2)
     stored, moves = None, []
     # App share: 1, 1, 1 (assigned at the third event), 1, .8, .67, .57, .5, .44, .4
     for n, channel in enumerate(["app"] * 4 + ["web"] * 6):
