@@ -82,6 +82,11 @@ class Demo:
         say(f"[bold]metrics[/]  {self.api}/metrics   (health: {self.api}/health)")
         say(f"[bold]input[/]    {self.customers} customers at {self.rate:.0f} events/s; "
             "Ctrl-C stops everything")
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt  # SIGTERM / SIGHUP stop everything like Ctrl-C
+
+        signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGHUP, interrupt)
         try:
             return asyncio.run(self._main(broker.bootstrap_servers, worker))
         except KeyboardInterrupt:
