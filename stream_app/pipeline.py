@@ -181,7 +181,7 @@ class CustomerPipeline:
         raw = self._model_transform.vector(features, state.profile)
         segment, distances = model.assign(raw, state.segment, self.margin)
         previous = state.segment
-        if (segment == state.left_segment and previous is not None
+        if (segment == state.left_segment and previous is not None and previous < model.k
                 and state.evaluations < FLAP_EVALUATIONS
                 and distances[segment] >= (1.0 - self.return_margin) * distances[previous]):
             segment = previous  # going straight back needs a wider margin (flap damping)

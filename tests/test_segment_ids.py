@@ -131,3 +131,20 @@ def test_a_move_needs_two_consecutive_wins_and_assignment_needs_history():
     # (at .44 and .4), not at the first crossing.
     assert [n for n, _ in moves] == [2, 9]
     assert moves[0][1] is None and moves[1][1] is not None
+
+
+def test_a_customer_from_a_model_with_more_segments_is_reassigned_without_error():
+    """SEGMENTS_K lowered: a stored segment id beyond the new K is simply replaced."""
+    pipeline = _pipeline(0.3)
+    doc = {"event_id": "e0", "customer_id": "c", "ts": 1_767_225_600_000,
+           "event_type": "page_view", "channel": "app"}
+    out = pipeline.process("click", b"c", orjson.dumps(doc), None, "t", 0, 0)
+    from stream_app.state import CustomerState
+    state = CustomerState.from_bytes(out.state)
+    app_segment = state.segment
+    # It just left the app segment for segment 7, which the new model does not have.
+    state.segment, state.left_segment, state.evaluations = 7, app_segment, 0
+    doc = {**doc, "event_id": "e1", "ts": doc["ts"] + 1000}
+    out = pipeline.process("click", b"c", orjson.dumps(doc), state.to_bytes(), "t", 0, 1)
+    change = orjson.loads(out.change)
+    assert change["previous_segment"] == 7 and change["segment"] == app_segment
