@@ -31,6 +31,7 @@ from stream_app.pipeline import CustomerPipeline
 from stream_app.quality import adjusted_rand_index, assign, flap_rate, quality_report
 from stream_app.segmentation import FeatureTransform, SegmentLearner
 from stream_app.state import CustomerState
+from stream_app.verify import fetch_customer
 
 #: Targets from the product's quality bar: (measure, comparison, threshold).
 TARGETS = {
@@ -108,7 +109,7 @@ def evaluate_live(urls: Sequence[str], window: float = 30.0,
         shop = SyntheticShop(planted[0], seed=planted[1], start_ms=0)
 
         def segment_of(customer: str) -> int | None:
-            doc = _get(f"{urls[0]}/customers/{customer}")
+            doc = fetch_customer(urls[0], customer)
             return None if doc is None else doc["segment"]
 
         with ThreadPoolExecutor(16) as pool:
