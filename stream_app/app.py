@@ -35,7 +35,9 @@ from typing import Any
 import faust
 import orjson
 from aiokafka.partitioner import murmur2
+from faust.exceptions import NotReady
 from faust.web import Request, Response, View
+from prometheus_client import Counter
 
 from stream_app.changes import iso_ms
 from stream_app.config import Settings
@@ -45,7 +47,7 @@ from stream_app.metrics import CONTENT_TYPE, Metrics
 from stream_app.model_feed import ModelFeed
 from stream_app.pacing import Pace
 from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome
-from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel
+from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel, learner_for
 from stream_app.state import CustomerState
 from stream_app.sweep import SweepSchedule
 
@@ -220,15 +222,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         latest = feed.latest
         transform = FeatureTransform(settings.segment_features)
         if latest is not None and latest.version > version and latest.spec == transform.spec:
-            learner = SegmentLearner.resume(latest, settings.kmeans_halflife, settings.model_seed,
-                                            settings.model_reservoir, settings.model_refine_every,
-                                            settings.rescore_min_moved)
+            learner = learner_for(settings, latest)
             version = latest.version
         elif learner is None:
-            learner = SegmentLearner(transform, settings.segments_k,
-                                     settings.model_warmup_samples, settings.kmeans_halflife,
-                                     settings.model_seed, settings.model_reservoir,
-                                     settings.model_refine_every, settings.rescore_min_moved)
+            learner = learner_for(settings)
         return learner
 
     async def publish_model() -> None:
@@ -251,7 +248,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 if sample["spec"] != model.transform.spec:
                     continue
                 first = not model.ready
-                model.learn_one(sample["x"])
+                model.learn_one(sample["x"], sample.get("member"))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.warning("learner skipped an unreadable sample: %s", exc)
                 continue
@@ -269,13 +266,22 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         return {tp.partition for tp in app.assignor.assigned_actives()
                 if tp.topic == settings.clickstream_topic}
 
-    async def queue_control(work: Iterable[tuple[int, bytes, bytes]], rate: float) -> int:
-        """Send control messages ``(partition, key, value)``, at most ``rate`` a second."""
+    async def queue_control(work: Iterable[tuple[int, bytes, bytes]], rate: float,
+                            sent: Counter) -> None:
+        """Send control messages ``(partition, key, value)``, at most ``rate`` a second,
+        counting each in ``sent``."""
         pace = Pace(rate)
         for partition, key, value in work:
-            await control_topic.send(key=key, value=value, partition=partition)
+            if app.should_stop:
+                break  # shutting down: a restarted worker re-scores and re-sweeps anyway
+            try:
+                await control_topic.send(key=key, value=value, partition=partition)
+            except NotReady:
+                if app.should_stop:  # the producer stopped before this task did
+                    break
+                raise
+            sent.inc()
             await pace.sent()
-        return pace.count
 
     @app.task
     async def rescore() -> None:
@@ -286,7 +292,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             mine = local_partitions()
             work = ((p, key, RESCORE) for key in list(customers.keys())
                     if (p := (murmur2(key) & 0x7FFFFFFF) % partitions) in mine)
-            metrics.rescores.inc(await queue_control(work, settings.rescore_rate))
+            await queue_control(work, settings.rescore_rate, metrics.rescores)
 
     @app.timer(interval=settings.sweep_interval_s)
     async def sweep() -> None:
@@ -299,7 +305,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                for p in sorted(mine) if p in schedule.watermarks]
         work = ((p, key, orjson.dumps({"op": "sweep", "at": at}))
                 for p, keys, at in due for key in keys)
-        metrics.sweeps.inc(await queue_control(work, settings.sweep_rate))
+        await queue_control(work, settings.sweep_rate, metrics.sweeps)
         metrics.sweep_pending.set(schedule.pending())
 
     def local_sizes() -> dict[int, dict[int, int]]:

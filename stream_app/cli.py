@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from stream_app.config import Settings
+from stream_app.config import CLUSTERERS, Settings
 
 F = Callable[..., Any]
 
@@ -207,16 +207,18 @@ def verify(file: Path, url: str | None, max_rows: int) -> None:
 @click.option("--planted-seed", type=int, default=7, show_default=True,
               help="Seed of that generator run.")
 @click.option("--offline", is_flag=True,
-              help="Compare River clusterers on one synthetic sample stream, in-process.")
+              help="Simulate the whole loop in-process, once per River clusterer, and "
+                   "compare them (settings from the environment).")
 @click.option("--customers", default=2000, show_default=True, help="--offline: customers.")
-@click.option("--events", default=40_000, show_default=True, help="--offline: events.")
+@click.option("--events", default=80_000, show_default=True, help="--offline: events.")
 @click.option("--k", "k", default=4, show_default=True, help="--offline: segments.")
-@click.option("--clusterers", default="kmeans,kmeans-plain,streamkmeans,clustream,dbstream",
-              show_default=True, help="--offline: which clusterers.")
+@click.option("--seed", default=7, show_default=True, help="--offline: generator seed.")
+@click.option("--clusterers", default=",".join(CLUSTERERS), show_default=True,
+              help="--offline: which clusterers, comma-separated.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate(urls: tuple[str, ...], window: float, planted_customers: int | None,
              planted_seed: int, offline: bool, customers: int, events: int, k: int,
-             clusterers: str, as_json: bool) -> None:
+             seed: int, clusterers: str, as_json: bool) -> None:
     """Segment quality: homogeneity, separation, silhouette, WCSS vs batch k-means, churn,
     flap rate, and the adjusted Rand index against the generator's planted types."""
     import orjson
@@ -224,7 +226,12 @@ def evaluate(urls: tuple[str, ...], window: float, planted_customers: int | None
     from stream_app import evaluate as ev
 
     if offline:
-        rows = ev.evaluate_offline(customers, events, k, clusterers=clusterers.split(","),
+        names = [name.strip() for name in clusterers.split(",")]
+        unknown = sorted(set(names) - set(CLUSTERERS))
+        if unknown:
+            raise click.BadParameter(f"unknown {unknown}; choose from {CLUSTERERS}",
+                                     param_hint="--clusterers")
+        rows = ev.evaluate_offline(customers, events, k, seed, names, load_settings(),
                                    progress=None if as_json else
                                    lambda name: click.echo(f"learning with {name} ...",
                                                            err=True))

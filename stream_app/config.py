@@ -35,6 +35,8 @@ def _bool(value: str) -> bool:
         return False
     raise ValueError(f"not a boolean: {value!r}")
 
+#: River clusterers the learner can run (see :mod:`stream_app.segmentation`).
+CLUSTERERS = ("kmeans", "streamkmeans", "clustream")
 
 @dataclass(frozen=True)
 class Settings:
@@ -64,13 +66,14 @@ class Settings:
     segment_features: str = field(
         default=DEFAULT_SEGMENT_FEATURES, metadata={"env": "SEGMENT_FEATURES"}
     )
-    segment_margin: float = field(default=0.3, metadata={"env": "SEGMENT_MARGIN"})
+    segment_clusterer: str = field(default="kmeans", metadata={"env": "SEGMENT_CLUSTERER"})
+    segment_margin: float = field(default=0.4, metadata={"env": "SEGMENT_MARGIN"})
     segment_confirmations: int = field(default=2, metadata={"env": "SEGMENT_CONFIRMATIONS"})
     segment_min_events: int = field(default=3, metadata={"env": "SEGMENT_MIN_EVENTS"})
     kmeans_halflife: float = field(default=0.005, metadata={"env": "KMEANS_HALFLIFE"})
     model_seed: int = field(default=42, metadata={"env": "MODEL_SEED"})
     model_warmup_samples: int = field(default=0, metadata={"env": "MODEL_WARMUP_SAMPLES"})
-    model_reservoir: int = field(default=5000, metadata={"env": "MODEL_RESERVOIR"})
+    model_sample_customers: int = field(default=5000, metadata={"env": "MODEL_SAMPLE_CUSTOMERS"})
     model_refine_every: int = field(default=0, metadata={"env": "MODEL_REFINE_EVERY"})
     model_publish_interval: float = field(
         default=5.0, metadata={"env": "MODEL_PUBLISH_INTERVAL"}
@@ -116,6 +119,10 @@ class Settings:
             raise ValueError("SEGMENT_MARGIN must be in [0, 1)")
         if not 0.0 < self.kmeans_halflife <= 1.0:
             raise ValueError("KMEANS_HALFLIFE must be in (0, 1]")
+        if self.segment_clusterer not in CLUSTERERS:
+            raise ValueError(f"SEGMENT_CLUSTERER must be one of {', '.join(CLUSTERERS)}")
+        if self.model_sample_customers < 1:
+            raise ValueError("MODEL_SAMPLE_CUSTOMERS must be at least 1")
 
     @staticmethod
     def env_names() -> dict[str, str]:

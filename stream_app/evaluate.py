@@ -4,12 +4,12 @@ Two modes:
 
 * **live** (default): against running workers fed by the generator. Homogeneity,
   separation, silhouette and the WCSS ratio against batch k-means come from the applied
-  model (the learner measures them on its reservoir sample of customers at every
+  model (the learner measures them on its sample of customers at every
   refinement); churn per hour and the flap rate from the workers' metrics; the adjusted
   Rand index against the generator's planted types from the customers' segments.
-* **offline** (``--offline``): runs the synthetic shop through the real pipeline in this
-  process and feeds the same sample stream to several River clusterers, to compare them
-  on the same figures (the comparison behind the default).
+* **offline** (``--offline``): runs the synthetic shop through the real pipeline, learner
+  and re-scoring loop in this process (:func:`simulate`), once per River clusterer, to
+  compare them on the same figures (the comparison behind the default).
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import orjson
 from rich.console import Console
 from rich.table import Table
 
-from stream_app.config import Settings
+from stream_app.config import CLUSTERERS, Settings
 from stream_app.generator import TYPES, SyntheticShop
-from stream_app.pipeline import CustomerPipeline
-from stream_app.quality import adjusted_rand_index, assign, flap_rate, quality_report
-from stream_app.segmentation import FeatureTransform, SegmentLearner
+from stream_app.pipeline import CustomerPipeline, Outcome
+from stream_app.quality import adjusted_rand_index, flap_rate
+from stream_app.segmentation import learner_for
 from stream_app.state import CustomerState
 from stream_app.verify import fetch_customer
 
@@ -121,90 +120,88 @@ def evaluate_live(urls: Sequence[str], window: float = 30.0,
     return report
 
 
-# -- offline comparison of River clusterers ----------------------------------------------------
-def _river_clusterer(name: str, k: int, seed: int) -> Any:
-    from river import cluster
+# -- offline: the whole loop in one process ----------------------------------------------------
+#: Event time of a simulation's first event (fixed, so a seed gives the same figures any day).
+SIMULATION_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+def simulate(settings: Settings, customers: int = 2000, events: int = 80_000, seed: int = 7,
+             span_days: float = 60.0, publish_every: int = 2000) -> dict[str, Any]:
+    """Run the synthetic shop through the real pipeline and learner in this process.
 
-    if name == "streamkmeans":
-        return cluster.STREAMKMeans(chunk_size=max(100, 10 * k), n_clusters=k, seed=seed)
-    if name == "clustream":
-        return cluster.CluStream(n_macro_clusters=k, max_micro_clusters=max(100, 10 * k),
-                                 time_gap=1000, seed=seed)
-    if name == "dbstream":
-        return cluster.DBSTREAM(clustering_threshold=1.5, fading_factor=0.001,
-                                cleanup_interval=1000, intersection_factor=0.3,
-                                minimum_weight=2.0)
-    if name == "kmeans-plain":
-        return cluster.KMeans(n_clusters=k, halflife=0.5, seed=seed)
-    raise ValueError(f"unknown clusterer {name!r}")
-
-
-CLUSTERERS = ("kmeans", "kmeans-plain", "streamkmeans", "clustream", "dbstream")
-
-
-def evaluate_offline(customers: int = 2000, events: int = 40_000, k: int = 4, seed: int = 7,
-                     clusterers: Sequence[str] = CLUSTERERS,
-                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Feed one synthetic sample stream to each clusterer; quality figures for each."""
-    from river import compose, preprocessing
-
-    settings = dataclasses.replace(Settings(), segments_k=k, learn_sample_rate=1e12)
+    The loop of a worker, without Kafka: every event goes through
+    :class:`~stream_app.pipeline.CustomerPipeline`; samples go to the learner
+    (:func:`~stream_app.segmentation.learner_for`); every ``publish_every`` events the
+    learner publishes a model version, which is applied and, when it asks for it (or is
+    the first), re-scores every customer, as the workers do. Time-based sweeps are not
+    simulated. Deterministic for a seed. Returns the quality figures of the final model
+    on the learner's customer sample, the adjusted Rand index of the customers' final
+    segments against the planted types, the flap rate, segment changes per event by
+    trigger, and the learner's cost per sample.
+    """
     pipeline = CustomerPipeline(settings)
-    step = 60 * 86_400_000 // events
-    shop = SyntheticShop(customers, seed=seed,
-                         start_ms=int(time.time() * 1000) - events * step, step_ms=step)
+    step = int(span_days * 86_400_000) // events
+    shop = SyntheticShop(customers, seed=seed, start_ms=SIMULATION_START_MS, step_ms=step)
+    learner = learner_for(settings)
     store: dict[bytes, bytes] = {}
-    samples: list[list[float | None]] = []
-    for i, event in enumerate(shop.events(events)):
+    changes: dict[str, int] = {}
+    flaps = version = 0
+    learning = 0.0
+
+    def count(out: Outcome) -> None:
+        nonlocal flaps
+        if out.trigger is not None:
+            changes[out.trigger] = changes.get(out.trigger, 0) + 1
+        flaps += out.flap
+
+    for offset, event in enumerate(shop.events(events)):
         out = pipeline.process(event.kind, event.key, event.value, store.get(event.key),
-                               "offline", 0, i)
+                               "simulated", 0, offset)
         if out.state is not None:
             store[event.key] = out.state
+        count(out)
         if out.sample is not None:
-            samples.append(orjson.loads(out.sample)["x"])
-    transform = FeatureTransform(settings.segment_features)
+            sample = orjson.loads(out.sample)
+            started = time.perf_counter()
+            learner.learn_one(sample["x"], sample["member"])
+            learning += time.perf_counter() - started
+        if (offset + 1) % publish_every == 0 and learner.ready:
+            version += 1
+            model = learner.snapshot(version)
+            pipeline.use_model(model)
+            if model.rescore or version == 1:
+                for key, stored in store.items():
+                    out = pipeline.rescore(key.decode(), stored)
+                    if out.state is not None:
+                        store[key] = out.state
+                    count(out)
     final = {key.decode(): CustomerState.from_bytes(raw) for key, raw in store.items()}
-    final = {c: s for c, s in final.items() if s.window.as_of}
-    vectors = [transform.vector(s.window.features(s.clock), s.profile) for s in final.values()]
-    truth = [TYPES.index(shop.planted[c]) for c in final]
+    known = [c for c, state in final.items() if state.segment is not None]
+    total = sum(changes.values())
+    return {
+        "clusterer": settings.segment_clusterer, "k": settings.segments_k,
+        **{m: learner.quality.get(m) for m in ("wcss_ratio", "homogeneity", "separation_min",
+                                                "silhouette")},
+        "ari_planted": adjusted_rand_index([TYPES.index(shop.planted[c]) for c in known],
+                                           [final[c].segment for c in known]),
+        "flap_rate": flap_rate(flaps, total),
+        "changes_per_event": total / events,
+        "changes": changes,
+        "us_per_sample": 1e6 * learning / max(learner.samples_seen, 1),
+        "model_versions": version, "customers": len(known), "events": events,
+    }
+
+
+def evaluate_offline(customers: int = 2000, events: int = 80_000, k: int = 4, seed: int = 7,
+                     clusterers: Sequence[str] = CLUSTERERS, settings: Settings | None = None,
+                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """:func:`simulate` once per clusterer, everything else equal (the comparison behind
+    the default ``SEGMENT_CLUSTERER``)."""
+    base = dataclasses.replace(settings or Settings(), segments_k=k, learn_sample_rate=1e12)
     rows = []
     for name in clusterers:
         if progress:
             progress(name)
-        learner = SegmentLearner(transform, k, seed=seed)
-        started = time.perf_counter()
-        if name == "kmeans":
-            for x in samples:
-                learner.learn_one(x)
-            model = learner.snapshot(1)
-            scale, centres = model.scale, model.centres
-        else:
-            river_model = compose.Pipeline(preprocessing.StandardScaler(),
-                                           _river_clusterer(name, k, seed))
-            for x in samples:
-                imputed = learner.impute(x)  # the same imputation as the learner
-                learner.reservoir.add([imputed[n] for n in transform.names])
-                river_model.learn_one(imputed)
-            scaler = river_model.steps["StandardScaler"]
-            found = river_model.steps[list(river_model.steps)[-1]].centers
-            centres = np.array([[c.get(n, 0.0) for n in transform.names]
-                                for c in found.values()]) if found else np.zeros((1, 1))
-
-            def scale(raw: list[float | None], scaler: Any = scaler) -> np.ndarray:
-                x = {n: (0.0 if v is None else v) for n, v in zip(transform.names, raw)}
-                t = scaler.transform_one(x)
-                return np.array([t[n] for n in transform.names])
-        elapsed = time.perf_counter() - started
-        sample_x = np.array([scale(list(r)) for r in learner.reservoir.array()])
-        assigned = assign(np.array([scale(v) for v in vectors]), centres)
-        quality = quality_report(sample_x, centres, seed=seed)
-        rows.append({"clusterer": name, "segments": len(centres),
-                     "wcss_ratio": quality["wcss_ratio"], "silhouette": quality["silhouette"],
-                     "homogeneity": quality["homogeneity"],
-                     "separation_min": quality["separation_min"],
-                     "ari_planted": adjusted_rand_index(truth, assigned.tolist()),
-                     "us_per_sample": 1e6 * elapsed / max(len(samples), 1),
-                     "samples": len(samples), "customers": len(final)})
+        rows.append(simulate(dataclasses.replace(base, segment_clusterer=name), customers,
+                             events, seed, publish_every=max(500, events // 40)))
     return rows
 
 
@@ -224,13 +221,14 @@ def print_live(report: dict[str, Any], console: Console | None = None) -> None:
 
 def print_offline(rows: list[dict[str, Any]], console: Console | None = None) -> None:
     console = console or Console()
-    table = Table(title=f"River clusterers on the same sample stream "
-                        f"({rows[0]['samples']} samples, {rows[0]['customers']} customers)")
-    columns = ("clusterer", "segments", "wcss_ratio", "silhouette", "homogeneity",
-               "separation_min", "ari_planted", "us_per_sample")
+    table = Table(title=f"River clusterers in the whole loop, simulated "
+                        f"({rows[0]['events']} events, {rows[0]['customers']} customers, "
+                        f"K={rows[0]['k']})")
+    columns = ("clusterer", "wcss_ratio", "silhouette", "homogeneity", "separation_min",
+               "ari_planted", "flap_rate", "changes_per_event", "us_per_sample")
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
+        table.add_row(*[f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
                         for c in columns])
     console.print(table)

@@ -39,7 +39,7 @@ class Metrics:
                              "Changes back to the segment just left within 5 evaluations.",
                              registry=r)
         self.quality = Gauge(p + "segment_quality",
-                             "Quality of the applied model on the learner's reservoir sample: "
+                             "Quality of the applied model on the learner's customer sample: "
                              "wcss_ratio (vs batch k-means), homogeneity, separation_min, "
                              "separation_mean, silhouette.", ["measure"], registry=r)
         self.processing = Histogram(

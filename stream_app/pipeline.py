@@ -9,6 +9,7 @@ benchmark can drive the same code from a plain consumer.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -173,7 +174,8 @@ class CustomerPipeline:
         features = state.window.features(state.clock)
         if ev is not None and ev.kind != "profile" and self._wants_sample(state, ev.ts):
             vector = self.transform.vector(features, state.profile)
-            out.sample = orjson.dumps({"spec": self.transform.spec, "x": vector})
+            out.sample = orjson.dumps({"spec": self.transform.spec, "x": vector,
+                                       "member": member_pseudonym(ev.customer_id)})
             state.sampled_at = ev.ts
         model = self.model
         if model is None or state.window.event_count() < self.min_events:
@@ -236,6 +238,16 @@ class CustomerPipeline:
             state.sampled_at = ts
             return False
         return ts - state.sampled_at >= self._sample_interval_ms and self._samples.take()
+
+
+def member_pseudonym(customer_id: str) -> str:
+    """The learner's name for a customer: a 64-bit hash, so the samples topic carries no
+    customer id while the learner can still keep one (newest) vector per customer.
+
+    >>> member_pseudonym("c-1") == member_pseudonym("c-1") != member_pseudonym("c-2")
+    True
+    """
+    return hashlib.blake2b(customer_id.encode(), digest_size=8, person=b"stream-app").hexdigest()
 
 
 def reasons(model: SegmentModel, raw: list[float | None], previous: int | None, segment: int,

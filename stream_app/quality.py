@@ -9,7 +9,7 @@ of vectors and ``centres`` a ``k × d`` array (``SegmentModel.centres``).
 * optimality against the batch reference: :func:`batch_kmeans`, :func:`wcss_ratio`;
 * stability between model versions: :func:`adjusted_rand_index`, :func:`match_centres`,
   :func:`flap_rate`;
-* a uniform sample of the stream to measure on: :class:`Reservoir`;
+* a uniform sample of the customers to measure on: :class:`CustomerSample`;
 * all of it at once, JSON-ready: :func:`quality_report`.
 
 >>> x = np.array([[0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [10.0, 1.0]])
@@ -25,9 +25,10 @@ of vectors and ``centres`` a ``k × d`` array (``SegmentModel.centres``).
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import math
-import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -499,86 +500,76 @@ def flap_rate(flaps: int, changes: int) -> float:
     return float(flaps) / changes if changes > 0 else 0.0
 
 
-class Reservoir:
-    """Fixed-capacity uniform sample of a stream of vectors (Vitter's Algorithm R).
+class CustomerSample:
+    """The latest vector of a uniform sample of up to ``capacity`` customers.
 
-    After ``seen`` additions every vector added so far is in the sample with probability
-    ``min(1, capacity / seen)``.
+    Bottom-k sampling: a customer is in the sample when its key's hash is among the
+    ``capacity`` smallest seen so far, so every customer has the same chance whatever
+    its event rate, and the choice does not depend on arrival order. A sampled customer's
+    row is replaced by its newest vector: the sample describes the population as it is
+    now, not every state it passed through (an early, immature state of a customer says
+    nothing about the segments it should be in today).
 
     Parameters
     ----------
     capacity : int
-        Largest number of vectors kept.
-    seed : int, default 0
-        Seed of the ``random.Random`` that chooses replacements.
+        Largest number of customers kept.
 
     Examples
     --------
-    >>> r = Reservoir(capacity=3, seed=1)
-    >>> for i in range(10):
-    ...     r.add([float(i), 0.0])
-    >>> len(r), r.seen, r.array().shape
-    (3, 10, (3, 2))
-    >>> again = Reservoir.from_list(3, r.seen, r.to_list(), seed=1)
-    >>> again.to_list() == r.to_list()
+    >>> s = CustomerSample(capacity=2)
+    >>> for key, value in [("a", 1.0), ("b", 2.0), ("c", 3.0), ("a", 4.0), ("d", 5.0)]:
+    ...     s.add(key, [value])
+    >>> len(s), s.seen
+    (2, 5)
+    >>> again = CustomerSample(capacity=2)
+    >>> for key, value in [("d", 5.0), ("a", 4.0), ("c", 3.0), ("b", 2.0)]:
+    ...     again.add(key, [value])
+    >>> sorted(again.array().ravel().tolist()) == sorted(s.array().ravel().tolist())
     True
     """
 
-    def __init__(self, capacity: int, seed: int = 0) -> None:
+    def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = int(capacity)
-        self.seed = seed
         self.seen = 0
-        self._rows: list[list[float]] = []
-        self._rng = random.Random(seed)
+        self._rows: dict[str, list[float]] = {}
+        self._heap: list[tuple[int, str]] = []  # (-priority, key): the largest kept on top
 
     def __len__(self) -> int:
         return len(self._rows)
 
-    def add(self, vector: Iterable[float]) -> None:
-        """Offer one vector: kept with probability ``capacity / seen``, evicting at random."""
+    @staticmethod
+    def priority(key: str) -> int:
+        """A key's place in the sample order (a 64-bit hash, the same in every process)."""
+        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+    def add(self, key: str, vector: Iterable[float]) -> None:
+        """Offer customer ``key``'s newest vector."""
         row = [float(v) for v in vector]
-        if self._rows and len(row) != len(self._rows[0]):
-            raise ValueError(f"vector has {len(row)} values, the reservoir holds "
-                             f"{len(self._rows[0])}")
+        if self._rows:
+            width = len(next(iter(self._rows.values())))
+            if len(row) != width:
+                raise ValueError(f"vector has {len(row)} values, the sample holds {width}")
         self.seen += 1
-        if len(self._rows) < self.capacity:
-            self._rows.append(row)
+        if key in self._rows:
+            self._rows[key] = row
             return
-        j = self._rng.randrange(self.seen)
-        if j < self.capacity:
-            self._rows[j] = row
+        priority = self.priority(key)
+        if len(self._rows) < self.capacity:
+            heapq.heappush(self._heap, (-priority, key))
+            self._rows[key] = row
+        elif priority < -self._heap[0][0]:
+            _, evicted = heapq.heapreplace(self._heap, (-priority, key))
+            del self._rows[evicted]
+            self._rows[key] = row
 
     def array(self) -> np.ndarray:
         """The sample as an ``m × d`` float array (``0 × 0`` when empty)."""
         if not self._rows:
             return np.empty((0, 0))
-        return np.array(self._rows, dtype=float)
-
-    def to_list(self) -> list[list[float]]:
-        """The sample as lists of floats (JSON-serialisable; a copy)."""
-        return [list(row) for row in self._rows]
-
-    @classmethod
-    def from_list(cls, capacity: int, seen: int, rows: Sequence[Iterable[float]],
-                  seed: int = 0) -> Reservoir:
-        """Restore a reservoir saved as ``capacity``, ``seen`` and :meth:`to_list`.
-
-        The random generator is re-seeded from ``seed`` and ``seen``, so a restored
-        reservoir does not replay the draws it made from its start.
-        """
-        r = cls(capacity, seed)
-        data = [[float(v) for v in row] for row in rows]
-        if len(data) != min(seen, capacity):
-            raise ValueError(f"{len(data)} rows do not fit capacity={capacity}, seen={seen}")
-        if data and any(len(row) != len(data[0]) for row in data):
-            raise ValueError("rows of unequal length")
-        r._rows = data
-        r.seen = int(seen)
-        if seen:
-            r._rng = random.Random(f"{seed}:{seen}")
-        return r
+        return np.array(list(self._rows.values()), dtype=float)
 
 
 def quality_report(x: Any, model_centres: Any, seed: int = 0) -> dict[str, Any]:
@@ -587,7 +578,7 @@ def quality_report(x: Any, model_centres: Any, seed: int = 0) -> dict[str, Any]:
     Parameters
     ----------
     x : array_like, shape (n, d)
-        Vectors in the model's standardised space (e.g. :meth:`Reservoir.array` of
+        Vectors in the model's standardised space (e.g. :meth:`CustomerSample.array` of
         scaled vectors); ``n >= 1``.
     model_centres : array_like, shape (k, d)
         The model's centres (``SegmentModel.centres``).

@@ -36,9 +36,10 @@ import numpy as np
 import orjson
 from river import cluster, preprocessing
 
+from stream_app.config import CLUSTERERS, Settings
 from stream_app.labels import segment_labels
 from stream_app.quality import (
-    Reservoir,
+    CustomerSample,
     assign,
     batch_kmeans,
     match_centres,
@@ -120,7 +121,7 @@ class SegmentModel:
     labels: tuple[str, ...]
     samples_seen: int
     created_at: float
-    #: Quality of the learner's partition on its reservoir sample (see :mod:`quality`).
+    #: Quality of the learner's partition on its customer sample (see :mod:`quality`).
     quality: dict[str, float] = field(default_factory=dict)
     #: Whether workers should re-score every customer: set when, since the last version
     #: so marked, enough of the learner's sample changed segment.
@@ -197,6 +198,19 @@ class SegmentModel:
         )
 
 
+def learner_for(settings: Settings, latest: SegmentModel | None = None) -> SegmentLearner:
+    """The learner ``settings`` describe, resumed from snapshot ``latest`` if given."""
+    options = dict(halflife=settings.kmeans_halflife, seed=settings.model_seed,
+                   sample=settings.model_sample_customers,
+                   refine_every=settings.model_refine_every,
+                   rescore_share=settings.rescore_min_moved,
+                   clusterer=settings.segment_clusterer)
+    if latest is not None:
+        return SegmentLearner.resume(latest, **options)  # type: ignore[arg-type]
+    return SegmentLearner(FeatureTransform(settings.segment_features), settings.segments_k,
+                          settings.model_warmup_samples, **options)  # type: ignore[arg-type]
+
+
 def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 20
                      ) -> np.ndarray:
     """k-means++ seeding followed by Lloyd iterations on ``x`` (n × d): ``k`` centres."""
@@ -232,8 +246,28 @@ def lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 20) -> np.ndarra
     return centres
 
 
+def river_clusterer(name: str, k: int, halflife: float, seed: int) -> Any:
+    """A fresh River clusterer ``name`` (one of :data:`~stream_app.config.CLUSTERERS`).
+
+    ``kmeans`` is River's ``KMeans``, which the learner warm-starts with k-means++ and
+    refines periodically on its customer sample; the others are River's streaming
+    clusterers as they are, their centres matched to the previous version's at every
+    snapshot so that ids stay stable.
+    """
+    if name == "kmeans":
+        return cluster.KMeans(n_clusters=k, halflife=halflife, seed=seed)
+    if name == "streamkmeans":
+        return cluster.STREAMKMeans(chunk_size=max(100, 10 * k), n_clusters=k,
+                                    halflife=halflife, seed=seed)
+    if name == "clustream":
+        return cluster.CluStream(n_macro_clusters=k, max_micro_clusters=max(100, 10 * k),
+                                 time_gap=max(1000, 20 * k), seed=seed)
+    raise ValueError(f"SEGMENT_CLUSTERER: unknown clusterer {name!r}; one of {CLUSTERERS}")
+
+
 class SegmentLearner:
-    """The online learner: River ``StandardScaler`` and ``KMeans``, k-means++ warm start.
+    """The online learner: River ``StandardScaler`` and a River clusterer (``KMeans`` by
+    default, k-means++ warm start), learning from sampled customers.
 
     Parameters
     ----------
@@ -247,16 +281,23 @@ class SegmentLearner:
         River ``KMeans`` step towards each new vector.
     seed
         Seed of the warm start; equal seeds and samples give equal models in any process.
+    sample
+        Customers kept in the :class:`~stream_app.quality.CustomerSample` that
+        refinements and quality figures use.
+    clusterer
+        One of :data:`~stream_app.config.CLUSTERERS` (see :func:`river_clusterer`).
     """
 
     def __init__(self, transform: FeatureTransform, k: int, warmup: int = 0,
-                 halflife: float = 0.02, seed: int = 42, reservoir: int = 5000,
-                 refine_every: int = 0, rescore_share: float = 0.02) -> None:
+                 halflife: float = 0.02, seed: int = 42, sample: int = 5000,
+                 refine_every: int = 0, rescore_share: float = 0.02,
+                 clusterer: str = "kmeans") -> None:
         self.transform = transform
         self.k = k
         self.warmup = warmup or 20 * k
         self.seed = seed
-        self.reservoir = Reservoir(reservoir, seed)
+        self.clusterer = clusterer
+        self.sample = CustomerSample(sample)
         self.refine_every = refine_every or max(1000, 20 * k)
         self.refinements = 0
         self.quality: dict[str, float] = {}
@@ -271,8 +312,11 @@ class SegmentLearner:
         self.names = transform.names
         #: Running statistics of the learned vectors (adopted as the frame at refinements).
         self.scaler = preprocessing.StandardScaler()
-        #: The online k-means, learning in the frame (``learn_one`` moves the nearest centre).
-        self.kmeans = cluster.KMeans(n_clusters=k, halflife=halflife, seed=seed)
+        #: The online clusterer, learning in the frame.
+        self.online = river_clusterer(clusterer, k, halflife, seed)
+        #: The centres of the last snapshot (ids are matched to them for clusterers other
+        #: than ``kmeans``, whose centres keep their ids by construction).
+        self._published: np.ndarray | None = None
         self.impute_sums = np.zeros(len(self.names))
         self.impute_counts = np.zeros(len(self.names))
         self.samples_seen = 0
@@ -295,15 +339,17 @@ class SegmentLearner:
                 x[name] = value
         return x
 
-    def learn_one(self, raw: list[float | None]) -> None:
-        """Learn from one raw vector (as :meth:`FeatureTransform.vector` returns)."""
+    def learn_one(self, raw: list[float | None], member: str | None = None) -> None:
+        """Learn from one raw vector (as :meth:`FeatureTransform.vector` returns) of the
+        customer with pseudonym ``member`` (each vector its own member when None)."""
         x = self.impute(raw)
         self.samples_seen += 1
-        self.reservoir.add([x[n] for n in self.names])
+        self.sample.add(member if member is not None else f"#{self.samples_seen}",
+                        [x[n] for n in self.names])
         if self._buffer is None:
             self.scaler.learn_one(x)  # running statistics, adopted at the next refinement
             z = self._to_frame(np.array([x[n] for n in self.names]))
-            self.kmeans.learn_one(dict(zip(self.names, z.tolist())))
+            self.online.learn_one(dict(zip(self.names, z.tolist())))
             self._since_refine += 1
             if self._since_refine >= self.refine_every:
                 self.refine()
@@ -317,7 +363,7 @@ class SegmentLearner:
         """The segment River's KMeans assigns ``raw`` to (no hysteresis, no learning)."""
         x = self.impute_value(raw)
         z = self._to_frame(np.array(x))
-        return self.kmeans.predict_one(dict(zip(self.names, z.tolist())))
+        return int(assign(z[None, :], self.centres())[0])
 
     def impute_value(self, raw: list[float | None]) -> list[float]:
         """``raw`` with unknown values replaced by their mean so far (learns nothing)."""
@@ -330,14 +376,28 @@ class SegmentLearner:
         self.frame_mean, self.frame_std = self._scaler_stats()
         scaled = self._to_frame(np.array([[x[n] for n in self.names] for x in self._buffer]))
         centres = kmeans_plus_plus(scaled, self.k, np.random.default_rng(self.seed))
-        self._set_centres(centres)
+        if self.clusterer == "kmeans":
+            self._set_centres(centres)
+        else:  # River's own clusterer learns the warm-up; k-means++ only orders its ids
+            self._published = centres
+            for row in scaled:
+                self.online.learn_one(dict(zip(self.names, row.tolist())))
         self._buffer = None
-        self.quality = quality_report(scaled, centres, seed=self.seed)
+        self.quality = quality_report(scaled, self.centres(), seed=self.seed)
 
     def centres(self) -> np.ndarray:
         """Current centres (k × d, standardised space), row ``i`` = segment ``i``."""
-        return np.array([[self.kmeans.centers[i][n] for n in self.names]
-                         for i in range(self.k)])
+        if self.clusterer == "kmeans":
+            return np.array([[self.online.centers[i][n] for n in self.names]
+                             for i in range(self.k)])
+        # Other clusterers: their centres (fewer than k, or none, before they have formed
+        # are completed with the last published ones), matched to the last published ids.
+        found = [[float(c.get(n, 0.0)) for n in self.names]
+                 for c in getattr(self.online, "centers", {}).values() if c]
+        previous = self._published if self._published is not None else np.zeros(
+            (self.k, len(self.names)))
+        current = np.array(found[: self.k] + previous.tolist()[len(found):], dtype=float)
+        return current[match_centres(previous, current)]
 
     def _scaler_stats(self) -> tuple[np.ndarray, np.ndarray]:
         mean = np.array([self.scaler.means[n] for n in self.names])
@@ -348,30 +408,37 @@ class SegmentLearner:
         return np.divide(x - self.frame_mean, self.frame_std, out=np.zeros_like(x),
                          where=self.frame_std > 0)
 
-    def scaled_reservoir(self) -> np.ndarray:
-        """The reservoir sample in the centres' frame (see :meth:`refine`)."""
-        if not len(self.reservoir):
+    def scaled_sample(self) -> np.ndarray:
+        """The customer sample in the centres' frame (see :meth:`refine`)."""
+        if not len(self.sample):
             return np.zeros((0, len(self.names)))
-        return self._to_frame(self.reservoir.array())
+        return self._to_frame(self.sample.array())
 
     def refine(self) -> None:
-        """Batch-refine the centres on the reservoir sample, keeping segment ids.
+        """Batch-refine the centres on the customer sample, keeping segment ids.
 
         Two candidates: Lloyd iterations from the current centres (each centre keeps its
         id), and a fresh k-means++ solution whose centres are matched to the current ones
         (Hungarian assignment on distance). The lower within-cluster sum of squares wins;
         River's online updates continue from there. This bounds the drift of an online
         k-means and revives centres that no longer attract anyone.
+
+        Other clusterers are not refined (they are compared as River ships them): their
+        quality figures are measured, and the frame stays the warm-up's.
         """
         self._since_refine = 0
-        if len(self.reservoir) < 2 * self.k:
+        if len(self.sample) < 2 * self.k:
+            return
+        if self.clusterer != "kmeans":
+            self.refinements += 1
+            self.quality = quality_report(self.scaled_sample(), self.centres(), seed=self.seed)
             return
         # Adopt the running scaler statistics as the new frame, keeping every centre at
         # the same place in feature space.
         raw_centres = self.centres() * self.frame_std + self.frame_mean
         self.frame_mean, self.frame_std = self._scaler_stats()
         current = self._to_frame(raw_centres)
-        x = self.scaled_reservoir()
+        x = self.scaled_sample()
         kept = lloyd(x, current)
         fresh = batch_kmeans(x, self.k, seed=self.seed + self.refinements)
         fresh = fresh[match_centres(current, fresh)]
@@ -383,8 +450,12 @@ class SegmentLearner:
         self.quality = quality_report(x, best, seed=self.seed)
 
     def _set_centres(self, centres: np.ndarray) -> None:
-        rand = partial(self.kmeans._rng.gauss, self.kmeans.mu, self.kmeans.sigma)
-        self.kmeans.centers = {
+        """Place River ``KMeans``'s centres (other clusterers keep their own state)."""
+        if self.clusterer != "kmeans":
+            self._published = np.array(centres, dtype=float)
+            return
+        rand = partial(self.online._rng.gauss, self.online.mu, self.online.sigma)
+        self.online.centers = {
             i: defaultdict(rand, zip(self.names, map(float, row))) for i, row in enumerate(centres)
         }
 
@@ -397,6 +468,7 @@ class SegmentLearner:
         centres = self.centres()
         counts = self.impute_counts
         impute = np.divide(self.impute_sums, counts, out=np.zeros_like(counts), where=counts > 0)
+        self._published = centres
         rescore = self._moved_share(centres) >= self.rescore_share
         if rescore:
             self._rescored = centres * std + mean
@@ -408,11 +480,11 @@ class SegmentLearner:
         )
 
     def _moved_share(self, centres: np.ndarray) -> float:
-        """Share of the reservoir sample whose segment differs from the last version that
+        """Share of the customer sample whose segment differs from the last version that
         was re-scored (1.0 for the first version)."""
         if self._rescored is None:
             return 1.0
-        x = self.scaled_reservoir()
+        x = self.scaled_sample()
         if not len(x):
             return 0.0
         before = assign(x, self._to_frame(self._rescored))
@@ -420,15 +492,17 @@ class SegmentLearner:
 
     @classmethod
     def resume(cls, model: SegmentModel, halflife: float = 0.02, seed: int = 42,
-               reservoir: int = 5000, refine_every: int = 0, rescore_share: float = 0.02,
-               ) -> SegmentLearner:
+               sample: int = 5000, refine_every: int = 0, rescore_share: float = 0.02,
+               clusterer: str = "kmeans") -> SegmentLearner:
         """Rebuild a learner from a published snapshot, without retraining.
 
-        The reservoir sample is not in the snapshot: it refills from new samples.
+        The customer sample is not in the snapshot: it refills from new samples. A
+        ``kmeans`` learner continues from the snapshot's centres; another clusterer
+        starts its own state afresh, its centres matched to the snapshot's.
         """
         learner = cls(FeatureTransform(model.spec), model.k, halflife=halflife, seed=seed,
-                      reservoir=reservoir, refine_every=refine_every,
-                      rescore_share=rescore_share)
+                      sample=sample, refine_every=refine_every,
+                      rescore_share=rescore_share, clusterer=clusterer)
         n = max(model.samples_seen, 1)
         for name, m, s in zip(learner.names, model.mean, model.std):
             learner.scaler.counts[name] = n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -70,3 +71,27 @@ def test_evaluate_reports_quality_against_planted_types(make_worker):
 
     table = cli("evaluate", "--url", worker.url, "--window", "1", env=worker.env)
     assert table.returncode == 0 and "wcss_ratio" in table.stdout
+
+
+def test_offline_comparison_runs_the_whole_loop_per_clusterer():
+    args = ("evaluate", "--offline", "--customers", "200", "--events", "8000", "--k", "4",
+            "--clusterers", "kmeans,streamkmeans", "--json")
+    result = cli(*args, env={**os.environ, "SEGMENT_MARGIN": "0.4"}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = orjson.loads(result.stdout)
+    assert [r["clusterer"] for r in rows] == ["kmeans", "streamkmeans"]
+    for row in rows:
+        assert row["customers"] == 200 and row["events"] == 8000 and row["k"] == 4
+        assert 0 <= row["flap_rate"] <= 1 and row["changes_per_event"] > 0
+        assert sum(row["changes"].values()) == round(row["changes_per_event"] * 8000)
+    kmeans = rows[0]
+    assert kmeans["wcss_ratio"] <= 1.15 and kmeans["ari_planted"] >= 0.8
+    # The simulation is deterministic for a seed (it is the basis of the README's table).
+    again = cli(*args[:-2], "kmeans", "--json", env={**os.environ, "SEGMENT_MARGIN": "0.4"},
+                timeout=600)
+    assert again.returncode == 0, again.stderr
+    repeated = orjson.loads(again.stdout)
+    assert len(repeated) == 1 and repeated[0].pop("us_per_sample") > 0
+    assert repeated[0] == {m: v for m, v in kmeans.items() if m != "us_per_sample"}
+    bad = cli("evaluate", "--offline", "--clusterers", "dbstream", env=dict(os.environ))
+    assert bad.returncode == 2 and "dbstream" in bad.stderr

@@ -18,7 +18,7 @@ from jsonschema import Draft7Validator, FormatChecker
 from stream_app.changes import iso_ms
 from stream_app.config import Settings
 from stream_app.features import DAY_MS, FEATURE_NAMES, HOUR_MS
-from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome
+from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome, member_pseudonym
 from stream_app.schemas import load_schema
 from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel
 from stream_app.state import CustomerState
@@ -593,3 +593,16 @@ def test_margin_prevents_a_move_to_a_slightly_closer_centre(model):
     change = change_of(c.rescore())
     assert change["previous_segment"] == current and change["segment"] == other
     assert change["distance"] == pytest.approx(0.8, abs=1e-6)
+
+
+
+def test_samples_name_the_customer_by_pseudonym_only(model):
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline, "customer-42")
+    c.click(T0, 1)
+    raw = c.click(T0 + HOUR_MS, 2).sample
+    assert raw is not None and b"customer-42" not in raw
+    sample = orjson.loads(raw)
+    assert sample["member"] == member_pseudonym("customer-42") != member_pseudonym("c1")
+    Draft7Validator(load_schema("model-sample.schema.json")).validate(sample)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_app.quality import (
-    Reservoir,
+    CustomerSample,
     adjusted_rand_index,
     assign,
     batch_kmeans,
@@ -304,84 +304,47 @@ def test_flap_rate():
     assert isinstance(flap_rate(1, 2), float)
 
 
-# -- reservoir -----------------------------------------------------------------------------
+# -- customer sample ------------------------------------------------------------------------
 
 
-def test_reservoir_fills_then_keeps_capacity():
-    r = Reservoir(capacity=5, seed=0)
-    assert len(r) == 0 and r.seen == 0 and r.array().shape == (0, 0)
+def test_customer_sample_keeps_newest_vector_per_customer_up_to_capacity():
+    s = CustomerSample(capacity=5)
+    assert len(s) == 0 and s.seen == 0 and s.array().shape == (0, 0)
     for i in range(3):
-        r.add([float(i), 1.0])
-    assert r.to_list() == [[0.0, 1.0], [1.0, 1.0], [2.0, 1.0]]  # all kept in order
-    for i in range(3, 1000):
-        r.add(np.array([i, 1.0]))
-        assert len(r) == min(i + 1, 5)
-    assert r.seen == 1000
-    assert r.array().shape == (5, 2)
-    assert len({row[0] for row in r.to_list()}) == 5  # no duplicates
+        s.add("a", [float(i), 1.0])  # one customer, three states: one row, the newest
+    assert len(s) == 1 and s.seen == 3 and s.array().tolist() == [[2.0, 1.0]]
+    for i in range(1000):
+        s.add(f"c{i}", np.array([i, 1.0]))
+        assert len(s) == min(i + 2, 5)
+    assert s.seen == 1003 and s.array().shape == (5, 2)
     with pytest.raises(ValueError):
-        r.add([1.0, 2.0, 3.0])
+        s.add("x", [1.0, 2.0, 3.0])
     with pytest.raises(ValueError):
-        Reservoir(0)
+        CustomerSample(0)
 
 
-def test_reservoir_is_uniform():
-    n, capacity = 10_000, 500
-    means, early = [], []
-    for seed in range(40):
-        r = Reservoir(capacity, seed=seed)
-        for i in range(n):
-            r.add([float(i)])
-        idx = r.array()[:, 0]
-        # One sample: standard error of the mean is n / sqrt(12 * 500), about 0.013 n.
-        assert abs(idx.mean() - n / 2) < 0.06 * n
-        means.append(idx.mean())
-        early.append((idx < n / 10).mean())
-    # Over 40 samples: standard error about 0.002 n; the first tenth keeps its share.
-    assert abs(np.mean(means) - n / 2) < 0.01 * n
-    assert abs(np.mean(early) - 0.1) < 0.01
+def test_customer_sample_keeps_the_smallest_hashes_whatever_the_order():
+    keys = [f"customer-{i}" for i in range(2000)]
+    expected = set(sorted(keys, key=CustomerSample.priority)[:50])
+    for order in (keys, keys[::-1], sorted(keys, key=hash)):
+        s = CustomerSample(capacity=50)
+        for key in order:
+            s.add(key, [float(int(key.split("-")[1]))])
+        assert {f"customer-{int(v)}" for v in s.array()[:, 0]} == expected
 
 
-def test_reservoir_is_deterministic_for_a_seed():
-    def run(seed):
-        r = Reservoir(10, seed=seed)
-        for i in range(500):
-            r.add([float(i)])
-        return r.to_list()
-
-    assert run(7) == run(7)
-    assert run(7) != run(8)
-
-
-def test_reservoir_round_trips_through_json():
-    r = Reservoir(capacity=20, seed=3)
-    for i in range(137):
-        r.add([float(i), i / 2])
-    saved = orjson.loads(orjson.dumps({"capacity": r.capacity, "seen": r.seen,
-                                       "rows": r.to_list()}))
-    again = Reservoir.from_list(saved["capacity"], saved["seen"], saved["rows"], seed=3)
-    assert again.to_list() == r.to_list()
-    assert again.seen == 137 and len(again) == 20 and again.capacity == 20
-    np.testing.assert_array_equal(again.array(), r.array())
-    again.add([1000.0, 500.0])
-    assert again.seen == 138 and len(again) == 20
-    # A reservoir that is not yet full restores and keeps filling.
-    small = Reservoir.from_list(5, 2, [[1.0], [2.0]])
-    small.add([3.0])
-    assert small.to_list() == [[1.0], [2.0], [3.0]]
-    # to_list is a copy.
-    rows = again.to_list()
-    rows[0][0] = -1.0
-    assert again.to_list()[0][0] != -1.0
-
-
-def test_reservoir_from_list_validates():
-    with pytest.raises(ValueError):
-        Reservoir.from_list(3, 10, [[1.0], [2.0]])  # should hold 3 rows
-    with pytest.raises(ValueError):
-        Reservoir.from_list(3, 2, [[1.0], [2.0], [3.0]])  # more rows than seen
-    with pytest.raises(ValueError):
-        Reservoir.from_list(3, 2, [[1.0], [2.0, 3.0]])
+def test_customer_sample_is_uniform_over_customers_not_events():
+    # Busy customers (ids < 1000) send 20 vectors each, quiet ones one: the sample still
+    # holds them in proportion to their number (half), not their events (20/21).
+    s = CustomerSample(capacity=400)
+    for round_ in range(20):
+        for i in range(2000):
+            if i < 1000 or round_ == 0:
+                s.add(f"c{i}", [float(i < 1000), float(round_)])
+    busy = s.array()[:, 0].mean()
+    assert abs(busy - 0.5) < 0.1  # binomial sd of 400 draws: 0.025
+    rows = s.array()
+    assert (rows[rows[:, 0] == 1.0][:, 1] == 19.0).all()  # busy customers: newest state
 
 
 # -- quality report ------------------------------------------------------------------------

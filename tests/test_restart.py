@@ -47,3 +47,17 @@ def test_restarted_worker_resumes_state_and_model(make_worker, broker):
     assert status == 200 and body["samples_seen"] > seen_before
     assert metric_sum(second.metrics(), "stream_app_learner_samples_learned_total") < \
         body["samples_seen"]
+
+
+def test_sigterm_during_a_rescoring_pass_exits_cleanly(make_worker, broker):
+    # A slow re-scoring pass (5 customers a second) is still sending control messages when
+    # SIGTERM arrives: the worker must stop the pass, not crash on the stopped producer.
+    worker = make_worker(SEGMENTS_K=4, RESCORE_RATE=5).start()
+    now = int(time.time() * 1000)
+    shop = SyntheticShop(120, seed=5, start_ms=now - 3000 * STEP_MS, step_ms=STEP_MS)
+    produce(broker.bootstrap_servers,
+            [(worker.topics[e.kind], e.key, e.value) for e in shop.events(3000)])
+    wait_for(lambda: metric_sum(worker.metrics(), "stream_app_rescore_requests_total") > 0,
+             120, "a re-scoring pass to start", interval=0.2)
+    assert metric_sum(worker.metrics(), "stream_app_rescore_requests_total") < 100
+    assert worker.stop() == 0, worker.log()

@@ -3,6 +3,7 @@ stream_app.labels.segment_labels."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -381,3 +382,43 @@ def test_labels_one_per_centre():
     assert segment_labels(names, [[1.0], [-1.0], [0.0]]) == (
         "frequent buyer", "rarely buys", "typical customer",
     )
+
+
+@pytest.mark.parametrize("clusterer", ["streamkmeans", "clustream"])
+def test_other_river_clusterers_learn_and_keep_ids_between_snapshots(clusterer):
+    rng = np.random.default_rng(21)
+    x, _ = blobs(rng, 600)
+    learner = SegmentLearner(FeatureTransform(SPEC3), k=4, seed=3, clusterer=clusterer)
+    for row in x.tolist():
+        learner.learn_one(row)
+    first = learner.snapshot(version=1)
+    assert first.k == 4 and np.isfinite(first.centres).all()
+    test_x, _ = blobs(rng, 100)
+    before = [first.assign(row, None)[0] for row in test_x.tolist()]
+    for row in blobs(rng, 300)[0].tolist():  # more of the same population
+        learner.learn_one(row)
+    second = learner.snapshot(version=2)
+    after = [second.assign(row, None)[0] for row in test_x.tolist()]
+    # Whatever order River's clusterer keeps its centres in, ids are matched: customers
+    # keep their segment as often as the best renumbering of the new partition allows (the
+    # partition itself may change: River's clusterers re-cluster and may split or merge
+    # blobs, depending on PYTHONHASHSEED).
+    before_, after_ = np.array(before), np.array(after)
+    best = max(np.mean(np.array(p)[after_] == before_) for p in itertools.permutations(range(4)))
+    assert best >= 0.7 and np.mean(before_ == after_) >= best - 0.01
+    assert learner.quality["n"] > 0
+
+
+def test_unknown_clusterer_is_rejected():
+    with pytest.raises(ValueError, match="SEGMENT_CLUSTERER"):
+        SegmentLearner(FeatureTransform(SPEC3), k=4, clusterer="dbstream")
+
+
+def test_sample_holds_each_member_once_with_its_newest_vector():
+    learner = SegmentLearner(FeatureTransform(SPEC3), k=2, warmup=4, seed=1)
+    for step in range(10):
+        for member in ("a", "b", "c"):
+            learner.learn_one([float(step), 0.0, 1.0], member)
+    rows = learner.sample.array()
+    assert learner.samples_seen == 30 and rows.shape == (3, 3)
+    assert (rows[:, 0] == 9.0).all()

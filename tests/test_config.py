@@ -1,0 +1,37 @@
+"""Settings come from the environment, are checked, and name the variable at fault."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_app.config import CLUSTERERS, Settings
+from stream_app.segmentation import river_clusterer
+
+
+def test_settings_read_typed_values_from_the_environment():
+    s = Settings.from_env({"SEGMENTS_K": "8", "SEGMENT_MARGIN": "0.25",
+                           "SEGMENT_CLUSTERER": "clustream", "STREAM_APP_EMBEDDED_BROKER": "yes",
+                           "MODEL_SAMPLE_CUSTOMERS": "900", "SEGMENT_FEATURES": ""})
+    assert (s.segments_k, s.segment_margin, s.segment_clusterer) == (8, 0.25, "clustream")
+    assert s.embedded_broker is True and s.model_sample_customers == 900
+    assert s.segment_features == Settings().segment_features  # empty means default
+
+
+@pytest.mark.parametrize("name, value", [
+    ("SEGMENTS_K", "1"), ("SEGMENTS_K", "many"), ("SEGMENT_MARGIN", "1.0"),
+    ("SEGMENT_CLUSTERER", "dbstream"), ("MODEL_SAMPLE_CUSTOMERS", "0"),
+    ("KMEANS_HALFLIFE", "0"),
+])
+def test_bad_settings_name_the_variable(name, value):
+    with pytest.raises(ValueError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_every_setting_has_its_own_variable():
+    names = Settings.env_names()
+    assert len(set(names.values())) == len(names)
+
+
+@pytest.mark.parametrize("name", CLUSTERERS)
+def test_every_configurable_clusterer_exists(name):
+    assert hasattr(river_clusterer(name, k=4, halflife=0.01, seed=1), "learn_one")
