@@ -169,10 +169,13 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             if out.flap:
                 metrics.flaps.inc()
             old, new = out.moved if out.moved is not None else (None, UNASSIGNED)
+            customer = message.key.decode()
             if old is not None and old != UNASSIGNED:
                 metrics.moves.inc()
+                if customer in examples.get(old, ()):
+                    examples[old].remove(customer)  # examples are current members only
             if new != UNASSIGNED:
-                examples[new].append(message.key.decode())
+                examples[new].append(customer)
             if message.timestamp:
                 metrics.latency.observe(max(0.0, time.time() - message.timestamp))
 
@@ -368,14 +371,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         model = pipeline.model
         if model is None:
             return json_response(self, {"error": "no model yet"}, 404)
-        return json_response(self, {
-            "version": model.version, "k": model.k, "samples_seen": model.samples_seen,
-            "created_at": iso_ms(model.created_at * 1000),
-            "features": [{"name": n, "transform": t}
-                         for n, t in zip(model.features, model.transforms)],
-            "labels": list(model.labels),
-            "quality": model.quality,
-        })
+        # The snapshot as published (schemas/segment-model), plus K and a readable time.
+        return json_response(self, {**orjson.loads(model.to_json()), "k": model.k,
+                                    "created": iso_ms(model.created_at * 1000)})
 
     def local_view() -> dict[str, Any]:
         return {"sizes": local_sizes(),

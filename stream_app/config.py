@@ -67,7 +67,7 @@ class Settings:
         default=DEFAULT_SEGMENT_FEATURES, metadata={"env": "SEGMENT_FEATURES"}
     )
     segment_clusterer: str = field(default="kmeans", metadata={"env": "SEGMENT_CLUSTERER"})
-    segment_margin: float = field(default=0.4, metadata={"env": "SEGMENT_MARGIN"})
+    segment_margin: float = field(default=0.45, metadata={"env": "SEGMENT_MARGIN"})
     segment_confirmations: int = field(default=2, metadata={"env": "SEGMENT_CONFIRMATIONS"})
     segment_min_events: int = field(default=3, metadata={"env": "SEGMENT_MIN_EVENTS"})
     kmeans_halflife: float = field(default=0.005, metadata={"env": "KMEANS_HALFLIFE"})

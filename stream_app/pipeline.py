@@ -185,7 +185,7 @@ class CustomerPipeline:
         previous = state.segment
         if (segment == state.left_segment and previous is not None and previous < model.k
                 and state.evaluations < FLAP_EVALUATIONS
-                and distances[segment] >= (1.0 - self.return_margin) * distances[previous]):
+                and not model.clearly_closer(distances, previous, segment, self.return_margin)):
             segment = previous  # going straight back needs a wider margin (flap damping)
         if segment == previous:
             state.pending = None

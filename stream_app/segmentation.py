@@ -10,7 +10,7 @@ Three pieces, one concept each:
   River's lazily drawn random centres); afterwards River's ``learn_one`` moves them.
 * :class:`SegmentModel` is an immutable, versioned snapshot of the learner (JSON, never
   pickle) that every worker applies to assign segments with NumPy, with a margin rule
-  against flapping.
+  against flapping (a customer moves only when clearly past the boundary).
 
 >>> t = FeatureTransform("orders_90d:log1p,app_share_30d")
 >>> t.vector({"orders_90d": 3, "app_share_30d": 0.5}, {})
@@ -148,15 +148,28 @@ class SegmentModel:
     ) -> tuple[int, np.ndarray]:
         """Return ``(segment, distances)`` for a raw vector.
 
-        A customer in segment ``current`` moves only if the nearest centre is closer than
-        ``(1 - margin)`` times the distance to its current centre (hysteresis).
+        A customer in segment ``current`` moves to the nearest centre only if it is
+        clearly closer to it (:meth:`clearly_closer`; hysteresis).
         """
         d = self.distances(raw)
         best = int(np.argmin(d))
         if (current is not None and 0 <= current < len(d) and best != current
-                and d[best] >= (1.0 - margin) * d[current]):
+                and not self.clearly_closer(d, current, best, margin)):
             return current, d
         return best, d
+
+    @staticmethod
+    def clearly_closer(distances: np.ndarray, current: int, candidate: int,
+                       margin: float) -> bool:
+        """Whether ``candidate``'s centre is closer than ``(1 - margin)`` times the
+        distance to ``current``'s.
+
+        (A band around the bisecting boundary, ``d_current² − d_candidate² > margin ·
+        |c_current − c_candidate|²``, was tried too, with margins 0.3 to 0.8: in the
+        offline simulation it flapped at 2–5 % at K = 4 and 6 % at K = 32, where this
+        rule with margin 0.45 stays at 0 % and under 0.5 %.)
+        """
+        return bool(distances[candidate] < (1.0 - margin) * distances[current])
 
     def centres_in_feature_units(self) -> np.ndarray:
         """Centres mapped back through the scaler and the transforms."""
@@ -257,8 +270,9 @@ def river_clusterer(name: str, k: int, halflife: float, seed: int) -> Any:
     if name == "kmeans":
         return cluster.KMeans(n_clusters=k, halflife=halflife, seed=seed)
     if name == "streamkmeans":
-        return cluster.STREAMKMeans(chunk_size=max(100, 10 * k), n_clusters=k,
-                                    halflife=halflife, seed=seed)
+        # River's own step (halflife 0.5): its chunk-level k-means start from random
+        # centres and must move quickly to find anything in a chunk.
+        return cluster.STREAMKMeans(chunk_size=max(100, 10 * k), n_clusters=k, seed=seed)
     if name == "clustream":
         return cluster.CluStream(n_macro_clusters=k, max_micro_clusters=max(100, 10 * k),
                                  time_gap=max(1000, 20 * k), seed=seed)

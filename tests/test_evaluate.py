@@ -46,13 +46,12 @@ def test_evaluate_reports_quality_against_planted_types(make_worker):
     report = orjson.loads(result.stdout)
     assert report["k"] == 4 and report["customers_compared"] == CUSTOMERS
     assert report["wcss_ratio"] <= 1.15, report
-    # The ARI target (0.9) is met on most runs (0.96-0.98) but not all: k-means at K=4
-    # sometimes settles in an optimum that merges two planted types (0.59 seen once in a
-    # fresh clone). Issue 4 stays open for it; this guards against regressions only.
-    assert report["ari_planted"] >= 0.5, report
-    # Issue 4's target is 0.01 and is not met reliably yet (0.00-0.06 measured on this run
-    # and 0.06 on 2,000 customers, see README): this guards against regressions only.
-    assert report["flap_rate"] <= 0.10, report
+    # The model recovers the planted types (0.97-0.98 measured); the customers' own
+    # segments lag it by those the margin holds where they were (1-5 % measured on this
+    # fast replay, ARI 0.77-0.97): guarded as regression bounds.
+    assert report["ari_planted_nearest"] >= 0.9, report
+    assert report["held_share"] <= 0.1 and report["ari_planted"] >= 0.7, report
+    assert report["flap_rate"] <= 0.01, report  # issue 4's target (0.0 on every run so far)
     assert report["silhouette"] > 0.2 and report["separation_min"] > 0, report
     assert report["homogeneity"] > 0 and report["churn_per_customer_hour"] >= 0
 
