@@ -237,7 +237,10 @@ def print_live(report: dict[str, Any], console: Console | None = None) -> None:
                     "ari_planted_nearest", "held_share"):
         if measure in report:
             value = report[measure]
-            table.add_row(measure, f"{value:.4f}", _meets(measure, value))
+            met = _meets(measure, value)
+            if measure == "ari_planted" and report["k"] != len(TYPES):
+                met = f"n/a (K ≠ {len(TYPES)} planted types)"
+            table.add_row(measure, f"{value:.4f}", met)
     console.print(table)
 
 

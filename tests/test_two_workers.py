@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from stream_app.generator import SyntheticShop
 from tests.conftest import metric_sum, produce, wait_for
 
@@ -12,9 +14,10 @@ EVENTS = 3000
 STEP_MS = 600_000
 
 
-def test_two_workers_split_the_work_and_route_requests(make_worker, broker):
-    first = make_worker(SEGMENTS_K=6).start()
-    second = make_worker(SEGMENTS_K=6).start()
+@pytest.mark.parametrize("clusterer", ["kmeans", "streamkmeans"])
+def test_two_workers_split_the_work_and_route_requests(make_worker, broker, clusterer):
+    first = make_worker(SEGMENTS_K=6, SEGMENT_CLUSTERER=clusterer).start()
+    second = make_worker(SEGMENTS_K=6, SEGMENT_CLUSTERER=clusterer).start()
     workers = (first, second)
 
     def both_own_partitions() -> bool:
