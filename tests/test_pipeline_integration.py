@@ -75,8 +75,11 @@ def test_generated_traffic_is_segmented_end_to_end(make_worker, broker):
         by_type[planted][segment] += 1
     purity = sum(max(c.values()) for c in by_segment.values()) / CUSTOMERS
     assert purity >= 0.85, dict(by_segment)
-    dominant = {t: by_type[t].most_common(1)[0][0] for t in TYPES}
-    assert len(set(dominant.values())) == len(TYPES), dominant
+    # Every planted type is what at least one segment is mostly made of. (With K = 8 a type
+    # spreads over two or three segments; which one holds most of it can be shared with a
+    # neighbouring type when an immature bargain hunter still looks like a window shopper.)
+    majorities = {counts.most_common(1)[0][0] for counts in by_segment.values()}
+    assert majorities == set(TYPES), (dict(by_segment), dict(by_type))
 
     # The API agrees with the stream and with the events that were sent.
     for customer in sorted(customers)[:25]:
