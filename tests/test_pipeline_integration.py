@@ -59,7 +59,9 @@ def test_generated_traffic_is_segmented_end_to_end(make_worker, broker):
     # Each customer's moves chain: previous_segment is the segment of its last change.
     final: dict[str, int] = {}
     for change in changes:
-        assert change["previous_segment"] == final.get(change["customer_id"])
+        assert change["previous_segment"] == final.get(change["customer_id"]), [
+            (c["trigger"], c["previous_segment"], c["segment"], c["model_version"], c["ts"],
+             c["cause_id"]) for c in changes if c["customer_id"] == change["customer_id"]]
         final[change["customer_id"]] = change["segment"]
     # (inactivity: a customer whose partition's event time passed a UTC midnight after
     # the customer's last event is swept, and may move.)
@@ -114,7 +116,11 @@ def test_generated_traffic_is_segmented_end_to_end(make_worker, broker):
     for topic, count in per_topic.items():
         assert metric_sum(m, "stream_app_events_consumed_total", topic=topic) == count
     assert metric_sum(m, "stream_app_invalid_events_total") == 0
-    assert metric_sum(m, "stream_app_segment_changes_total") == len(changes)
+    # Every change counted is on the topic (a sweep or a model update may have added some
+    # since the count settled above).
+    published = int(metric_sum(m, "stream_app_segment_changes_total"))
+    assert published >= len(changes)
+    consume_all(broker.bootstrap_servers, worker.topics["changes"], published)
     assert metric_sum(m, "stream_app_customers") == CUSTOMERS
     assert metric_sum(m, "stream_app_model_version") >= 1
     assert metric_sum(m, "stream_app_processing_seconds_count") >= EVENTS
