@@ -21,6 +21,10 @@ test: $(STAMP)
 	$(BIN)/ruff check stream_app tests
 	$(BIN)/python -m pytest
 
+# Throughput and latency against its own embedded broker; writes bench-results.json.
+bench: $(STAMP)
+	$(BIN)/stream-app bench
+
 lint: $(STAMP)
 	$(BIN)/ruff check stream_app tests
 

@@ -39,6 +39,7 @@ from faust.exceptions import NotReady
 from faust.web import Request, Response, View
 from prometheus_client import Counter
 
+from stream_app.broker import faust_broker_options
 from stream_app.changes import iso_ms
 from stream_app.config import Settings
 from stream_app.features import FEATURE_NAMES
@@ -80,11 +81,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         web_bind=settings.web_bind,
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
-        # Tansu holds a JoinGroup for half the session timeout, and reports a wrong end
-        # offset after multi-record batches (which truncates changelog recovery).
-        broker_session_timeout=6.0 if tansu else 30.0,
-        broker_heartbeat_interval=1.0 if tansu else 3.0,
-        producer_max_batch_size=1 if tansu else 16384,
+        **faust_broker_options(tansu),
     )
     metrics = Metrics()
     pipeline = CustomerPipeline(settings)

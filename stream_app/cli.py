@@ -1,4 +1,4 @@
-"""The ``stream-app`` command line: worker, broker, generate, demo.
+"""The ``stream-app`` command line: worker, broker, generate, demo, bench.
 
 Options that configure the app write the environment variable of the same setting
 (see :mod:`stream_app.config`), so options and environment are interchangeable.
@@ -271,6 +271,35 @@ def demo(customers: int, rate: float, port: int, web_port: int, segments_k: int,
     code = Demo(customers=customers, rate=rate, port=port, web_port=web_port,
                 segments_k=segments_k, duration=duration, plain=plain).run()
     sys.exit(code)
+
+
+@main.command()
+@click.option("--events", default=200_000, show_default=True,
+              help="Messages pre-produced and read by every mode.")
+@click.option("--customers", default=20_000, show_default=True, help="Customers in them.")
+@click.option("--partitions", default=4, show_default=True, help="Partitions of each topic.")
+@click.option("--k", "k", default=32, show_default=True, help="Segments (SEGMENTS_K).")
+@click.option("--store", type=click.Choice(["memory", "rocksdb"]), default="memory",
+              show_default=True, help="Table store of the worker (app mode).")
+@click.option("--latency-seconds", default=30.0, show_default=True,
+              help="Duration of the latency phase (half the app's rate offered).")
+@click.option("--seed", default=7, show_default=True, help="Generator seed.")
+@click.option("--out", default="bench-results.json", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="Results (JSON).")
+def bench(events: int, customers: int, partitions: int, k: int, store: str,
+          latency_seconds: float, seed: int, out: Path) -> None:
+    """Throughput of the worker against a plain consumer, a minimal Faust app and our own
+    code without Faust, then its latency; own embedded broker, results as JSON."""
+    from stream_app.bench import BenchConfig, BenchError, run
+
+    if events < 1 or customers < 1 or partitions < 1 or latency_seconds <= 0:
+        raise click.UsageError("--events, --customers, --partitions and --latency-seconds "
+                               "must be positive")
+    try:
+        run(BenchConfig(events=events, customers=customers, partitions=partitions, k=k,
+                        store=store, seed=seed, latency_seconds=latency_seconds, out=out))
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 if __name__ == "__main__":
