@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import faust
@@ -54,7 +54,9 @@ from stream_app.sweep import SweepSchedule
 
 log = logging.getLogger("stream_app")
 
-RESCORE = orjson.dumps({"op": "rescore"})
+#: Customers per control message (a re-scoring or sweep pass sends one message per chunk of
+#: a partition's customers, not one per customer).
+CONTROL_CHUNK = 256
 EXAMPLES = 5
 QUALITY_GAUGES = ("wcss_ratio", "homogeneity", "separation_min", "separation_mean",
                   "silhouette")
@@ -137,11 +139,14 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         await feed.run()
 
     # -- agents ---------------------------------------------------------------------------
-    async def publish(out: Outcome, message: Any) -> None:
+    async def publish(out: Outcome, message: Any, key: bytes | None = None) -> None:
+        """Store, schedule, count and send what processing ``message`` gave (for customer
+        ``key``; by default the message's key)."""
         partition = message.partition
+        key = message.key if key is None else key
         if out.dlq is not None:
             metrics.invalid.labels(out.reason).inc()
-            await dlq_topic.send(key=message.key, value=out.dlq)
+            await dlq_topic.send(key=key, value=out.dlq)
             metrics.dlq.inc()
             return
         if out.duplicate:
@@ -149,9 +154,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         if out.late:
             metrics.late.inc()
         if out.state is not None:
-            customers[message.key] = out.state
+            customers[key] = out.state
         if out.sweep_again:
-            schedule.schedule(partition, message.key, out.clock)
+            schedule.schedule(partition, key, out.clock)
         if out.moved is not None:
             old, new = out.moved
             if old is not None:
@@ -161,12 +166,12 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             await samples_topic.send(value=out.sample)
             metrics.samples_sent.inc()
         if out.change is not None:
-            await changes_topic.send(key=message.key, value=out.change)
+            await changes_topic.send(key=key, value=out.change)
             metrics.changes.labels(out.trigger).inc()
             if out.flap:
                 metrics.flaps.inc()
             old, new = out.moved if out.moved is not None else (None, UNASSIGNED)
-            customer = message.key.decode()
+            customer = key.decode()
             if old is not None and old != UNASSIGNED:
                 metrics.moves.inc()
                 if customer in examples.get(old, ()):
@@ -176,19 +181,24 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             if message.timestamp:
                 metrics.latency.observe(max(0.0, time.time() - message.timestamp))
 
-    def control(key: bytes | None, value: bytes, stored: bytes | None) -> Outcome:
-        """Work queued by this app on a stored customer (see ``schemas/control``)."""
-        if key is None or stored is None:
-            return Outcome()
+    def control(value: bytes) -> Iterator[tuple[bytes, Outcome]]:
+        """Work queued by this app on stored customers of the message's partition (see
+        ``schemas/control``): ``(customer key, outcome)`` for each."""
         try:
             op = orjson.loads(value)
-            if op["op"] == "rescore":
-                return pipeline.rescore(key.decode(), stored)
-            if op["op"] == "sweep":
-                return pipeline.sweep(key.decode(), stored, int(op["at"]))
+            name, keys = op["op"], [str(k).encode() for k in op["keys"]]
+            at = int(op["at"]) if name == "sweep" else 0
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.error("ignored an unreadable control message: %s", exc)
-        return Outcome()
+            return
+        for key in keys:
+            stored = customers.get(key)
+            if stored is None:
+                continue
+            if name == "rescore":
+                yield key, pipeline.rescore(key.decode(), stored)
+            elif name == "sweep":
+                yield key, pipeline.sweep(key.decode(), stored, at)
 
     @app.agent(inputs)
     async def process(stream: faust.StreamT) -> None:
@@ -199,16 +209,18 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             message = event.message
             kind = kinds[message.topic]
             key = message.key
-            stored = customers.get(key) if key else None
             if kind == "control":
-                out = control(key, message.value, stored)
-            else:
-                out = pipeline.process(kind, key, message.value, stored, message.topic,
-                                       message.partition, message.offset,
-                                       _timestamp_ms(message.timestamp))
-                metrics.events.labels(message.topic, out.event_type or "invalid").inc()
-                if out.event_ts is not None and kind != "profile":
-                    schedule.observe(message.partition, out.event_ts)
+                for customer, out in control(message.value):
+                    await publish(out, message, customer)
+                observe(time.perf_counter() - started)
+                continue
+            stored = customers.get(key) if key else None
+            out = pipeline.process(kind, key, message.value, stored, message.topic,
+                                   message.partition, message.offset,
+                                   _timestamp_ms(message.timestamp))
+            metrics.events.labels(message.topic, out.event_type or "invalid").inc()
+            if out.event_ts is not None and kind != "profile":
+                schedule.observe(message.partition, out.event_ts)
             await publish(out, message)
             observe(time.perf_counter() - started)
 
@@ -266,22 +278,35 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         return {tp.partition for tp in app.assignor.assigned_actives()
                 if tp.topic == settings.clickstream_topic}
 
-    async def queue_control(work: Iterable[tuple[int, bytes, bytes]], rate: float,
-                            sent: Counter) -> None:
-        """Send control messages ``(partition, key, value)``, at most ``rate`` a second,
-        counting each in ``sent``."""
+    async def queue_control(op: dict[str, Any], work: Iterable[tuple[int, bytes]],
+                            rate: float, sent: Counter) -> None:
+        """Queue ``op`` for customers ``(partition, key)``: one control message per chunk
+        of a partition's customers, at most ``rate`` customers a second, counted in
+        ``sent``."""
         pace = Pace(rate)
-        for partition, key, value in work:
-            if app.should_stop:
-                break  # shutting down: a restarted worker re-scores and re-sweeps anyway
-            try:
-                await control_topic.send(key=key, value=value, partition=partition)
-            except NotReady:
-                if app.should_stop:  # the producer stopped before this task did
-                    break
+        chunks: dict[int, list[bytes]] = defaultdict(list)
+
+        async def send(partition: int, keys: list[bytes]) -> None:
+            value = orjson.dumps({**op, "keys": [k.decode() for k in keys]})
+            await control_topic.send(key=keys[0], value=value, partition=partition)
+            sent.inc(len(keys))
+            await pace.sent(len(keys))
+
+        try:
+            for partition, key in work:
+                if app.should_stop:
+                    return  # shutting down: a restarted worker re-scores and re-sweeps anyway
+                chunk = chunks[partition]
+                chunk.append(key)
+                if len(chunk) >= CONTROL_CHUNK:
+                    await send(partition, chunk)
+                    chunk.clear()
+            for partition, chunk in chunks.items():
+                if chunk and not app.should_stop:
+                    await send(partition, chunk)
+        except NotReady:
+            if not app.should_stop:  # the producer stopped before this task did
                 raise
-            sent.inc()
-            await pace.sent()
 
     @app.task
     async def rescore() -> None:
@@ -290,9 +315,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             await rescore_wanted.wait()
             rescore_wanted.clear()
             mine = local_partitions()
-            work = ((p, key, RESCORE) for key in list(customers.keys())
+            work = ((p, key) for key in list(customers.keys())
                     if (p := (murmur2(key) & 0x7FFFFFFF) % partitions) in mine)
-            await queue_control(work, settings.rescore_rate, metrics.rescores)
+            await queue_control({"op": "rescore"}, work, settings.rescore_rate,
+                                metrics.rescores)
 
     @app.timer(interval=settings.sweep_interval_s)
     async def sweep() -> None:
@@ -301,11 +327,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         mine = local_partitions()
         for partition in [p for p in schedule.watermarks if p not in mine]:
             schedule.drop_partition(partition)
-        due = [(p, schedule.pop_due(p), schedule.watermarks[p])
-               for p in sorted(mine) if p in schedule.watermarks]
-        work = ((p, key, orjson.dumps({"op": "sweep", "at": at}))
-                for p, keys, at in due for key in keys)
-        await queue_control(work, settings.sweep_rate, metrics.sweeps)
+        for p in sorted(mine):
+            if p in schedule.watermarks:  # one pass per partition: its own watermark
+                work = ((p, key) for key in schedule.pop_due(p))
+                await queue_control({"op": "sweep", "at": schedule.watermarks[p]}, work,
+                                    settings.sweep_rate, metrics.sweeps)
         metrics.sweep_pending.set(schedule.pending())
 
     def local_sizes() -> dict[int, dict[int, int]]:
