@@ -310,15 +310,19 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     @app.task
     async def rescore() -> None:
-        """After a model update marked for it: re-score every local customer, rate-limited."""
+        """After a model update marked for it: re-score every local customer, rate-limited,
+        at most one pass per RESCORE_MIN_INTERVAL_S (a pass uses the newest model)."""
         while True:
             await rescore_wanted.wait()
+            started = time.monotonic()
             rescore_wanted.clear()
             mine = local_partitions()
             work = ((p, key) for key in list(customers.keys())
                     if (p := (murmur2(key) & 0x7FFFFFFF) % partitions) in mine)
             await queue_control({"op": "rescore"}, work, settings.rescore_rate,
                                 metrics.rescores)
+            await asyncio.sleep(max(0.0, settings.rescore_min_interval_s
+                                    - (time.monotonic() - started)))
 
     @app.timer(interval=settings.sweep_interval_s)
     async def sweep() -> None:

@@ -78,12 +78,14 @@ class Settings:
     model_publish_interval: float = field(
         default=5.0, metadata={"env": "MODEL_PUBLISH_INTERVAL"}
     )
-    learn_sample_rate: float = field(default=500.0, metadata={"env": "LEARN_SAMPLE_RATE"})
+    learn_sample_rate: float = field(default=100.0, metadata={"env": "LEARN_SAMPLE_RATE"})
     learn_sample_interval_hours: float = field(
         default=1.0, metadata={"env": "LEARN_SAMPLE_INTERVAL_HOURS"}
     )
     rescore_rate: float = field(default=2000.0, metadata={"env": "RESCORE_RATE"})
     rescore_min_moved: float = field(default=0.02, metadata={"env": "RESCORE_MIN_MOVED"})
+    rescore_min_interval_s: float = field(default=30.0,
+                                          metadata={"env": "RESCORE_MIN_INTERVAL_S"})
     allowed_lateness_s: float = field(default=3600.0, metadata={"env": "ALLOWED_LATENESS_S"})
     sweep_interval_s: float = field(default=10.0, metadata={"env": "SWEEP_INTERVAL_S"})
     sweep_rate: float = field(default=2000.0, metadata={"env": "SWEEP_RATE"})
