@@ -78,7 +78,7 @@ class Settings:
     model_publish_interval: float = field(
         default=5.0, metadata={"env": "MODEL_PUBLISH_INTERVAL"}
     )
-    learn_sample_rate: float = field(default=100.0, metadata={"env": "LEARN_SAMPLE_RATE"})
+    learn_sample_rate: float = field(default=500.0, metadata={"env": "LEARN_SAMPLE_RATE"})
     learn_sample_interval_hours: float = field(
         default=1.0, metadata={"env": "LEARN_SAMPLE_INTERVAL_HOURS"}
     )
