@@ -178,7 +178,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                     examples[old].remove(customer)  # examples are current members only
             if new != UNASSIGNED:
                 examples[new].append(customer)
-            if message.timestamp:
+            if message.timestamp and key is message.key:  # an input event's own change
                 metrics.latency.observe(max(0.0, time.time() - message.timestamp))
 
     def control(value: bytes) -> Iterator[tuple[bytes, Outcome]]:

@@ -10,7 +10,7 @@ Three pieces, one concept each:
   River's lazily drawn random centres); afterwards River's ``learn_one`` moves them.
 * :class:`SegmentModel` is an immutable, versioned snapshot of the learner (JSON, never
   pickle) that every worker applies to assign segments with NumPy, with a margin rule
-  against flapping (a customer moves only when clearly past the boundary).
+  against flapping (a customer moves only when clearly closer to another centre).
 
 >>> t = FeatureTransform("orders_90d:log1p,app_share_30d")
 >>> t.vector({"orders_90d": 3, "app_share_30d": 0.5}, {})
@@ -213,15 +213,15 @@ class SegmentModel:
 
 def learner_for(settings: Settings, latest: SegmentModel | None = None) -> SegmentLearner:
     """The learner ``settings`` describe, resumed from snapshot ``latest`` if given."""
-    options = dict(halflife=settings.kmeans_halflife, seed=settings.model_seed,
-                   sample=settings.model_sample_customers,
-                   refine_every=settings.model_refine_every,
-                   rescore_share=settings.rescore_min_moved,
-                   clusterer=settings.segment_clusterer)
+    options: dict[str, Any] = {
+        "halflife": settings.kmeans_halflife, "seed": settings.model_seed,
+        "sample": settings.model_sample_customers, "refine_every": settings.model_refine_every,
+        "rescore_share": settings.rescore_min_moved, "clusterer": settings.segment_clusterer,
+    }
     if latest is not None:
-        return SegmentLearner.resume(latest, **options)  # type: ignore[arg-type]
+        return SegmentLearner.resume(latest, **options)
     return SegmentLearner(FeatureTransform(settings.segment_features), settings.segments_k,
-                          settings.model_warmup_samples, **options)  # type: ignore[arg-type]
+                          settings.model_warmup_samples, **options)
 
 
 def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 20
