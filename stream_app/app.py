@@ -89,12 +89,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     pipeline = CustomerPipeline(settings)
 
     # -- topics ---------------------------------------------------------------------------
-    kinds = {
-        settings.clickstream_topic: "click",
-        settings.purchases_topic: "purchase",
-        settings.profiles_topic: "profile",
-        settings.control_topic: "control",
-    }
+    kinds = {topic: kind for kind, topic in settings.kind_topics.items()}
+    kinds[settings.control_topic] = "control"
     inputs = app.topic(*kinds)
     control_topic = app.topic(settings.control_topic)
     changes_topic = app.topic(settings.segment_changes_topic)

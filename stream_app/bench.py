@@ -226,12 +226,6 @@ def bench_settings(cfg: BenchConfig, bootstrap: str, data_dir: Path) -> Settings
                     data_dir=str(data_dir))
 
 
-def kind_topics(settings: Settings) -> dict[str, str]:
-    """Input topic of each generated event kind."""
-    return {"click": settings.clickstream_topic, "purchase": settings.purchases_topic,
-            "profile": settings.profiles_topic}
-
-
 def history(cfg: BenchConfig) -> Iterator[GeneratedEvent]:
     """The pre-produced workload: ``cfg.events`` events over ``span_days`` ending now."""
     step = max(1, int(cfg.span_days * 86_400_000) // cfg.events)
@@ -246,7 +240,7 @@ async def preproduce(cfg: BenchConfig, settings: Settings, console: Console) -> 
                    TimeRemainingColumn(), console=console, transient=True)
     with bar:
         task = bar.add_task("produce", total=cfg.events)
-        return await produce(settings.bootstrap_servers, kind_topics(settings), history(cfg),
+        return await produce(settings.bootstrap_servers, settings.kind_topics, history(cfg),
                              None, on_sent=lambda n: bar.update(task, completed=n))
 
 
@@ -323,7 +317,7 @@ class DirectLoop:
     def __init__(self, settings: Settings, publish_every: int) -> None:
         self.pipeline = CustomerPipeline(settings)
         self.learner = learner_for(settings)
-        self.kinds = {v: k for k, v in kind_topics(settings).items()}
+        self.kinds = {v: k for k, v in settings.kind_topics.items()}
         self.publish_every = publish_every
         self.store: dict[bytes, bytes] = {}
         self.outbox: list[tuple[bytes, bytes]] = []
@@ -590,7 +584,7 @@ async def measure_latency(cfg: BenchConfig, settings: Settings, watch: WorkerWat
     before, consumed_before, consumed_all = watch.counters(), watch.consumed, True
     try:
         started = time.monotonic()
-        sent = await produce(settings.bootstrap_servers, kind_topics(settings),
+        sent = await produce(settings.bootstrap_servers, settings.kind_topics,
                              tracker.stamp(shop.events(count, wall_clock_ms)), rate)
         produced_in = time.monotonic() - started
         try:

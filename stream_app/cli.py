@@ -152,9 +152,8 @@ def generate(customers: int, rate: float, duration: float, seed: int, time_scale
         def clock(i: int) -> int:  # catch up on 30 days of history, then real time
             return min(start + i * step_ms, int(time.time() * 1000))
     shop = SyntheticShop(customers, seed=seed, start_ms=start, step_ms=step_ms)
-    topics = {"click": settings.clickstream_topic, "purchase": settings.purchases_topic,
-              "profile": settings.profiles_topic}
-    sent = asyncio.run(produce(settings.bootstrap_servers, topics, shop.events(total, clock),
+    sent = asyncio.run(produce(settings.bootstrap_servers, settings.kind_topics,
+                               shop.events(total, clock),
                                None if max_speed else rate))
     click.echo(f"sent {sent} messages for {customers} customers")
 
@@ -171,9 +170,8 @@ def replay(file: Path, topic: str | None, rate: float | None, no_progress: bool)
     from stream_app.replay import replay as run_replay
 
     settings = load_settings()
-    topics = {"click": settings.clickstream_topic, "purchase": settings.purchases_topic,
-              "profile": settings.profiles_topic}
-    sent = asyncio.run(run_replay(file, settings.bootstrap_servers, topics, topic, rate,
+    sent = asyncio.run(run_replay(file, settings.bootstrap_servers, settings.kind_topics, topic,
+                                  rate,
                                   progress=not no_progress))
     click.echo(f"replayed {sent} messages from {file}")
 

@@ -35,8 +35,10 @@ def _bool(value: str) -> bool:
         return False
     raise ValueError(f"not a boolean: {value!r}")
 
+
 #: River clusterers the learner can run (see :mod:`stream_app.segmentation`).
 CLUSTERERS = ("kmeans", "streamkmeans", "clustream")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -138,6 +140,12 @@ class Settings:
     @property
     def input_topics(self) -> tuple[str, str, str]:
         return (self.clickstream_topic, self.purchases_topic, self.profiles_topic)
+
+    @property
+    def kind_topics(self) -> dict[str, str]:
+        """Input topic of each kind of event (``click``, ``purchase``, ``profile``)."""
+        return {"click": self.clickstream_topic, "purchase": self.purchases_topic,
+                "profile": self.profiles_topic}
 
     @property
     def segment_model_topic(self) -> str:

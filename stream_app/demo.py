@@ -28,6 +28,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from stream_app.broker import EmbeddedBroker, free_port, port_open
+from stream_app.config import Settings
 from stream_app.generator import SyntheticShop, produce
 
 
@@ -118,7 +119,7 @@ class Demo:
         def clock(i: int) -> int:  # a day of event time per minute, never ahead of now
             return min(shop.start_ms + i * shop.step_ms, int(time.time() * 1000))
 
-        topics = {"click": "clickstream", "purchase": "purchases", "profile": "customer-profiles"}
+        topics = Settings().kind_topics  # the worker runs with the default topic names
         tasks = [
             asyncio.create_task(produce([bootstrap], topics, shop.events(None, clock), self.rate,
                                         on_sent=self._on_sent)),
