@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,7 +46,6 @@ from typing import Any
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -57,6 +55,7 @@ from stream_app.broker import EmbeddedBroker, free_port, terminate
 from stream_app.changes import SegmentChange
 from stream_app.config import Settings
 from stream_app.generator import GeneratedEvent, SyntheticShop, produce
+from stream_app.metrics import scrape
 from stream_app.pipeline import CustomerPipeline, Outcome
 from stream_app.segmentation import learner_for
 from stream_app.topics import prepare_topics
@@ -420,17 +419,6 @@ async def measure_naive(settings: Settings, total: int, workdir: Path) -> ModeRe
     return ModeResult(doc["count"], span, rss)
 
 
-def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
-    """Every sample of a Prometheus exposition, summed over labels, by sample name."""
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        body = resp.read().decode()
-    totals: dict[str, float] = defaultdict(float)
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            totals[sample.name] += sample.value
-    return totals
-
-
 class WorkerWatch:
     """Polls a worker's ``/metrics``; remembers when it first consumed something."""
 
@@ -463,7 +451,7 @@ class WorkerWatch:
 
     async def refresh(self) -> dict[str, float]:
         try:
-            metrics = await asyncio.to_thread(scrape, self.url)
+            metrics = await asyncio.to_thread(scrape, self.url, 2.0)
         except (OSError, ValueError):
             return self.metrics  # not listening yet
         now, cpu = time.time(), proc_cpu_seconds(self.child.pid)

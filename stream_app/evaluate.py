@@ -28,6 +28,7 @@ from rich.table import Table
 
 from stream_app.config import CLUSTERERS, Settings
 from stream_app.generator import TYPES, SyntheticShop
+from stream_app.metrics import scrape
 from stream_app.pipeline import CustomerPipeline, Outcome
 from stream_app.quality import adjusted_rand_index, flap_rate
 from stream_app.segmentation import FeatureTransform, SegmentModel, learner_for
@@ -65,20 +66,13 @@ def _get(url: str, timeout: float = 10.0) -> Any:
 
 def _scrape(urls: Sequence[str]) -> dict[str, float]:
     """Sum of the relevant counters and gauges over every worker."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    wanted = {"stream_app_segment_moves_total", "stream_app_segment_flaps_total",
-              "stream_app_segment_changes_total", "stream_app_customers"}
+    wanted = ("stream_app_segment_moves_total", "stream_app_segment_flaps_total",
+              "stream_app_segment_changes_total", "stream_app_customers")
     totals = dict.fromkeys(wanted, 0.0)
     for url in urls:
-        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name in wanted:
-                    totals[sample.name] += sample.value
+        found = scrape(f"{url}/metrics")
+        for name in wanted:
+            totals[name] += found.get(name, 0.0)
     return totals
 
 

@@ -78,3 +78,19 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def scrape(url: str, timeout: float = 10.0) -> dict[str, float]:
+    """Every sample of the Prometheus exposition at ``url``, summed over its labels, by
+    sample name (what a worker's ``/metrics`` says, in one dict)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body = resp.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
