@@ -395,7 +395,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         if model is None:
             return json_response(self, {"error": "no model yet"}, 404)
         # The snapshot as published (schemas/segment-model), plus K and a readable time.
-        return json_response(self, {**orjson.loads(model.to_json()), "k": model.k,
+        return json_response(self, {**model.to_dict(), "k": model.k,
                                     "created": iso_ms(model.created_at * 1000)})
 
     def local_view() -> dict[str, Any]:

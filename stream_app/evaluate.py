@@ -103,7 +103,7 @@ def evaluate_live(urls: Sequence[str], window: float = 30.0,
     if planted is not None:
         shop = SyntheticShop(planted[0], seed=planted[1], start_ms=0)
 
-        snapshot = SegmentModel.from_json(orjson.dumps(model))
+        snapshot = SegmentModel.from_dict(model)
         transform = FeatureTransform(snapshot.spec)
 
         def segments_of(customer: str) -> tuple[int, int] | None:

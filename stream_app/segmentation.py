@@ -176,8 +176,9 @@ class SegmentModel:
         raw = self.centres * np.where(self.std > 0, self.std, 1.0) + self.mean
         return FeatureTransform(self.spec).inverse(raw)
 
-    def to_json(self) -> bytes:
-        return orjson.dumps({
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot as a JSON-ready document (``schemas/segment-model``)."""
+        return {
             "version": self.version,
             "features": [{"name": n, "transform": t}
                          for n, t in zip(self.features, self.transforms)],
@@ -190,11 +191,14 @@ class SegmentModel:
             "created_at": self.created_at,
             "quality": self.quality,
             "rescore": self.rescore,
-        })
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, data: bytes) -> SegmentModel:
-        raw = orjson.loads(data)
+    def from_dict(cls, raw: dict[str, Any]) -> SegmentModel:
+        """The snapshot a :meth:`to_dict` document describes (extra keys are ignored)."""
         d = len(raw["features"])
         centres = np.array(raw["centres"], dtype=float).reshape(-1, d)
         vectors = [np.array(raw[k], dtype=float) for k in ("impute", "mean", "std")]
@@ -209,6 +213,10 @@ class SegmentModel:
             created_at=float(raw["created_at"]), quality=dict(raw.get("quality") or {}),
             rescore=bool(raw.get("rescore", False)),
         )
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SegmentModel:
+        return cls.from_dict(orjson.loads(data))
 
 
 def learner_for(settings: Settings, latest: SegmentModel | None = None) -> SegmentLearner:
