@@ -139,7 +139,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         """Store, schedule, count and send what processing ``message`` gave (for customer
         ``key``; by default the message's key)."""
         partition = message.partition
-        key = message.key if key is None else key
+        own_event = key is None  # the message's own customer, not one of a control message
+        key = message.key if own_event else key
         if out.dlq is not None:
             metrics.invalid.labels(out.reason).inc()
             await dlq_topic.send(key=key, value=out.dlq)
@@ -174,7 +175,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                     examples[old].remove(customer)  # examples are current members only
             if new != UNASSIGNED:
                 examples[new].append(customer)
-            if message.timestamp and key is message.key:  # an input event's own change
+            if message.timestamp and own_event:
                 metrics.latency.observe(max(0.0, time.time() - message.timestamp))
 
     def control(value: bytes) -> Iterator[tuple[bytes, Outcome]]:
