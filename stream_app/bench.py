@@ -9,8 +9,8 @@ beginning, four ways:
     A plain aiokafka consumer that only fetches and JSON-decodes (the broker and client
     bound).
 ``direct``
-    Our pipeline and learner driven by a plain consumer in this process, no Faust (the
-    loop of :func:`stream_app.evaluate.simulate`, with segment changes sent to Kafka).
+    Our pipeline and learner driven by a plain consumer in this process, no Faust
+    (:class:`~stream_app.local_loop.LocalLoop`, with segment changes sent to Kafka).
 ``naive``
     The smallest Faust app with one table write per event
     (:mod:`stream_app.bench_naive`), as a child process.
@@ -55,9 +55,9 @@ from stream_app.broker import EmbeddedBroker, free_port, terminate
 from stream_app.changes import SegmentChange
 from stream_app.config import Settings
 from stream_app.generator import GeneratedEvent, SyntheticShop, produce
+from stream_app.local_loop import LocalLoop
 from stream_app.metrics import scrape
-from stream_app.pipeline import CustomerPipeline, Outcome
-from stream_app.segmentation import learner_for
+from stream_app.pipeline import Outcome
 from stream_app.topics import prepare_topics
 
 MODES = ("ceiling", "naive", "direct", "app")
@@ -307,55 +307,22 @@ async def measure_ceiling(settings: Settings, total: int) -> ModeResult:
     return ModeResult(seen, span, peak_rss_mb())
 
 
-class DirectLoop:
-    """The worker's per-message work without Faust (as :func:`stream_app.evaluate.simulate`):
-    pipeline with a dict as the customer table, samples to the learner, a model snapshot
-    every ``publish_every`` messages (re-scoring everybody when it asks for it), changes
-    queued for Kafka."""
-
-    def __init__(self, settings: Settings, publish_every: int) -> None:
-        self.pipeline = CustomerPipeline(settings)
-        self.learner = learner_for(settings)
-        self.kinds = {v: k for k, v in settings.kind_topics.items()}
-        self.publish_every = publish_every
-        self.store: dict[bytes, bytes] = {}
-        self.outbox: list[tuple[bytes, bytes]] = []
-        self.processed = self.changes = self.rescored = self.version = 0
-
-    def handle(self, topic: str, record: ConsumerRecord) -> None:
-        key = record.key
-        out = self.pipeline.process(self.kinds[topic], key, record.value, self.store.get(key),
-                                    topic, record.partition, record.offset, record.timestamp)
-        self.keep(key, out)
-        if out.sample is not None:
-            sample = orjson.loads(out.sample)
-            self.learner.learn_one(sample["x"], sample.get("member"))
-        self.processed += 1
-        if self.processed % self.publish_every == 0 and self.learner.ready:
-            self.publish()
-
-    def keep(self, key: bytes, out: Outcome) -> None:
-        if out.state is not None:
-            self.store[key] = out.state
-        if out.change is not None:
-            self.outbox.append((key, out.change))
-            self.changes += 1
-
-    def publish(self) -> None:
-        self.version += 1
-        model = self.learner.snapshot(self.version)
-        self.pipeline.use_model(model)
-        if model.rescore or self.version == 1:
-            for key, stored in list(self.store.items()):
-                self.keep(key, self.pipeline.rescore(key.decode(), stored))
-            self.rescored += len(self.store)
-
-
 async def measure_direct(settings: Settings, total: int, publish_every: int,
                          changes_topic: str) -> ModeResult:
-    """Our own code at full speed: :class:`DirectLoop` fed by a plain consumer."""
+    """Our own code at full speed: :class:`~stream_app.local_loop.LocalLoop` fed by a
+    plain consumer, its segment changes sent to ``changes_topic``."""
     reset_peak_rss()
-    loop = DirectLoop(settings, publish_every)
+    outbox: list[tuple[bytes, bytes]] = []
+    changes = 0
+
+    def collect(key: bytes | None, out: Outcome) -> None:
+        nonlocal changes
+        if out.change is not None and key is not None:
+            outbox.append((key, out.change))
+            changes += 1
+
+    loop = LocalLoop(settings, publish_every, on_outcome=collect)
+    kinds = {topic: kind for kind, topic in settings.kind_topics.items()}
     consumer = await open_reader(settings, settings.input_topics)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5,
                                 max_batch_size=256 * 1024)
@@ -364,10 +331,11 @@ async def measure_direct(settings: Settings, total: int, publish_every: int,
 
     async def handle(topic: str, records: list[ConsumerRecord]) -> None:
         for record in records:
-            loop.handle(topic, record)
-        for key, value in loop.outbox:
+            loop.handle(kinds[topic], record.key, record.value, topic, record.partition,
+                        record.offset, record.timestamp)
+        for key, value in outbox:
             pending.append(await producer.send(changes_topic, value, key=key))
-        loop.outbox.clear()
+        outbox.clear()
         if len(pending) >= 10_000:
             await flush()
 
@@ -381,7 +349,7 @@ async def measure_direct(settings: Settings, total: int, publish_every: int,
         await consumer.stop()
         await producer.stop()
     return ModeResult(seen, span, peak_rss_mb(),
-                      {"segment_changes": loop.changes, "rescored": loop.rescored,
+                      {"segment_changes": changes, "rescored": loop.rescored,
                        "model_versions": loop.version})
 
 

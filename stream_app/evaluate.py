@@ -28,10 +28,11 @@ from rich.table import Table
 
 from stream_app.config import CLUSTERERS, Settings
 from stream_app.generator import TYPES, SyntheticShop
+from stream_app.local_loop import LocalLoop
 from stream_app.metrics import scrape
-from stream_app.pipeline import CustomerPipeline, Outcome
+from stream_app.pipeline import Outcome
 from stream_app.quality import adjusted_rand_index, flap_rate
-from stream_app.segmentation import FeatureTransform, SegmentModel, learner_for
+from stream_app.segmentation import FeatureTransform, SegmentModel
 from stream_app.state import CustomerState
 from stream_app.verify import fetch_customer
 
@@ -129,57 +130,33 @@ def evaluate_live(urls: Sequence[str], window: float = 30.0,
 # -- offline: the whole loop in one process ----------------------------------------------------
 #: Event time of a simulation's first event (fixed, so a seed gives the same figures any day).
 SIMULATION_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
 def simulate(settings: Settings, customers: int = 2000, events: int = 80_000, seed: int = 7,
              span_days: float = 60.0, publish_every: int = 2000) -> dict[str, Any]:
-    """Run the synthetic shop through the real pipeline and learner in this process.
-
-    The loop of a worker, without Kafka: every event goes through
-    :class:`~stream_app.pipeline.CustomerPipeline`; samples go to the learner
-    (:func:`~stream_app.segmentation.learner_for`); every ``publish_every`` events the
-    learner publishes a model version, which is applied and, when it asks for it (or is
-    the first), re-scores every customer, as the workers do. Time-based sweeps are not
-    simulated. Deterministic for a seed. Returns the quality figures of the final model
+    """Run the synthetic shop through the real pipeline and learner in this process
+    (:class:`~stream_app.local_loop.LocalLoop`, a model version every ``publish_every``
+    events). Deterministic for a seed. Returns the quality figures of the final model
     on the learner's customer sample, the adjusted Rand index of the customers' final
     segments against the planted types, the flap rate, segment changes per event by
     trigger, the share of customers the margin holds outside their nearest segment, and
     the learner's cost per sample.
     """
-    pipeline = CustomerPipeline(settings)
     step = int(span_days * 86_400_000) // events
     shop = SyntheticShop(customers, seed=seed, start_ms=SIMULATION_START_MS, step_ms=step)
-    learner = learner_for(settings)
-    store: dict[bytes, bytes] = {}
     changes: dict[str, int] = {}
-    flaps = version = 0
-    learning = 0.0
+    flaps = 0
 
-    def count(out: Outcome) -> None:
+    def count(key: bytes | None, out: Outcome) -> None:
         nonlocal flaps
         if out.trigger is not None:
             changes[out.trigger] = changes.get(out.trigger, 0) + 1
         flaps += out.flap
 
+    loop = LocalLoop(settings, publish_every, on_outcome=count)
     for offset, event in enumerate(shop.events(events)):
-        out = pipeline.process(event.kind, event.key, event.value, store.get(event.key),
-                               "simulated", 0, offset)
-        if out.state is not None:
-            store[event.key] = out.state
-        count(out)
-        if out.sample is not None:
-            sample = orjson.loads(out.sample)
-            started = time.perf_counter()
-            learner.learn_one(sample["x"], sample["member"])
-            learning += time.perf_counter() - started
-        if (offset + 1) % publish_every == 0 and learner.ready:
-            version += 1
-            model = learner.snapshot(version)
-            pipeline.use_model(model)
-            if model.rescore or version == 1:
-                for key, stored in store.items():
-                    out = pipeline.rescore(key.decode(), stored)
-                    if out.state is not None:
-                        store[key] = out.state
-                    count(out)
+        loop.handle(event.kind, event.key, event.value, "simulated", 0, offset)
+    pipeline, learner, store = loop.pipeline, loop.learner, loop.store
     final = {key.decode(): CustomerState.from_bytes(raw) for key, raw in store.items()}
     known = [c for c, state in final.items() if state.segment is not None]
     total = sum(changes.values())
@@ -200,8 +177,8 @@ def simulate(settings: Settings, customers: int = 2000, events: int = 80_000, se
         "changes_per_event": total / events,
         "held_share": held / max(len(known), 1),
         "changes": changes,
-        "us_per_sample": 1e6 * learning / max(learner.samples_seen, 1),
-        "model_versions": version, "customers": len(known), "events": events,
+        "us_per_sample": 1e6 * loop.learning_s / max(learner.samples_seen, 1),
+        "model_versions": loop.version, "customers": len(known), "events": events,
     }
 
 
