@@ -382,7 +382,8 @@ class SegmentLearner:
             self._seed_centres()
 
     def predict_one(self, raw: list[float | None]) -> int:
-        """The segment River's KMeans assigns ``raw`` to (no hysteresis, no learning)."""
+        """The segment whose current centre is nearest to ``raw`` (no hysteresis, no
+        learning; for ``kmeans`` what River's ``KMeans.predict_one`` answers)."""
         x = self.impute_value(raw)
         z = self._to_frame(np.array(x))
         return int(assign(z[None, :], self.centres())[0])
