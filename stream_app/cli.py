@@ -98,8 +98,17 @@ def worker(ctx: click.Context) -> None:
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in faust_args):
         faust_args = ["--loglevel", settings.log_level, *faust_args]
     app = create_app(settings, partitions)
-    sys.argv = ["stream-app", "worker", *faust_args]
+    sys.argv = ["stream-app", *event_loop(), "worker", *faust_args]
     app.main()
+
+
+def event_loop() -> list[str]:
+    """Faust's ``--loop`` option: uvloop where it is installed (Linux, macOS)."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return []
+    return ["--loop", "uvloop"]
 
 
 @main.command()
@@ -282,22 +291,69 @@ def demo(customers: int, rate: float, port: int, web_port: int, segments_k: int,
 @click.option("--latency-seconds", default=30.0, show_default=True,
               help="Duration of the latency phase (half the app's rate offered).")
 @click.option("--seed", default=7, show_default=True, help="Generator seed.")
-@click.option("--out", default="bench-results.json", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="Results (JSON).")
+@click.option("--events-per-message", default=1, show_default=True,
+              help="Messages of up to this many consecutive events of one customer, as a "
+                   "JSON array (1: one event per message).")
+@click.option("--single-record-batches", is_flag=True,
+              help="Faust producers send one record per batch, as on the embedded broker "
+                   "outside the benchmark (PRODUCER_BATCHING=auto).")
+@click.option("--sweep", is_flag=True,
+              help="Scaling curves instead: the worker alone at --sweep-customers (each "
+                   "with --sweep-events-per-customer events) per --sweep-stores, and at "
+                   "--sweep-k on the base workload.")
+@click.option("--sweep-customers", default="10000,100000,1000000", show_default=True)
+@click.option("--sweep-k", default="8,32,128", show_default=True)
+@click.option("--sweep-stores", default="memory,rocksdb", show_default=True)
+@click.option("--sweep-events-per-customer", default=2, show_default=True)
+@click.option("--modes", default="ceiling,direct,naive,app", show_default=True,
+              help="Which modes to measure, comma-separated (latency needs app).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Results (JSON)  [default: bench-results.json, bench-sweep.json]")
 def bench(events: int, customers: int, partitions: int, k: int, store: str,
-          latency_seconds: float, seed: int, out: Path) -> None:
+          latency_seconds: float, seed: int, events_per_message: int,
+          single_record_batches: bool, sweep: bool, sweep_customers: str, sweep_k: str,
+          sweep_stores: str, sweep_events_per_customer: int, modes: str,
+          out: Path | None) -> None:
     """Throughput of the worker against a plain consumer, a minimal Faust app and our own
     code without Faust, then its latency; own embedded broker, results as JSON."""
-    from stream_app.bench import BenchConfig, BenchError, run
+    from stream_app.bench import MODES, BenchConfig, BenchError, SweepConfig, run
+    from stream_app.bench import sweep as run_sweep
 
-    if events < 1 or customers < 1 or partitions < 1 or latency_seconds <= 0:
-        raise click.UsageError("--events, --customers, --partitions and --latency-seconds "
-                               "must be positive")
+    chosen = tuple(m for m in MODES if m in modes.split(","))
+    unknown = set(modes.split(",")) - set(MODES)
+    if unknown or not chosen:
+        raise click.UsageError(f"--modes: choose from {', '.join(MODES)}")
+    if min(events, customers, partitions, events_per_message) < 1 or latency_seconds <= 0:
+        raise click.UsageError("--events, --customers, --partitions, --events-per-message "
+                               "and --latency-seconds must be positive")
+    cfg = BenchConfig(events=events, customers=customers, partitions=partitions, k=k,
+                      store=store, seed=seed, latency_seconds=latency_seconds,
+                      out=out or Path("bench-sweep.json" if sweep else "bench-results.json"),
+                      modes=chosen, single_record_batches=single_record_batches,
+                      events_per_message=events_per_message)
     try:
-        run(BenchConfig(events=events, customers=customers, partitions=partitions, k=k,
-                        store=store, seed=seed, latency_seconds=latency_seconds, out=out))
+        if sweep:
+            grid = SweepConfig(customers=_ints(sweep_customers, "--sweep-customers"),
+                               ks=_ints(sweep_k, "--sweep-k"),
+                               stores=tuple(sweep_stores.split(",")),
+                               events_per_customer=sweep_events_per_customer)
+            if set(grid.stores) - {"memory", "rocksdb"}:
+                raise click.UsageError("--sweep-stores: memory and/or rocksdb")
+            run_sweep(cfg, grid)
+        else:
+            run(cfg)
     except BenchError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.UsageError(f"{option}: comma-separated integers") from None
+    if min(values) < 1:
+        raise click.UsageError(f"{option}: positive integers")
+    return values
 
 
 if __name__ == "__main__":

@@ -65,6 +65,10 @@ class Settings:
     topic_replication: int = field(default=1, metadata={"env": "TOPIC_REPLICATION"})
     table_store: str = field(default="memory://", metadata={"env": "TABLE_STORE"})
     embedded_broker: bool = field(default=False, metadata={"env": "STREAM_APP_EMBEDDED_BROKER"})
+    #: ``auto``: one record per producer batch on the embedded broker (Tansu reports a wrong
+    #: end offset after a multi-record batch, which truncates changelog recovery), normal
+    #: batches elsewhere; ``on``/``off`` force it.
+    producer_batching: str = field(default="auto", metadata={"env": "PRODUCER_BATCHING"})
     segment_features: str = field(
         default=DEFAULT_SEGMENT_FEATURES, metadata={"env": "SEGMENT_FEATURES"}
     )
@@ -127,11 +131,20 @@ class Settings:
             raise ValueError(f"SEGMENT_CLUSTERER must be one of {', '.join(CLUSTERERS)}")
         if self.model_sample_customers < 1:
             raise ValueError("MODEL_SAMPLE_CUSTOMERS must be at least 1")
+        if self.producer_batching not in ("auto", "on", "off"):
+            raise ValueError("PRODUCER_BATCHING must be auto, on or off")
 
     @staticmethod
     def env_names() -> dict[str, str]:
         """Map of field name to environment variable name."""
         return {f.name: f.metadata["env"] for f in fields(Settings)}
+
+    @property
+    def single_record_batches(self) -> bool:
+        """Whether producers send one record per batch (see ``producer_batching``)."""
+        if self.producer_batching == "auto":
+            return self.embedded_broker
+        return self.producer_batching == "off"
 
     @property
     def bootstrap_servers(self) -> list[str]:

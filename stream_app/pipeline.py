@@ -58,6 +58,10 @@ class Outcome:
     #: and its clock (the event time its features are evaluated at).
     sweep_again: bool = False
     clock: int = 0
+    #: The model-space vector the customer was just evaluated with, and its segment after
+    #: the evaluation (for :class:`~stream_app.assignments.AssignmentIndex`).
+    vector: list[float | None] | None = None
+    segment: int | None = None
 
 
 class TokenBucket:
@@ -109,35 +113,63 @@ class CustomerPipeline:
     def process(self, kind: str, key: bytes | None, value: bytes | None,
                 stored: bytes | None, topic: str, partition: int, offset: int,
                 timestamp: int | None = None) -> Outcome:
-        """Process one message from an input topic (``kind``: click, purchase, profile)."""
+        """Process a message holding one event (``kind``: click, purchase, profile)."""
+        outs = self.process_message(kind, key, value, stored, topic, partition, offset,
+                                    timestamp)
+        if len(outs) != 1:
+            raise ValueError(f"the message holds {len(outs)} events; use process_message")
+        return outs[0]
+
+    def process_message(self, kind: str, key: bytes | None, value: bytes | None,
+                        stored: bytes | None, topic: str, partition: int, offset: int,
+                        timestamp: int | None = None) -> list[Outcome]:
+        """Process a message from an input topic: one event, or a JSON array of events of
+        the key's customer, applied in order. One outcome per event; the customer's new
+        state is on the last outcome that changed it (one table write per message)."""
+        def rejected(exc: InvalidEvent, raw: bytes | None) -> Outcome:
+            return Outcome(reason=exc.reason, dlq=dead_letter(
+                exc.reason, exc.detail, topic, partition, offset, timestamp, key, raw,
+                self.settings.app_id))
+
         try:
-            ev = self.decoder.decode(kind, key, value, f"{topic}/{partition}/{offset}")
+            events = self.decoder.decode_all(kind, key, value, f"{topic}/{partition}/{offset}")
         except InvalidEvent as exc:
-            return Outcome(
-                reason=exc.reason,
-                dlq=dead_letter(exc.reason, exc.detail, topic, partition, offset, timestamp,
-                                key, value, self.settings.app_id),
-            )
+            return [rejected(exc, value)]
         state = CustomerState.from_bytes(stored) if stored is not None else CustomerState()
-        out = Outcome(event_ts=ev.ts, event_type=ev.event_type)
+        outs: list[Outcome] = []
+        last: Outcome | None = None  # the latest outcome that changed the state
+        for ev in events:
+            if isinstance(ev, InvalidEvent):
+                outs.append(rejected(ev, value if len(events) == 1 else orjson.dumps(ev.element)))
+                continue
+            out = Outcome(event_ts=ev.ts, event_type=ev.event_type)
+            outs.append(out)
+            if self._apply(ev, state, out, first=stored is None and last is None):
+                last = out
+        if last is not None:
+            last.state = state.to_bytes()
+            last.sweep_again = state.window.changes_with_time(state.clock)
+            last.clock = state.clock
+        return outs
+
+    def _apply(self, ev: Event, state: CustomerState, out: Outcome, first: bool) -> bool:
+        """Apply one valid event to ``state`` (``first``: of a customer not stored yet);
+        False if it changed nothing (a duplicate, or an older profile update)."""
         if ev.kind == "profile":
             if not state.update_profile(ev.profile, ev.ts):
                 out.late = True  # an older update than the one applied: nothing changes
-                return out
+                return False
             trigger = "profile"
         else:
             if not state.remember(ev.event_id, ev.ts, ev.kind == "purchase", self.lateness_ms):
                 out.duplicate = True
-                return out
+                return False
             out.late = not state.window.apply(ev, self.lateness_ms)
             trigger = "event"
-        if stored is None:
+        if first:
             out.moved = (None, UNASSIGNED)
         self._evaluate(state, out, trigger, ev.event_id, ev)
-        out.state = state.to_bytes()
-        out.sweep_again = state.window.changes_with_time(state.clock)
-        out.clock = state.clock
-        return out
+        return True
 
     # -- re-evaluation without a new event -----------------------------------------------
     def rescore(self, customer_id: str, stored: bytes) -> Outcome:
@@ -182,6 +214,7 @@ class CustomerPipeline:
             return False  # no model yet, or too little behaviour to judge
         raw = self._model_transform.vector(features, state.profile)
         segment, distances = model.assign(raw, state.segment, self.margin)
+        out.vector = raw
         previous = state.segment
         if (segment == state.left_segment and previous is not None and previous < model.k
                 and state.evaluations < FLAP_EVALUATIONS
@@ -200,6 +233,7 @@ class CustomerPipeline:
                 segment = previous
         state.model_version = model.version
         state.evaluations += 1
+        out.segment = segment
         if segment == previous:
             return False
         state.pending = None

@@ -13,6 +13,14 @@ metric label) and a human-readable detail (sent to the DLQ).
 Traceback (most recent call last):
 ...
 stream_app.validation.InvalidEvent: schema_violation: data must contain [...] properties
+
+A message may also hold a JSON array of events (collectors batch a customer's events);
+:meth:`EventDecoder.decode_all` judges each element on its own:
+
+>>> [getattr(e, "reason", "ok") for e in decoder.decode_all("click", b"c1",
+...     b'[{"event_id":"e2","customer_id":"c1","ts":1772400600000,"event_type":"search"},'
+...     b' {"event_id":"e3","customer_id":"c2","ts":1772400600000,"event_type":"search"}]')]
+['ok', 'key_mismatch']
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ REASONS = (
     "invalid_timestamp",
     "timestamp_out_of_range",
     "key_mismatch",
+    "empty_array",
 )
 
 #: Message kinds and the schema file that validates each.
@@ -59,6 +68,8 @@ class InvalidEvent(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        #: The element of a JSON-array message that was rejected (see ``decode_all``).
+        self.element: Any = None
 
 
 @dataclass(slots=True)
@@ -147,14 +158,39 @@ class EventDecoder:
 
         ``position`` (topic/partition/offset) names a profile update without ``event_id``.
         """
+        return self.decode_doc(kind, key, self._parse(value), position)
+
+    def decode_all(self, kind: str, key: bytes | None, value: bytes | None,
+                   position: str = "") -> list[Event | InvalidEvent]:
+        """The events of a message holding one event or a JSON array of them; an element
+        that is not valid is returned as its :class:`InvalidEvent`. Raises
+        :class:`InvalidEvent` only when the message as a whole is unreadable."""
+        doc = self._parse(value)
+        if not isinstance(doc, list):
+            return [self.decode_doc(kind, key, doc, position)]
+        if not doc:
+            raise InvalidEvent("empty_array", "the message is an empty JSON array")
+        out: list[Event | InvalidEvent] = []
+        for i, element in enumerate(doc):
+            try:
+                out.append(self.decode_doc(kind, key, element, f"{position}#{i}"))
+            except InvalidEvent as exc:
+                exc.element = element
+                out.append(exc)
+        return out
+
+    def _parse(self, value: bytes | None) -> Any:
         if value is None:
             raise InvalidEvent("invalid_json", "message has no value")
         if len(value) > self.max_message_bytes:
             raise InvalidEvent("oversized", f"{len(value)} bytes > {self.max_message_bytes}")
         try:
-            doc = orjson.loads(value)
+            return orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             raise InvalidEvent("invalid_json", str(exc)[:200]) from None
+
+    def decode_doc(self, kind: str, key: bytes | None, doc: Any, position: str = "") -> Event:
+        """Validate one parsed JSON document (an element of a message, or all of it)."""
         if not isinstance(doc, dict):
             raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
         try:

@@ -281,7 +281,7 @@ def test_samples_for_the_learner(model):
 @pytest.mark.parametrize(("key", "value", "reason"), [
     (b"c1", b"not json", "invalid_json"),
     (b"c1", None, "invalid_json"),
-    (b"c1", b"[1, 2]", "not_an_object"),
+    (b"c1", b"[]", "empty_array"),
     (b"c1", orjson.dumps({"event_id": "e1", "customer_id": "c1", "ts": T0}),
      "schema_violation"),
     (b"other", click_msg("c1", T0, 1), "key_mismatch"),
@@ -606,3 +606,39 @@ def test_samples_name_the_customer_by_pseudonym_only(model):
     sample = orjson.loads(raw)
     assert sample["member"] == member_pseudonym("customer-42") != member_pseudonym("c1")
     Draft7Validator(load_schema("model-sample.schema.json")).validate(sample)
+
+
+def test_a_json_array_message_is_its_events_in_order_with_one_state_write(model):
+    """A collector's batch of one customer's events: each element is judged on its own, the
+    good ones give exactly what they give as single messages, and the state is written
+    once (on the last outcome that changed it)."""
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    one_by_one = Customer(pipeline, "c1")
+    events = [click_msg("c1", T0 + i * MIN_MS, i, "search" if i % 2 else "page_view")
+              for i in range(6)]
+    singles = [one_by_one.click(T0 + i * MIN_MS, i, "search" if i % 2 else "page_view")
+               for i in range(6)]
+    elements = [orjson.loads(e) for e in events]
+    stranger = orjson.loads(click_msg("c2", T0, 99))
+    batch = [*elements[:3], stranger, 7, elements[1], *elements[3:]]  # bad, bad, duplicate
+    outs = pipeline.process_message("click", b"c1", orjson.dumps(batch), None,
+                                    "clickstream", 1, 17, 1234)
+    assert len(outs) == len(batch)
+    assert [o.reason for o in outs] == [None] * 3 + ["key_mismatch", "not_an_object"] \
+        + [None] * 4
+    letter = orjson.loads(outs[3].dlq)
+    assert orjson.loads(letter["value"]) == stranger and letter["offset"] == 17
+    assert orjson.loads(outs[4].dlq)["value"] == "7"
+    assert outs[5].duplicate and outs[5].state is None
+    good = [o for o in outs if o.reason is None and not o.duplicate]
+    def changes(outcomes: list[Outcome]) -> list[dict | None]:
+        return [None if o.change is None else {**orjson.loads(o.change), "emitted_at": None}
+                for o in outcomes]
+
+    assert changes(good) == changes(singles) and any(changes(good))
+    assert [o.moved for o in good] == [o.moved for o in singles]
+    assert [o.state is not None for o in outs] == [False] * 8 + [True]
+    assert outs[-1].state == one_by_one.stored
+    assert pipeline.process_message("click", b"c1", b"[]", None, "clickstream", 1, 18)[0] \
+        .reason == "empty_array"
