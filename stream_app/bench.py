@@ -96,6 +96,8 @@ class BenchConfig:
     store: str = "memory"
     seed: int = 7
     latency_seconds: float = 30.0
+    #: Events/s offered in the latency phase (0: half the app's measured rate).
+    latency_rate: float = 0.0
     out: Path = Path("bench-results.json")
     span_days: float = 60.0
     publish_every: int = 2000
@@ -672,8 +674,8 @@ async def measure_all(cfg: BenchConfig, settings: Settings, workdir: Path,
             modes["app"] = await measure_app(watch, cfg.events)  # it counts events
             if cfg.latency_seconds > 0:
                 phase(f"[bold]latency[/] ({cfg.latency_seconds:g} s)")
-                latency = await measure_latency(cfg, settings, watch,
-                                                modes["app"].events_per_s / 2)
+                latency = await measure_latency(
+                    cfg, settings, watch, cfg.latency_rate or modes["app"].events_per_s / 2)
         finally:
             child.stop()
     return results_document(cfg, total, modes, latency)

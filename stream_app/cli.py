@@ -290,6 +290,8 @@ def demo(customers: int, rate: float, port: int, web_port: int, segments_k: int,
               show_default=True, help="Table store of the worker (app mode).")
 @click.option("--latency-seconds", default=30.0, show_default=True,
               help="Duration of the latency phase (half the app's rate offered).")
+@click.option("--latency-rate", default=0.0,
+              help="Events/s offered in the latency phase (default: half the app's rate).")
 @click.option("--seed", default=7, show_default=True, help="Generator seed.")
 @click.option("--events-per-message", default=1, show_default=True,
               help="Messages of up to this many consecutive events of one customer, as a "
@@ -310,7 +312,7 @@ def demo(customers: int, rate: float, port: int, web_port: int, segments_k: int,
 @click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Results (JSON)  [default: bench-results.json, bench-sweep.json]")
 def bench(events: int, customers: int, partitions: int, k: int, store: str,
-          latency_seconds: float, seed: int, events_per_message: int,
+          latency_seconds: float, latency_rate: float, seed: int, events_per_message: int,
           single_record_batches: bool, sweep: bool, sweep_customers: str, sweep_k: str,
           sweep_stores: str, sweep_events_per_customer: int, modes: str,
           out: Path | None) -> None:
@@ -328,6 +330,7 @@ def bench(events: int, customers: int, partitions: int, k: int, store: str,
                                "and --latency-seconds must be positive")
     cfg = BenchConfig(events=events, customers=customers, partitions=partitions, k=k,
                       store=store, seed=seed, latency_seconds=latency_seconds,
+                      latency_rate=latency_rate,
                       out=out or Path("bench-sweep.json" if sweep else "bench-results.json"),
                       modes=chosen, single_record_batches=single_record_batches,
                       events_per_message=events_per_message)

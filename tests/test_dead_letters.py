@@ -35,7 +35,7 @@ def test_bad_input_goes_to_the_dlq_with_reasons(make_worker, broker):
     bad = [
         (c, b"bad", b"{not json", "invalid_json"),
         (c, b"bad", b"\xff\xfe\x00garbage", "invalid_json"),
-        (c, b"bad", b"[1, 2, 3]", "not_an_object"),
+        (c, b"bad", b"[]", "empty_array"),
         (c, b"bad", b'"just a string"', "not_an_object"),
         (c, b"bad", orjson.dumps({"event_id": "m1", "customer_id": "bad", "ts": NOW}),
          "schema_violation"),
@@ -103,3 +103,31 @@ def test_bad_input_goes_to_the_dlq_with_reasons(make_worker, broker):
     assert f["app_share_30d"] == 0.25
     assert worker.get("/customers/bad")[0] == 404
     assert worker.process is not None and worker.process.poll() is None
+
+
+def test_a_json_array_message_is_processed_element_by_element(make_worker, broker):
+    """A collector's batch: good elements are applied in order, each bad one goes to the
+    DLQ on its own (its bytes, its reason), the events counter counts elements."""
+    worker = make_worker().start()
+    c = worker.topics["click"]
+    stranger = click("b3", "someone-else")
+    batch = b"[" + b",".join([click("b1", "batch-1"), click("b2", "batch-1", event_type="search"),
+                              stranger, b'"text"', click("b1", "batch-1"),
+                              click("b4", "batch-1", channel="app")]) + b"]"
+    produce(broker.bootstrap_servers, [(c, b"batch-1", batch), (c, b"batch-1", b"[]"),
+                                       (c, b"batch-1", click("b5", "batch-1"))])
+    wait_for(lambda: metric_sum(worker.metrics(), "stream_app_events_consumed_total") == 8,
+             90, "every element to be consumed")
+    letters = sorted((orjson.loads(m.value) for m in
+                      consume_all(broker.bootstrap_servers, worker.topics["dlq"], 3)),
+                     key=lambda x: x["reason"])
+    assert [x["reason"] for x in letters] == ["empty_array", "key_mismatch", "not_an_object"]
+    assert orjson.loads(letters[1]["value"]) == orjson.loads(stranger)
+    assert letters[2]["value"] == '"text"' and letters[0]["value"] == "[]"
+    m = worker.metrics()
+    assert metric_sum(m, "stream_app_duplicate_events_total") == 1
+    assert metric_sum(m, "stream_app_dlq_messages_total") == 3
+    status, body = worker.get("/customers/batch-1")
+    assert status == 200
+    f = body["features"]
+    assert (f["views_24h"], f["searches_7d"], f["app_share_30d"]) == (3, 1, 0.25)
