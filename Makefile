@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench bench-sweep install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 # Throughput and latency against its own embedded broker; writes bench-results.json.
 bench: $(STAMP)
 	$(BIN)/stream-app bench
+
+# Scaling curves (customers, K, memory and RocksDB stores); writes bench-sweep.json.
+bench-sweep: $(STAMP)
+	$(BIN)/stream-app bench --sweep
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream_app tests

@@ -57,8 +57,9 @@ from stream_app.sweep import SweepSchedule
 log = logging.getLogger("stream_app")
 
 #: Customers per control message (a re-scoring or sweep pass sends one message per chunk of
-#: a partition's customers, not one per customer).
-CONTROL_CHUNK = 256
+#: a partition's customers, not one per customer; small enough that the events queued
+#: behind one wait ~25 ms).
+CONTROL_CHUNK = 64
 #: Samples the learner takes at once (or what arrived within the wait), learned in a thread.
 LEARN_BATCH = 256
 LEARN_BATCH_WAIT_S = 0.5

@@ -88,13 +88,13 @@ class Settings:
     learn_sample_interval_hours: float = field(
         default=1.0, metadata={"env": "LEARN_SAMPLE_INTERVAL_HOURS"}
     )
-    rescore_rate: float = field(default=2000.0, metadata={"env": "RESCORE_RATE"})
+    rescore_rate: float = field(default=500.0, metadata={"env": "RESCORE_RATE"})
     rescore_min_moved: float = field(default=0.02, metadata={"env": "RESCORE_MIN_MOVED"})
     rescore_min_interval_s: float = field(default=30.0,
                                           metadata={"env": "RESCORE_MIN_INTERVAL_S"})
     allowed_lateness_s: float = field(default=3600.0, metadata={"env": "ALLOWED_LATENESS_S"})
     sweep_interval_s: float = field(default=10.0, metadata={"env": "SWEEP_INTERVAL_S"})
-    sweep_rate: float = field(default=2000.0, metadata={"env": "SWEEP_RATE"})
+    sweep_rate: float = field(default=500.0, metadata={"env": "SWEEP_RATE"})
     max_message_bytes: int = field(default=1_000_000, metadata={"env": "MAX_MESSAGE_BYTES"})
     max_future_skew_s: float = field(default=86_400.0, metadata={"env": "MAX_FUTURE_SKEW_S"})
     log_level: str = field(default="info", metadata={"env": "LOG_LEVEL"})

@@ -41,3 +41,48 @@ def test_bench_small_run_writes_complete_results(tmp_path: Path) -> None:
     assert latency["samples"] > 0, latency
     assert 0 <= latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"]
     assert "app" in run.stdout and "latency" in run.stdout  # the printed table
+
+
+@pytest.mark.timeout(450)
+def test_bench_json_array_workload_counts_events(tmp_path: Path) -> None:
+    """Messages of up to 5 events of one customer: every mode reads every event."""
+    out = tmp_path / "arrays.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "stream_app.cli", "bench", "--events", "3000",
+         "--customers", "300", "--events-per-message", "5", "--latency-seconds", "3",
+         "--modes", "ceiling,direct,naive,app", "--out", str(out)],
+        capture_output=True, text=True, timeout=400,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    doc = orjson.loads(out.read_bytes())
+    config = doc["config"]
+    assert config["events"] == 3000 and config["events_per_message"] == 5
+    assert 3000 / 5 <= config["messages"] < 3000
+    for name, mode in doc["modes"].items():
+        assert mode["events"] == 3000 and mode["events_per_s"] > 0, name
+    assert doc["modes"]["app"]["messages_processed"] >= config["messages"]
+
+
+@pytest.mark.timeout(600)
+def test_bench_sweep_measures_every_point_on_both_stores(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "stream_app.cli", "bench", "--sweep",
+         "--sweep-customers", "150,300", "--sweep-k", "4", "--sweep-events-per-customer", "3",
+         "--sweep-stores", "memory,rocksdb", "--events", "900", "--customers", "150",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=550,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    doc = orjson.loads(out.read_bytes())
+    points = [(r["vary"], r["customers"], r["k"], r["store"], r["events"]) for r in doc["sweep"]]
+    assert points == [("customers", 150, 32, "memory", 450), ("customers", 300, 32, "memory", 900),
+                      ("customers", 150, 32, "rocksdb", 450),
+                      ("customers", 300, 32, "rocksdb", 900), ("k", 150, 4, "memory", 900)]
+    for row in doc["sweep"]:
+        assert row["events_per_s"] > 0 and row["peak_rss_mb"] > 0, row
+        assert row["rss_kb_per_customer"] == pytest.approx(
+            row["peak_rss_mb"] * 1024 / row["customers"], rel=0.01)
+    assert set(doc["summary"]) == {"memory", "rocksdb"}
+    assert all(s["throughput_ratio"] > 0 for s in doc["summary"].values())
+    assert "sweep" in run.stdout
