@@ -267,7 +267,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 return
             version = max(version, feed.latest.version if feed.latest else 0) + 1
             unpublished = 0
-            snapshot = learner.snapshot(version)
+            # Quality figures of the snapshot are NumPy work on the sample: off the loop too.
+            snapshot = await asyncio.to_thread(learner.snapshot, version)
         await model_topic.send(value=snapshot.to_json())
 
     def learn_batch(values: list[bytes]) -> tuple[int, bool]:
