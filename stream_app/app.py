@@ -133,6 +133,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         if model.rescore or not rescored_any:  # and the first model this worker applies
             rescored_any = True
             rescore_wanted.set()
+            metrics.rescore_waiting.set(1)
 
     schedule = SweepSchedule()
     #: Local customers' vectors and segments at their last evaluation, and the partitions
@@ -370,6 +371,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             if pipeline.model is not None:
                 await queue_control({"op": "rescore"}, rescore_work(pipeline.model),
                                     settings.rescore_rate, metrics.rescores)
+            if not rescore_wanted.is_set():
+                metrics.rescore_waiting.set(0)
             await asyncio.sleep(max(0.0, settings.rescore_min_interval_s
                                     - (time.monotonic() - started)))
 

@@ -75,6 +75,10 @@ class Metrics:
         self.rescores = Counter(p + "rescore_requests_total",
                                 "Customers queued for re-scoring after a model update.",
                                 registry=r)
+        self.rescore_waiting = Gauge(p + "rescore_waiting",
+                                     "1 while a model update waits for its re-scoring pass "
+                                     "(RESCORE_MIN_INTERVAL_S) or the pass is being queued.",
+                                     registry=r)
         self.rescore_checked = Counter(p + "rescore_checked_total",
                                        "Customers checked by the vectorised pass after a model "
                                        "update (only those it would move are re-scored).",

@@ -35,3 +35,13 @@ def test_every_setting_has_its_own_variable():
 @pytest.mark.parametrize("name", CLUSTERERS)
 def test_every_configurable_clusterer_exists(name):
     assert hasattr(river_clusterer(name, k=4, halflife=0.01, seed=1), "learn_one")
+
+
+def test_every_setting_is_in_the_readme_configuration_table():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Configuration"):readme.index("## Interface")]
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", section, re.M))
+    assert documented == set(Settings.env_names().values())

@@ -31,14 +31,19 @@ def test_evaluate_reports_quality_against_planted_types(make_worker):
     wait_for(lambda: metric_sum(worker.metrics(), "stream_app_events_consumed_total") == events,
              240, "the generated events to be consumed", interval=1.0)
     wait_for(lambda: worker.get("/segments")[1]["unassigned"] == 0, 60, "all assigned")
-    previous = [-1.0]
+    previous: list[tuple[float, ...]] = [()]
 
-    def settled() -> bool:  # re-scoring after the last model update has finished
-        total = metric_sum(worker.metrics(), "stream_app_segment_changes_total")
-        done, previous[0] = total == previous[0], total
-        return done
+    def settled() -> bool:  # the learner, its last model and that model's re-scoring are done
+        m = worker.metrics()
+        now = tuple(metric_sum(m, name) for name in (
+            "stream_app_segment_changes_total", "stream_app_model_version",
+            "stream_app_learner_samples_learned_total", "stream_app_learner_samples_sent_total"))
+        done, previous[0] = now == previous[0], now
+        return done and now[2] == now[3] and not metric_sum(m, "stream_app_rescore_waiting")
 
-    wait_for(settled, 120, "segment changes to settle", interval=3.0)
+    # Polled less often than MODEL_PUBLISH_INTERVAL (5 s): a quiet interval has no
+    # publish pending.
+    wait_for(settled, 180, "learning, model updates and re-scoring to settle", interval=6.0)
 
     result = cli("evaluate", "--url", worker.url, "--window", "2", "--planted-customers",
                  str(CUSTOMERS), "--planted-seed", "7", "--json", env=worker.env)
