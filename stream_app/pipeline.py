@@ -139,8 +139,8 @@ class CustomerPipeline:
         outs: list[Outcome] = []
         last: Outcome | None = None  # the latest outcome that changed the state
         for ev in events:
-            if isinstance(ev, InvalidEvent):
-                outs.append(rejected(ev, value if len(events) == 1 else orjson.dumps(ev.element)))
+            if isinstance(ev, InvalidEvent):  # an element of an array: the DLQ gets the element
+                outs.append(rejected(ev, orjson.dumps(ev.element)))
                 continue
             out = Outcome(event_ts=ev.ts, event_type=ev.event_type)
             outs.append(out)
