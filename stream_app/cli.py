@@ -233,11 +233,7 @@ def evaluate(urls: tuple[str, ...], window: float, planted_customers: int | None
     from stream_app import evaluate as ev
 
     if offline:
-        names = [name.strip() for name in clusterers.split(",")]
-        unknown = sorted(set(names) - set(CLUSTERERS))
-        if unknown:
-            raise click.BadParameter(f"unknown {unknown}; choose from {CLUSTERERS}",
-                                     param_hint="--clusterers")
+        names = list(_choices(clusterers, CLUSTERERS, "--clusterers"))
         rows = ev.evaluate_offline(customers, events, k, seed, names, load_settings(),
                                    progress=None if as_json else
                                    lambda name: click.echo(f"learning with {name} ...",
@@ -321,10 +317,7 @@ def bench(events: int, customers: int, partitions: int, k: int, store: str,
     from stream_app.bench import MODES, BenchConfig, BenchError, SweepConfig, run
     from stream_app.bench import sweep as run_sweep
 
-    chosen = tuple(m for m in MODES if m in modes.split(","))
-    unknown = set(modes.split(",")) - set(MODES)
-    if unknown or not chosen:
-        raise click.UsageError(f"--modes: choose from {', '.join(MODES)}")
+    chosen = _choices(modes, MODES, "--modes")
     if min(events, customers, partitions, events_per_message) < 1 or latency_seconds <= 0:
         raise click.UsageError("--events, --customers, --partitions, --events-per-message "
                                "and --latency-seconds must be positive")
@@ -338,15 +331,24 @@ def bench(events: int, customers: int, partitions: int, k: int, store: str,
         if sweep:
             grid = SweepConfig(customers=_ints(sweep_customers, "--sweep-customers"),
                                ks=_ints(sweep_k, "--sweep-k"),
-                               stores=tuple(sweep_stores.split(",")),
+                               stores=_choices(sweep_stores, ("memory", "rocksdb"),
+                                               "--sweep-stores"),
                                events_per_customer=sweep_events_per_customer)
-            if set(grid.stores) - {"memory", "rocksdb"}:
-                raise click.UsageError("--sweep-stores: memory and/or rocksdb")
             run_sweep(cfg, grid)
         else:
             run(cfg)
     except BenchError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _choices(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """A comma-separated option's values, in the order given, each one of ``allowed``."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = sorted(set(names) - set(allowed))
+    if unknown or not names:
+        raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(allowed)}",
+                                 param_hint=option)
+    return names
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
