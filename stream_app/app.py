@@ -41,7 +41,7 @@ from faust.web import Request, Response, View
 from prometheus_client import Counter
 
 from stream_app.assignments import AssignmentIndex
-from stream_app.broker import faust_broker_options, shorten_fetch_wait
+from stream_app.broker import faust_broker_options
 from stream_app.changes import iso_ms
 from stream_app.config import Settings
 from stream_app.features import FEATURE_NAMES
@@ -74,8 +74,6 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     """Build the worker's Faust app; ``partitions`` is the resolved input partition count."""
     partitions = partitions or settings.topic_partitions
     tansu = settings.embedded_broker
-    if tansu:
-        shorten_fetch_wait()
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],

@@ -27,7 +27,7 @@ from pathlib import Path
 import faust
 import orjson
 
-from stream_app.broker import faust_broker_options, shorten_fetch_wait
+from stream_app.broker import faust_broker_options
 from stream_app.config import Settings
 
 #: Messages between two progress reports (the benchmark detects a stalled worker by them).
@@ -64,8 +64,6 @@ class Progress:
 
 def create_naive_app(settings: Settings, progress: Progress) -> faust.App:
     """The baseline app: one agent over the input topics, one table write per event."""
-    if settings.embedded_broker:
-        shorten_fetch_wait()  # as the worker does: it changes latency, not throughput
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],

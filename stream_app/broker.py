@@ -47,8 +47,11 @@ def faust_broker_options(embedded: bool, single_record_batches: bool) -> dict[st
 
     Tansu holds a JoinGroup for half the session timeout (so a short one), and reports a
     wrong end offset after multi-record batches, which truncates changelog recovery (so
-    one record per producer batch, ``single_record_batches``).
+    one record per producer batch, ``single_record_batches``). Its fetch wait, which no
+    Faust setting reaches, is shortened here too (:func:`shorten_fetch_wait`).
     """
+    if embedded:
+        shorten_fetch_wait()
     return {
         "broker_session_timeout": 6.0 if embedded else 30.0,
         "broker_heartbeat_interval": 1.0 if embedded else 3.0,
