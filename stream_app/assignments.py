@@ -97,13 +97,10 @@ class AssignmentIndex:
         out: list[tuple[int, bytes]] = []
         centres = model.centres
         centre_norms = np.einsum("ij,ij->i", centres, centres)
-        scale = np.where(model.std > 0, model.std, 1.0)
         wanted = np.fromiter(partitions, dtype=np.int32)
         for start in range(0, len(self._keys), CHUNK):
             stop = min(start + CHUNK, len(self._keys))
-            x = self._vectors[start:stop]
-            z = np.where(np.isnan(x), model.impute, x)
-            z = np.where(model.std > 0, (z - model.mean) / scale, 0.0)
+            z = model.scale_rows(self._vectors[start:stop])
             squared = (np.einsum("ij,ij->i", z, z)[:, None] - 2.0 * z @ centres.T
                        + centre_norms)
             d = np.sqrt(np.maximum(squared, 0.0))

@@ -136,7 +136,11 @@ class SegmentModel:
         return ",".join(f"{n}:{t}" for n, t in zip(self.features, self.transforms))
 
     def scale(self, raw: list[float | None]) -> np.ndarray:
-        x = np.array([self.impute[j] if v is None else v for j, v in enumerate(raw)], dtype=float)
+        return self.scale_rows(np.array([np.nan if v is None else v for v in raw], dtype=float))
+
+    def scale_rows(self, x: np.ndarray) -> np.ndarray:
+        """Raw vectors (one per row, or one; NaN for unknown) imputed and standardised."""
+        x = np.where(np.isnan(x), self.impute, x)
         return np.divide(x - self.mean, self.std, out=np.zeros_like(x), where=self.std > 0)
 
     def distances(self, raw: list[float | None]) -> np.ndarray:
