@@ -108,9 +108,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     model_topic = app.topic(settings.segment_model_topic)
 
     # -- tables ---------------------------------------------------------------------------
-    customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes)
+    customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes,
+                          options=settings.table_options())
     segment_sizes = app.Table(
-        "segment_sizes", default=int, partitions=partitions,
+        "segment_sizes", default=int, partitions=partitions, options=settings.table_options(),
         schema=faust.Schema(key_type=str, value_type=int,
                             key_serializer="json", value_serializer="json"),
     )

@@ -447,6 +447,7 @@ class WorkerWatch:
     #: Worker counters reported with the results (key: metric sample name).
     COUNTERS = {
         "segment_changes": "stream_app_segment_changes_total",
+        "segment_moves": "stream_app_segment_moves_total",  # changes but first assignments
         "messages_processed": "stream_app_processing_seconds_count",  # inputs and control
         "rescore_requests": "stream_app_rescore_requests_total",
         "sweep_requests": "stream_app_sweep_requests_total",
@@ -700,6 +701,8 @@ def results_document(cfg: BenchConfig, total: int, modes: dict[str, ModeResult],
                    if app and name in modes and modes[name].events_per_s},
         "changes_per_event": (round(app.extra["segment_changes"] / max(app.events, 1), 4)
                               if app else None),
+        "moves_per_event": (round(app.extra["segment_moves"] / max(app.events, 1), 4)
+                            if app else None),
         "latency": latency,
     }
 
@@ -724,7 +727,8 @@ def print_results(doc: dict[str, Any], console: Console) -> None:
     if "app" not in doc["modes"]:
         return
     app, lat = doc["modes"]["app"], doc["latency"]
-    console.print(f"app: {doc['changes_per_event']} segment changes per input event; "
+    console.print(f"app: {doc['changes_per_event']} segment changes per input event "
+                  f"({doc['moves_per_event']} moves, the rest first assignments); "
                   f"{app['messages_processed']} messages processed (inputs, "
                   f"{app['rescore_requests']} re-scoring and {app['sweep_requests']} sweep "
                   f"requests); model v{app['model_version']}; learner "

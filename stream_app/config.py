@@ -64,6 +64,10 @@ class Settings:
     topic_partitions: int = field(default=4, metadata={"env": "TOPIC_PARTITIONS"})
     topic_replication: int = field(default=1, metadata={"env": "TOPIC_REPLICATION"})
     table_store: str = field(default="memory://", metadata={"env": "TABLE_STORE"})
+    #: RocksDB memory per table partition (Faust's defaults: 3 × 64 MB memtables and a 2 GB
+    #: block cache each, so RSS grows with the state up to gigabytes per partition).
+    rocksdb_write_buffer_mb: int = field(default=8, metadata={"env": "ROCKSDB_WRITE_BUFFER_MB"})
+    rocksdb_block_cache_mb: int = field(default=32, metadata={"env": "ROCKSDB_BLOCK_CACHE_MB"})
     embedded_broker: bool = field(default=False, metadata={"env": "STREAM_APP_EMBEDDED_BROKER"})
     #: ``auto``: one record per producer batch on the embedded broker (Tansu reports a wrong
     #: end offset after a multi-record batch, which truncates changelog recovery), normal
@@ -133,6 +137,9 @@ class Settings:
             raise ValueError("MODEL_SAMPLE_CUSTOMERS must be at least 1")
         if self.producer_batching not in ("auto", "on", "off"):
             raise ValueError("PRODUCER_BATCHING must be auto, on or off")
+        if self.rocksdb_write_buffer_mb < 1 or self.rocksdb_block_cache_mb < 1:
+            raise ValueError("ROCKSDB_WRITE_BUFFER_MB and ROCKSDB_BLOCK_CACHE_MB must be at "
+                             "least 1")
 
     @staticmethod
     def env_names() -> dict[str, str]:
@@ -145,6 +152,16 @@ class Settings:
         if self.producer_batching == "auto":
             return self.embedded_broker
         return self.producer_batching == "off"
+
+    def table_options(self) -> dict[str, int] | None:
+        """Store options of a Faust table: RocksDB's memory bounds (a fresh dict each time:
+        Faust's store pops keys from it), None for other stores."""
+        if not self.table_store.startswith("rocksdb"):
+            return None
+        mb = 1024 * 1024
+        return {"write_buffer_size": self.rocksdb_write_buffer_mb * mb,
+                "max_write_buffer_number": 2,
+                "block_cache_size": self.rocksdb_block_cache_mb * mb}
 
     @property
     def bootstrap_servers(self) -> list[str]:

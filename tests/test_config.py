@@ -20,11 +20,21 @@ def test_settings_read_typed_values_from_the_environment():
 @pytest.mark.parametrize("name, value", [
     ("SEGMENTS_K", "1"), ("SEGMENTS_K", "many"), ("SEGMENT_MARGIN", "1.0"),
     ("SEGMENT_CLUSTERER", "dbstream"), ("MODEL_SAMPLE_CUSTOMERS", "0"),
-    ("KMEANS_HALFLIFE", "0"),
+    ("KMEANS_HALFLIFE", "0"), ("ROCKSDB_BLOCK_CACHE_MB", "0"),
 ])
 def test_bad_settings_name_the_variable(name, value):
     with pytest.raises(ValueError, match=name):
         Settings.from_env({name: value})
+
+
+def test_rocksdb_tables_get_bounded_memory_and_other_stores_no_options():
+    assert Settings.from_env({"TABLE_STORE": "memory://"}).table_options() is None
+    s = Settings.from_env({"TABLE_STORE": "rocksdb://", "ROCKSDB_WRITE_BUFFER_MB": "4",
+                           "ROCKSDB_BLOCK_CACHE_MB": "16"})
+    options = s.table_options()
+    assert options == {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2,
+                       "block_cache_size": 16 << 20}
+    assert s.table_options() is not options  # Faust's store pops keys from its copy
 
 
 def test_every_setting_has_its_own_variable():
