@@ -26,6 +26,7 @@ The agents are thin: they move bytes between Kafka, the tables and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -46,6 +47,7 @@ from stream_app.changes import iso_ms
 from stream_app.config import Settings
 from stream_app.features import FEATURE_NAMES
 from stream_app.labels import describe
+from stream_app.logs import logging_config
 from stream_app.metrics import CONTENT_TYPE, Metrics
 from stream_app.model_feed import ModelFeed
 from stream_app.pacing import Pace
@@ -92,6 +94,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         # Faust's repaired Cython fast paths (stream iterator, conductor): 7 % less CPU per
         # event in the naive benchmark agent (README, Performance).
         cython_optimizations=True,
+        broker_commit_interval=settings.commit_interval_s,
+        logging_config=logging_config(settings.log_level, settings.log_format),
         **faust_broker_options(tansu, settings.single_record_batches),
     )
     metrics = Metrics()
@@ -124,6 +128,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         nonlocal rescored_any
         pipeline.use_model(model)
         metrics.model_version.set(model.version)
+        metrics.model_created.set(model.created_at)
         metrics.model_updates.inc()
         for measure in QUALITY_GAUGES:
             value = model.quality.get(measure)
@@ -139,6 +144,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     #: whose customers are all in it (a full pass since they were assigned here).
     index = AssignmentIndex()
     indexed: set[int] = set()
+    #: Offset of the last message processed per input partition (consumer lag).
+    processed: dict[Any, int] = {}
     #: A few customers who recently entered each segment (GET /segments/{id}).
     examples: dict[int, deque[str]] = defaultdict(lambda: deque(maxlen=EXAMPLES))
 
@@ -221,6 +228,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         async for event in stream.events():
             started = time.perf_counter()
             message = event.message
+            processed[message.tp] = message.offset
             kind = kinds[message.topic]
             key = message.key
             if kind == "control":
@@ -345,6 +353,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         gone = {tp.partition for tp in revoked}
         indexed.difference_update(gone)
         index.drop_partitions(gone)
+        for tp in revoked:
+            if tp.topic in kinds:
+                processed.pop(tp, None)
+                with contextlib.suppress(KeyError):  # KeyError: never measured
+                    metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
     def rescore_work(model: SegmentModel) -> Iterator[tuple[int, bytes]]:
         """Customers to re-score with ``model``: those the index says it would move, and
@@ -408,9 +421,32 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         for segment in range(k):
             metrics.segment_size.labels(str(segment)).set(totals.get(segment, 0))
 
+    async def input_lag() -> int:
+        """Set each owned input partition's lag gauge; the sum over them."""
+        total = 0
+        for tp in app.assignor.assigned_actives():
+            if tp.topic not in kinds:
+                continue
+            try:
+                high = app.consumer.highwater(tp)
+                done = processed.get(tp)
+                # Nothing processed since the assignment: the consumer's position.
+                position = done + 1 if done is not None else await asyncio.wait_for(
+                    app.consumer.position(tp), 0.5)
+            except Exception as exc:  # not fetched yet, or being revoked
+                log.debug("no lag for %s: %r", tp, exc)
+                continue
+            if high is None or position is None:
+                continue
+            lag = max(0, high - position)
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            total += lag
+        return total
+
     @app.timer(interval=5.0)
     async def update_gauges() -> None:
         refresh_gauges()
+        await input_lag()
 
     # -- web ------------------------------------------------------------------------------
     def json_response(view: View, body: Any, status: int = 200) -> Response:
@@ -423,17 +459,20 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     @app.page("/ready")
     async def ready(self: View, request: Request) -> Response:
+        lag = await input_lag()
         checks = {
             "partitions_assigned": bool(local_partitions()),
             "model_loaded": pipeline.model is not None,
             "model_feed_caught_up": feed.caught_up.is_set(),
+            "lag_ok": lag <= settings.ready_max_lag,
         }
         ok = all(checks.values())
-        return json_response(self, {"ready": ok, **checks}, 200 if ok else 503)
+        return json_response(self, {"ready": ok, **checks, "lag": lag}, 200 if ok else 503)
 
     @app.page("/metrics")
     async def metrics_view(self: View, request: Request) -> Response:
         refresh_gauges()
+        await input_lag()
         return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
 
     @app.page("/customers/{customer_id}")

@@ -7,7 +7,6 @@ Options that configure the app write the environment variable of the same settin
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -78,6 +77,7 @@ def main() -> None:
 def worker(ctx: click.Context) -> None:
     """Run a Faust worker. Any other option is passed to Faust's worker (see --help)."""
     from stream_app.app import create_app
+    from stream_app.logs import setup_logging
     from stream_app.topics import TopicLayoutError, prepare_topics
 
     settings = load_settings()
@@ -87,8 +87,7 @@ def worker(ctx: click.Context) -> None:
         click.echo(ctx.get_help().replace("Options:", "stream-app options:", 1))
         click.echo("\nFaust worker options (passed through):\n")
     else:
-        logging.basicConfig(level=settings.log_level.upper(),
-                            format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+        setup_logging(settings.log_level, settings.log_format)
         try:
             plan = asyncio.run(prepare_topics(settings))
         except TopicLayoutError as exc:
@@ -98,7 +97,9 @@ def worker(ctx: click.Context) -> None:
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in faust_args):
         faust_args = ["--loglevel", settings.log_level, *faust_args]
     app = create_app(settings, partitions)
-    sys.argv = ["stream-app", *event_loop(), "worker", *faust_args]
+    # JSON logs: no banner on stdout, so every line is one JSON object.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    sys.argv = ["stream-app", *event_loop(), *quiet, "worker", *faust_args]
     app.main()
 
 

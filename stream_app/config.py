@@ -102,6 +102,12 @@ class Settings:
     max_message_bytes: int = field(default=1_000_000, metadata={"env": "MAX_MESSAGE_BYTES"})
     max_future_skew_s: float = field(default=86_400.0, metadata={"env": "MAX_FUTURE_SKEW_S"})
     log_level: str = field(default="info", metadata={"env": "LOG_LEVEL"})
+    #: ``text`` (human-readable) or ``json`` (one JSON object per line, for log shippers).
+    log_format: str = field(default="text", metadata={"env": "LOG_FORMAT"})
+    #: Seconds between offset commits (Faust's ``broker_commit_interval``).
+    commit_interval_s: float = field(default=2.8, metadata={"env": "COMMIT_INTERVAL_S"})
+    #: ``GET /ready`` answers 503 while the worker's input lag exceeds this many messages.
+    ready_max_lag: int = field(default=10_000, metadata={"env": "READY_MAX_LAG"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +143,10 @@ class Settings:
             raise ValueError("MODEL_SAMPLE_CUSTOMERS must be at least 1")
         if self.producer_batching not in ("auto", "on", "off"):
             raise ValueError("PRODUCER_BATCHING must be auto, on or off")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("LOG_FORMAT must be text or json")
+        if self.commit_interval_s <= 0:
+            raise ValueError("COMMIT_INTERVAL_S must be positive")
         if self.rocksdb_write_buffer_mb < 1 or self.rocksdb_block_cache_mb < 1:
             raise ValueError("ROCKSDB_WRITE_BUFFER_MB and ROCKSDB_BLOCK_CACHE_MB must be at "
                              "least 1")

@@ -59,6 +59,13 @@ class Metrics:
                                   ["segment"], registry=r)
         self.model_version = Gauge(p + "model_version", "Version of the applied segment model.",
                                    registry=r)
+        self.model_created = Gauge(p + "model_created_timestamp_seconds",
+                                   "When the applied segment model was published (Unix time).",
+                                   registry=r)
+        self.consumer_lag = Gauge(p + "consumer_lag",
+                                  "Messages behind the end of each input partition this worker "
+                                  "owns (high watermark − next offset to process).",
+                                  ["topic", "partition"], registry=r)
         self.model_updates = Counter(p + "model_updates_total",
                                      "Segment model snapshots applied by this worker.", registry=r)
         self.samples_sent = Counter(p + "learner_samples_sent_total",
