@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-sweep install clean
+.PHONY: demo test lint bench bench-sweep install ops-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/stream-app demo
 
-test: $(STAMP)
-	$(BIN)/ruff check stream_app tests
+test: $(STAMP) ops-tools
+	$(BIN)/ruff check stream_app tests ops
 	$(BIN)/python -m pytest
 
 # Throughput and latency against its own embedded broker; writes bench-results.json.
@@ -29,8 +29,18 @@ bench: $(STAMP)
 bench-sweep: $(STAMP)
 	$(BIN)/stream-app bench --sweep
 
+# Debian's Prometheus (with promtool) and docker-compose, for the operations tests.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Without apt (or rights), the tests that need them fail and say what is missing.
+ops-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null \
+	  && command -v docker-compose >/dev/null \
+	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
+	      -y -qq --no-install-recommends prometheus docker-compose) \
+	  || echo "make ops-tools: could not install prometheus and docker-compose (Debian packages)"
+
 lint: $(STAMP)
-	$(BIN)/ruff check stream_app tests
+	$(BIN)/ruff check stream_app tests ops
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
