@@ -414,8 +414,9 @@ async def measure_naive(settings: Settings, total: int, workdir: Path) -> ModeRe
     child = Child("the naive Faust worker",
                   # The worker's log level: at "warn" Faust's progress spinner sets the root
                   # logger to DEBUG, and every debug call of aiokafka and Faust costs a record.
+                  # No web server: it has no views, and a taken port 6066 must not fail it.
                   [sys.executable, "-m", "stream_app.bench_naive", "worker",
-                   "--loglevel", settings.log_level],
+                   "--loglevel", settings.log_level, "--without-web"],
                   child_env(naive, BENCH_NAIVE_EXPECTED=str(total),
                             BENCH_NAIVE_REPORT=str(report)),
                   workdir / "naive.log").start()
