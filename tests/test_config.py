@@ -20,7 +20,8 @@ def test_settings_read_typed_values_from_the_environment():
 @pytest.mark.parametrize("name, value", [
     ("SEGMENTS_K", "1"), ("SEGMENTS_K", "many"), ("SEGMENT_MARGIN", "1.0"),
     ("SEGMENT_CLUSTERER", "dbstream"), ("MODEL_SAMPLE_CUSTOMERS", "0"),
-    ("KMEANS_HALFLIFE", "0"), ("ROCKSDB_BLOCK_CACHE_MB", "0"),
+    ("KMEANS_HALFLIFE", "0"), ("ROCKSDB_BLOCK_CACHE_MB", "0"), ("LOG_FORMAT", "xml"),
+    ("COMMIT_INTERVAL_S", "0"),
 ])
 def test_bad_settings_name_the_variable(name, value):
     with pytest.raises(ValueError, match=name):
