@@ -411,7 +411,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 sizes.setdefault(int(partition), {})[int(segment)] = count
         return sizes
 
-    def refresh_gauges() -> None:
+    async def refresh_gauges() -> None:
+        """Customers, segment sizes and input lag, as of now."""
         totals: dict[int, int] = {}
         for per_segment in local_sizes().values():
             for segment, count in per_segment.items():
@@ -420,6 +421,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         k = pipeline.model.k if pipeline.model else 0
         for segment in range(k):
             metrics.segment_size.labels(str(segment)).set(totals.get(segment, 0))
+        await input_lag()
 
     async def input_lag() -> int:
         """Set each owned input partition's lag gauge; the sum over them."""
@@ -445,8 +447,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     @app.timer(interval=5.0)
     async def update_gauges() -> None:
-        refresh_gauges()
-        await input_lag()
+        await refresh_gauges()
 
     # -- web ------------------------------------------------------------------------------
     def json_response(view: View, body: Any, status: int = 200) -> Response:
@@ -471,8 +472,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     @app.page("/metrics")
     async def metrics_view(self: View, request: Request) -> Response:
-        refresh_gauges()
-        await input_lag()
+        await refresh_gauges()
         return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
 
     @app.page("/customers/{customer_id}")

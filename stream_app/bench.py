@@ -399,6 +399,11 @@ async def measure_direct(settings: Settings, total: int, publish_every: int,
 
 # -- child-process modes -------------------------------------------------------------------
 
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """A results document, indented, as ``path``."""
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         return orjson.loads(path.read_bytes())
@@ -687,6 +692,10 @@ def results_document(cfg: BenchConfig, total: int, modes: dict[str, ModeResult],
                      latency: dict[str, Any]) -> dict[str, Any]:
     """The JSON written to ``--out``."""
     app = modes.get("app")
+
+    def per_event(counter: str) -> float | None:  # a worker counter per input event
+        return round(app.extra[counter] / max(app.events, 1), 4) if app else None
+
     return {
         "config": {"events": cfg.events, "messages": total,
                    "events_per_message": cfg.events_per_message,
@@ -700,10 +709,8 @@ def results_document(cfg: BenchConfig, total: int, modes: dict[str, ModeResult],
         "ratios": {f"app/{name}": round(app.events_per_s / modes[name].events_per_s, 4)
                    for name in ("ceiling", "naive", "direct")
                    if app and name in modes and modes[name].events_per_s},
-        "changes_per_event": (round(app.extra["segment_changes"] / max(app.events, 1), 4)
-                              if app else None),
-        "moves_per_event": (round(app.extra["segment_moves"] / max(app.events, 1), 4)
-                            if app else None),
+        "changes_per_event": per_event("segment_changes"),
+        "moves_per_event": per_event("segment_moves"),
         "latency": latency,
     }
 
@@ -751,7 +758,7 @@ def run(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the benchmark, write and print the results."""
     console = console or Console()
     doc = measure(cfg, console)
-    cfg.out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    write_json(cfg.out, doc)
     print_results(doc, console)
     console.print(f"whole run {doc['wall_seconds']} s; results in {cfg.out}")
     return doc
@@ -824,7 +831,7 @@ def sweep(base: BenchConfig, grid: SweepConfig, console: Console | None = None
                       "events_per_customer": grid.events_per_customer,
                       "k_points_customers": base.customers, "k_points_events": base.events,
                       "python": platform.python_version(), "cpu_count": os.cpu_count()}}
-    base.out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    write_json(base.out, doc)
     print_sweep(doc, console)
     console.print(f"results in {base.out}")
     return doc
