@@ -2,10 +2,11 @@
 
 Data flow (every arrow is a Kafka topic; ``p`` is the customer's partition)::
 
-    clickstream ─┐
-    purchases ───┼──▶ agent ``process`` ──▶ table ``customers`` (feature window, segment)
-    profiles ────┤      │  (CustomerPipeline)   table ``segment_sizes`` (per partition)
-    control ─────┘      ├──▶ segment-changes        (customer moved)
+    clickstream ──────┐
+    purchases ────────┼──▶ agent ``process`` ──▶ table ``customers`` (feature window, segment)
+    customer-profiles ┤      │  (CustomerPipeline)   table ``segment_sizes`` (per partition)
+    customer-erasure ─┤      │                       (erasure: deleted, tombstone)
+    control ──────────┘      ├──▶ segment-changes   (customer moved, left, or was erased)
          ▲              ├──▶ stream-app-dlq          (bad input, with reason)
          │              └──▶ <app>-model-samples    (sampled vectors, 1 partition)
          │                          │
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import math
 import time
@@ -51,7 +53,7 @@ from stream_app.logs import logging_config
 from stream_app.metrics import CONTENT_TYPE, Metrics
 from stream_app.model_feed import ModelFeed
 from stream_app.pacing import Pace
-from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome
+from stream_app.pipeline import EXCLUDED, UNASSIGNED, CustomerPipeline, Outcome
 from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel, learner_for
 from stream_app.state import CustomerState
 from stream_app.sweep import SweepSchedule
@@ -96,14 +98,17 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         cython_optimizations=True,
         broker_commit_interval=settings.commit_interval_s,
         logging_config=logging_config(settings.log_level, settings.log_format),
+        # Faust's own pages would show table contents (customers) and internals without
+        # authentication: the worker serves only the views declared below.
+        web_tables_enabled=False, web_router_enabled=False, web_graph_enabled=False,
+        web_stats_enabled=False,
         **faust_broker_options(tansu, settings.single_record_batches),
     )
     metrics = Metrics()
     pipeline = CustomerPipeline(settings)
 
     # -- topics ---------------------------------------------------------------------------
-    kinds = {topic: kind for kind, topic in settings.kind_topics.items()}
-    kinds[settings.control_topic] = "control"
+    kinds = {topic: kind for kind, topic in settings.consumed_topics.items()}
     inputs = app.topic(*kinds)
     control_topic = app.topic(settings.control_topic)
     changes_topic = app.topic(settings.segment_changes_topic)
@@ -157,12 +162,12 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         await feed.run()
 
     # -- agents ---------------------------------------------------------------------------
-    async def publish(out: Outcome, message: Any, key: bytes | None = None) -> None:
-        """Store, schedule, count and send what processing ``message`` gave (for customer
-        ``key``; by default the message's key)."""
+    async def publish(out: Outcome, message: Any, key: bytes | None,
+                      own_event: bool = True) -> None:
+        """Store, schedule, count and send what processing ``message`` gave for customer
+        ``key`` (table key; ``own_event``: the message's own customer, not one of a control
+        message)."""
         partition = message.partition
-        own_event = key is None  # the message's own customer, not one of a control message
-        key = message.key if own_event else key
         if out.dlq is not None:
             metrics.invalid.labels(out.reason).inc()
             await dlq_topic.send(key=key, value=out.dlq)
@@ -172,8 +177,17 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             metrics.duplicates.inc()
         if out.late:
             metrics.late.inc()
-        if out.state is not None:
+        if out.excluded and out.event_type in ("click", "purchase"):
+            metrics.excluded.inc()
+        if out.event_type == "erasure":
+            metrics.erasures.labels("erased" if out.erase else "unknown").inc()
+        if out.erase:
+            del customers[key]  # a tombstone in the changelog
+            index.forget(key)
+        elif out.state is not None:
             customers[key] = out.state
+            if out.excluded:
+                index.forget(key)
         if out.vector is not None and out.segment is not None and pipeline.model is not None:
             index.record(key, partition, pipeline.model.spec, out.vector, out.segment)
         if out.sweep_again:
@@ -182,7 +196,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             old, new = out.moved
             if old is not None:
                 segment_sizes[f"{partition}:{old}"] -= 1
-            segment_sizes[f"{partition}:{new}"] += 1
+            if new is not None:
+                segment_sizes[f"{partition}:{new}"] += 1
         if out.sample is not None:
             await samples_topic.send(value=out.sample)
             metrics.samples_sent.inc()
@@ -193,11 +208,12 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 metrics.flaps.inc()
             old, new = out.moved if out.moved is not None else (None, UNASSIGNED)
             customer = key.decode()
-            if old is not None and old != UNASSIGNED:
-                metrics.moves.inc()
+            if old is not None and old >= 0:
+                if new is not None and new >= 0:
+                    metrics.moves.inc()
                 if customer in examples.get(old, ()):
                     examples[old].remove(customer)  # examples are current members only
-            if new != UNASSIGNED:
+            if new is not None and new >= 0:
                 examples[new].append(customer)
             if message.timestamp and own_event:
                 metrics.latency.observe(max(0.0, time.time() - message.timestamp))
@@ -233,18 +249,19 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             key = message.key
             if kind == "control":
                 for customer, out in control(message.value):
-                    await publish(out, message, customer)
+                    await publish(out, message, customer, own_event=False)
                 observe(time.perf_counter() - started)
                 continue
-            stored = customers.get(key) if key else None
+            customer = pipeline.customer_key(key) if key else None  # pseudonymised
+            stored = customers.get(customer) if customer else None
             for out in pipeline.process_message(kind, key, message.value, stored,
                                                 message.topic, message.partition,
                                                 message.offset,
                                                 _timestamp_ms(message.timestamp)):
                 metrics.events.labels(message.topic, out.event_type or "invalid").inc()
-                if out.event_ts is not None and kind != "profile":
+                if out.event_ts is not None and kind in ("click", "purchase"):
                     schedule.observe(message.partition, out.event_ts)
-                await publish(out, message)
+                await publish(out, message, customer)
             observe(time.perf_counter() - started)
 
     learner: SegmentLearner | None = None
@@ -287,6 +304,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         for value in values:
             try:
                 sample = orjson.loads(value)
+                if "forget" in sample:  # erased, or consent withdrawn
+                    model.forget(str(sample["forget"]))
+                    continue
                 if sample["spec"] != model.transform.spec:
                     continue
                 model.learn_one(sample["x"], sample.get("member"))
@@ -454,6 +474,21 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         return view.bytes(orjson.dumps(body, option=NUMPY_AND_INT_KEYS),
                           content_type=JSON, status=status)
 
+    # Views that name customers need the bearer token when API_TOKEN is set.
+    bearer = f"Bearer {settings.api_token}".encode()
+    peer_headers = {"Authorization": bearer.decode()} if settings.api_token else {}
+
+    def authorised(request: Request) -> bool:
+        if not settings.api_token:
+            return True
+        given = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, bearer)
+
+    def unauthorised(view: View) -> Response:
+        return view.bytes(orjson.dumps({"error": "this endpoint needs a bearer token"}),
+                          content_type=JSON, status=401,
+                          headers={"WWW-Authenticate": 'Bearer realm="stream-app"'})
+
     @app.page("/health")
     async def health(self: View, request: Request) -> Response:
         return json_response(self, {"status": "ok"})
@@ -478,10 +513,14 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     @app.page("/customers/{customer_id}")
     @app.table_route(table=customers, match_info="customer_id")
     async def customer_view(self: View, request: Request, customer_id: str) -> Response:
-        stored = customers.get(customer_id.encode())
+        """Routed by the id to the worker owning its partition, looked up by pseudonym."""
+        if not authorised(request):
+            return unauthorised(self)
+        key = pipeline.customer_key(customer_id.encode())
+        stored = customers.get(key)
         if stored is None:
             return json_response(self, {"error": "unknown customer"}, 404)
-        return json_response(self, customer_document(customer_id, stored, pipeline.model))
+        return json_response(self, customer_document(key.decode(), stored, pipeline.model))
 
     @app.page("/model")
     async def model_view(self: View, request: Request) -> Response:
@@ -505,7 +544,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             if url == me:
                 continue
             try:
-                async with app.http_client.get(f"{url}/segments/_local") as resp:
+                async with app.http_client.get(f"{url}/segments/_local",
+                                               headers=peer_headers) as resp:
                     views.append(orjson.loads(await resp.read()))
             except Exception as exc:  # a peer that is down only makes the answer partial
                 log.warning("segment sizes from %s unavailable: %s", url, exc)
@@ -520,6 +560,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     @app.page("/segments/_local")
     async def local_segments(self: View, request: Request) -> Response:
+        if not authorised(request):  # the examples name customers
+            return unauthorised(self)
         return json_response(self, local_view())
 
     @app.page("/segments")
@@ -533,7 +575,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         if model is None or not segment_id.isdigit() or int(segment_id) >= model.k:
             return json_response(self, {"error": "unknown segment"}, 404)
         sizes, found = await cluster_view()
-        return json_response(self, segment_explanation(model, int(segment_id), sizes, found))
+        body = segment_explanation(model, int(segment_id), sizes, found)
+        if not authorised(request):
+            body.pop("examples")  # no customer ids without the token
+        return json_response(self, body)
 
     return app
 
@@ -560,6 +605,7 @@ def customer_document(customer_id: str, stored: bytes, model: SegmentModel | Non
         "model_version": state.model_version,
         "features": {name: features[name] for name in FEATURE_NAMES},
         "profile": state.profile,
+        "consent": {"segmentation": not state.excluded},
     }
 
 
@@ -606,6 +652,7 @@ def segments_document(model: SegmentModel | None, sizes: dict[int, dict[int, int
         "model_version": model.version if model else 0,
         "customers": sum(totals.values()),
         "unassigned": totals.get(UNASSIGNED, 0),
+        "excluded": totals.get(EXCLUDED, 0),
         "partitions_reporting": sorted(sizes),
         "segments": segments,
     }

@@ -248,6 +248,10 @@ class BatchCustomer:
         Number of accepted clicks and purchases that were late.
     duplicates : int
         Number of clicks and purchases dropped as duplicates.
+    excluded : bool
+        Consent to segmentation withdrawn (``consent.segmentation: false`` in the newest
+        profile update that stated it): everything before it is forgotten, and clicks and
+        purchases are dropped until an update with ``segmentation: true``.
     """
 
     customer_id: str
@@ -258,6 +262,7 @@ class BatchCustomer:
     accepted: int = 0
     late: int = 0
     duplicates: int = 0
+    excluded: bool = False
     _seen: set = field(default_factory=set, repr=False)
     _newest: dict = field(default_factory=dict, repr=False)
     _purchases: list = field(default_factory=list, repr=False)
@@ -270,7 +275,8 @@ class BatchCustomer:
         -------
         str
             What happened: ``"accepted"``, ``"late"``, ``"duplicate"`` for clicks and
-            purchases; ``"profile"`` or ``"stale_profile"`` for profile updates.
+            purchases (``"excluded"`` without consent); ``"profile"``, ``"excluded"`` or
+            ``"stale_profile"`` for profile updates.
 
         Examples
         --------
@@ -289,6 +295,8 @@ class BatchCustomer:
         ts, local_hour = parse_ts(doc.get("ts"))
         if kind == "profile":
             return self._add_profile(doc, ts)
+        if self.excluded:
+            return "excluded"
         event_id = doc.get("event_id")
         if event_id is not None:
             if event_id in self._seen:
@@ -329,6 +337,14 @@ class BatchCustomer:
     def _add_profile(self, doc: dict, ts: int) -> str:
         if self.profile_ts is not None and ts < self.profile_ts:
             return "stale_profile"
+        consent = doc.get("consent")
+        segmentation = consent.get("segmentation") if isinstance(consent, dict) else None
+        if segmentation is False or (self.excluded and segmentation is not True):
+            fresh = BatchCustomer(self.customer_id, self.lateness_ms)
+            self.__dict__.update(fresh.__dict__)
+            self.excluded, self.profile_ts = True, ts
+            return "excluded"
+        self.excluded = False
         self.profile_ts = ts
         for name in PROFILE_FIELDS:
             if name in doc:

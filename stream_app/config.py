@@ -36,6 +36,9 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+#: Settings whose values are secrets (masked in ``repr``).
+SECRETS = frozenset({"pseudonym_key", "api_token"})
+
 #: River clusterers the learner can run (see :mod:`stream_app.segmentation`).
 CLUSTERERS = ("kmeans", "streamkmeans", "clustream")
 
@@ -55,6 +58,12 @@ class Settings:
         default="segment-changes", metadata={"env": "SEGMENT_CHANGES_TOPIC"}
     )
     dlq_topic: str = field(default="stream-app-dlq", metadata={"env": "DLQ_TOPIC"})
+    #: Right to be forgotten: a message keyed by a customer id erases the customer.
+    erasure_topic: str = field(default="customer-erasure", metadata={"env": "ERASURE_TOPIC"})
+    #: Secret of the keyed hash that replaces customer ids at ingestion (empty: ids kept).
+    pseudonym_key: str = field(default="", metadata={"env": "PSEUDONYM_KEY"})
+    #: Bearer token the customer endpoints require (empty: the API is open, internal only).
+    api_token: str = field(default="", metadata={"env": "API_TOKEN"})
     model_topic: str = field(default="", metadata={"env": "SEGMENT_MODEL_TOPIC"})
     web_port: int = field(default=6066, metadata={"env": "WEB_PORT"})
     web_host: str = field(default="127.0.0.1", metadata={"env": "WEB_HOST"})
@@ -177,6 +186,11 @@ class Settings:
     def bootstrap_servers(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
 
+    def __repr__(self) -> str:  # secrets never reach a log line or a traceback
+        shown = {f.name: ("***" if f.name in SECRETS and getattr(self, f.name) else
+                          getattr(self, f.name)) for f in fields(self)}
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     @property
     def input_topics(self) -> tuple[str, str, str]:
         return (self.clickstream_topic, self.purchases_topic, self.profiles_topic)
@@ -186,6 +200,11 @@ class Settings:
         """Input topic of each kind of event (``click``, ``purchase``, ``profile``)."""
         return {"click": self.clickstream_topic, "purchase": self.purchases_topic,
                 "profile": self.profiles_topic}
+
+    @property
+    def consumed_topics(self) -> dict[str, str]:
+        """Every topic the ``process`` agent reads, by kind (inputs, erasure, control)."""
+        return {**self.kind_topics, "erasure": self.erasure_topic, "control": self.control_topic}
 
     @property
     def segment_model_topic(self) -> str:

@@ -30,6 +30,13 @@ class Metrics:
         self.late = Counter(p + "late_events_total",
                             "Events older than every window: counted in lifetime totals only.",
                             registry=r)
+        self.erasures = Counter(p + "erasures_total",
+                                "Erasure requests applied, by result: erased (the customer's "
+                                "state deleted) or unknown (nothing stored).", ["result"],
+                                registry=r)
+        self.excluded = Counter(p + "consent_excluded_events_total",
+                                "Clicks and purchases of customers who withdrew consent to "
+                                "segmentation (not kept).", registry=r)
         self.changes = Counter(p + "segment_changes_total", "Segment-change events published.",
                                ["trigger"], registry=r)
         self.moves = Counter(p + "segment_moves_total",

@@ -19,11 +19,14 @@ import orjson
 from stream_app.changes import SegmentChange, dead_letter
 from stream_app.config import Settings
 from stream_app.features import HOUR_MS
+from stream_app.privacy import Pseudonymiser
 from stream_app.segmentation import FeatureTransform, SegmentModel
 from stream_app.state import CustomerState
 from stream_app.validation import Event, EventDecoder, InvalidEvent
 
 UNASSIGNED = -1
+#: The segment-size bucket of customers who withdrew consent to segmentation.
+EXCLUDED = -2
 #: A move back to the segment a customer just left, within this many evaluations, is a flap.
 FLAP_EVALUATIONS = 5
 #: Moves that need SEGMENT_CONFIRMATIONS consecutive wins. A model update, a profile change
@@ -48,9 +51,10 @@ class Outcome:
     late: bool = False
     #: The customer returned to the segment it left within FLAP_EVALUATIONS evaluations.
     flap: bool = False
-    #: Segment bookkeeping: ``(old, new)`` with ``UNASSIGNED`` for no segment and ``old``
-    #: None for a customer seen for the first time.
-    moved: tuple[int | None, int] | None = None
+    #: Segment bookkeeping: ``(old, new)`` with ``UNASSIGNED`` for no segment, ``EXCLUDED``
+    #: for no consent, ``old`` None for a customer seen for the first time and ``new`` None
+    #: for one erased.
+    moved: tuple[int | None, int | None] | None = None
     #: Event time of the message (the customer's clock for rescore and sweep).
     event_ts: int | None = None
     event_type: str | None = None
@@ -62,6 +66,10 @@ class Outcome:
     #: the evaluation (for :class:`~stream_app.assignments.AssignmentIndex`).
     vector: list[float | None] | None = None
     segment: int | None = None
+    #: Delete the customer's stored state (erasure).
+    erase: bool = False
+    #: The customer is excluded from segmentation (no consent): nothing of the event kept.
+    excluded: bool = False
 
 
 class TokenBucket:
@@ -99,6 +107,12 @@ class CustomerPipeline:
         self._samples = TokenBucket(settings.learn_sample_rate)
         self._sample_interval_ms = int(settings.learn_sample_interval_hours * HOUR_MS)
         self.lateness_ms = int(settings.allowed_lateness_s * 1000)
+        self.pseudonyms = Pseudonymiser(settings.pseudonym_key)
+
+    def customer_key(self, key: bytes) -> bytes:
+        """The table key of the customer whose Kafka key is ``key`` (its pseudonym when
+        pseudonymisation is on)."""
+        return self.pseudonyms.key(key)
 
     def use_model(self, model: SegmentModel) -> None:
         """Assign with ``model`` from now on (newer versions only)."""
@@ -125,10 +139,17 @@ class CustomerPipeline:
                         timestamp: int | None = None) -> list[Outcome]:
         """Process a message from an input topic: one event, or a JSON array of events of
         the key's customer, applied in order. One outcome per event; the customer's new
-        state is on the last outcome that changed it (one table write per message)."""
+        state is on the last outcome that changed it (one table write per message).
+
+        ``key`` is the message's Kafka key (the customer id) and ``stored`` the state kept
+        under :meth:`customer_key` of it; an ``erasure`` message gives one outcome that
+        says to delete that state."""
+        pseudonyms = self.pseudonyms
+
         def rejected(exc: InvalidEvent, raw: bytes | None) -> Outcome:
             return Outcome(reason=exc.reason, dlq=dead_letter(
-                exc.reason, exc.detail, topic, partition, offset, timestamp, key, raw,
+                exc.reason, exc.detail, topic, partition, offset, timestamp,
+                None if key is None else pseudonyms.key(key), pseudonyms.redact(raw),
                 self.settings.app_id))
 
         try:
@@ -142,6 +163,11 @@ class CustomerPipeline:
             if isinstance(ev, InvalidEvent):  # an element of an array: the DLQ gets the element
                 outs.append(rejected(ev, orjson.dumps(ev.element)))
                 continue
+            if pseudonyms.enabled:
+                ev.customer_id = pseudonyms.pseudonym(ev.customer_id)
+            if ev.kind == "erasure":
+                outs.append(self._erase(ev, state if stored is not None else None))
+                return outs  # an erasure message holds one request
             out = Outcome(event_ts=ev.ts, event_type=ev.event_type)
             outs.append(out)
             if self._apply(ev, state, out, first=stored is None and last is None):
@@ -156,11 +182,19 @@ class CustomerPipeline:
         """Apply one valid event to ``state`` (``first``: of a customer not stored yet);
         False if it changed nothing (a duplicate, or an older profile update)."""
         if ev.kind == "profile":
-            if not state.update_profile(ev.profile, ev.ts):
+            if ev.ts < state.profile_ts:
                 out.late = True  # an older update than the one applied: nothing changes
                 return False
+            if ev.consent is False or (state.excluded and ev.consent is not True):
+                self._exclude(ev, state, out, first)
+                return True
+            state.excluded = False
+            state.update_profile(ev.profile, ev.ts)
             trigger = "profile"
         else:
+            if state.excluded:
+                out.excluded = True  # no consent: the behaviour is not kept
+                return False
             if not state.remember(ev.event_id, ev.ts, ev.kind == "purchase", self.lateness_ms):
                 out.duplicate = True
                 return False
@@ -171,11 +205,63 @@ class CustomerPipeline:
         self._evaluate(state, out, trigger, ev.event_id, ev)
         return True
 
+    # -- leaving segmentation --------------------------------------------------------------
+    def _exclude(self, ev: Event, state: CustomerState, out: Outcome, first: bool) -> None:
+        """Consent to segmentation withdrawn: keep nothing but that, leave the segment."""
+        previous, was_excluded = state.segment, state.excluded
+        if not was_excluded:
+            out.change = self._leaving(ev.customer_id, state, ev.ts or state.clock, "consent",
+                                       ev.event_id)
+            out.trigger = "consent" if out.change is not None else None
+            out.sample = self._forget_sample(ev.customer_id)
+            out.moved = (None if first else UNASSIGNED if previous is None else previous,
+                         EXCLUDED)
+        out.excluded = True
+        state.exclude(ev.ts)
+
+    def _erase(self, ev: Event, state: CustomerState | None) -> Outcome:
+        """Right to be forgotten: the stored state is to be deleted (``state`` None: there
+        is none), with a last segment change (``segment: null``) when there was one."""
+        out = Outcome(event_ts=ev.ts or None, event_type="erasure", erase=state is not None)
+        if state is None:
+            return out
+        previous = (EXCLUDED if state.excluded else
+                    UNASSIGNED if state.segment is None else state.segment)
+        out.moved = (previous, None)
+        out.change = self._leaving(ev.customer_id, state, ev.ts or state.clock, "erasure",
+                                   ev.event_id)
+        out.trigger = "erasure" if out.change is not None else None
+        out.sample = self._forget_sample(ev.customer_id)
+        return out
+
+    def _leaving(self, customer_id: str, state: CustomerState, ts: int, trigger: str,
+                 cause_id: str) -> bytes | None:
+        """The last segment change of a customer leaving segmentation (None if it had no
+        segment to leave)."""
+        previous = state.segment
+        if previous is None:
+            return None
+        model = self.model
+        label = model.labels[previous] if model is not None and previous < model.k else None
+        return SegmentChange(
+            customer_id=customer_id, previous_segment=previous, segment=None,
+            segment_label=None, previous_segment_label=label,
+            model_version=state.model_version, ts=ts, trigger=trigger, cause_id=cause_id,
+            features={},
+        ).to_json()
+
+    @staticmethod
+    def _forget_sample(customer_id: str) -> bytes:
+        """The learner's instruction to drop the customer's vector from its sample."""
+        return orjson.dumps({"forget": member_pseudonym(customer_id)})
+
     # -- re-evaluation without a new event -----------------------------------------------
     def rescore(self, customer_id: str, stored: bytes) -> Outcome:
         """Re-evaluate a stored customer against the current model (``model_update``)."""
         state = CustomerState.from_bytes(stored)
         out = Outcome()
+        if state.excluded:
+            return out
         version = self.model.version if self.model else 0
         if self._evaluate(state, out, "model_update", f"model:{version}", None, customer_id):
             out.state = state.to_bytes()
@@ -191,6 +277,8 @@ class CustomerPipeline:
         """
         state = CustomerState.from_bytes(stored)
         out = Outcome()
+        if state.excluded:
+            return out
         if at > state.clock:
             state.evaluated_at = at
             self._evaluate(state, out, "inactivity", f"sweep:{at}", None, customer_id)

@@ -565,6 +565,20 @@ class CustomerSample:
             del self._rows[evicted]
             self._rows[key] = row
 
+    def discard(self, key: str) -> bool:
+        """Drop customer ``key`` (erased, or consent withdrawn); True if it was sampled.
+
+        >>> s = CustomerSample(capacity=3)
+        >>> s.add("a", [1.0]); s.add("b", [2.0])
+        >>> s.discard("a"), s.discard("a"), len(s)
+        (True, False, 1)
+        """
+        if self._rows.pop(key, None) is None:
+            return False
+        self._heap = [entry for entry in self._heap if entry[1] != key]
+        heapq.heapify(self._heap)
+        return True
+
     def array(self) -> np.ndarray:
         """The sample as an ``m × d`` float array (``0 × 0`` when empty)."""
         if not self._rows:

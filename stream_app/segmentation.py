@@ -365,6 +365,11 @@ class SegmentLearner:
                 x[name] = value
         return x
 
+    def forget(self, member: str) -> None:
+        """Drop customer ``member``'s vector from the sample (erasure, consent withdrawn);
+        the centres keep what they learned, as they hold no individual's data."""
+        self.sample.discard(member)
+
     def learn_one(self, raw: list[float | None], member: str | None = None) -> None:
         """Learn from one raw vector (as :meth:`FeatureTransform.vector` returns) of the
         customer with pseudonym ``member`` (each vector its own member when None)."""

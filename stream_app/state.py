@@ -36,8 +36,9 @@ class CustomerState:
     """Feature window, profile, current segment and de-duplication memory of a customer."""
 
     __slots__ = (
-        "evaluated_at", "evaluations", "left_segment", "model_version", "orders", "pending",
-        "pending_count", "profile", "profile_ts", "recent", "sampled_at", "segment", "window",
+        "evaluated_at", "evaluations", "excluded", "left_segment", "model_version", "orders",
+        "pending", "pending_count", "profile", "profile_ts", "recent", "sampled_at", "segment",
+        "window",
     )
 
     def __init__(self) -> None:
@@ -54,6 +55,8 @@ class CustomerState:
         self.evaluations = 0  # evaluations since the last change (for flap counting)
         self.pending: int | None = None  # segment winning evaluations without a move yet
         self.pending_count = 0
+        #: Consent to segmentation withdrawn: nothing but this flag and ``profile_ts`` kept.
+        self.excluded = False
 
     @property
     def clock(self) -> int:
@@ -91,7 +94,15 @@ class CustomerState:
                 self.profile[name] = value
         return True
 
+    def exclude(self, ts: int) -> None:
+        """Consent withdrawn by a profile update at ``ts``: forget everything else."""
+        self.__init__()  # type: ignore[misc]
+        self.excluded = True
+        self.profile_ts = ts
+
     def to_bytes(self) -> bytes:
+        if self.excluded:
+            return orjson.dumps({"x": True, "pt": self.profile_ts})
         return orjson.dumps({
             "w": self.window.to_dict(),
             "p": self.profile,
@@ -111,6 +122,10 @@ class CustomerState:
     def from_bytes(cls, data: bytes) -> CustomerState:
         raw = orjson.loads(data)
         s = cls()
+        if raw.get("x"):
+            s.excluded = True
+            s.profile_ts = raw["pt"]
+            return s
         s.window = FeatureWindow.from_dict(raw["w"])
         s.profile = raw["p"]
         s.profile_ts = raw["pt"]

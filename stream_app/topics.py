@@ -2,7 +2,8 @@
 
 Customer state is co-partitioned with its inputs: the customer table's partition ``p``
 holds the customers whose events arrive on partition ``p`` of every input topic. So all
-input topics (and the internal control topic) must have the same partition count.
+input topics (and the erasure topic and the internal control topic) must have the same
+partition count.
 
 * Input topics that already exist (created by a platform team) decide the count; the
   worker adapts to it even when it differs from ``TOPIC_PARTITIONS``.
@@ -67,6 +68,13 @@ def plan_topics(settings: Settings, existing: dict[str, int]) -> TopicPlan:
     if counts and partitions != settings.topic_partitions:
         log.warning("input topics have %d partitions; using %d instead of TOPIC_PARTITIONS=%d",
                     partitions, partitions, settings.topic_partitions)
+    erasure = settings.erasure_topic
+    if erasure in existing and existing[erasure] != partitions:
+        raise TopicLayoutError(
+            f"the erasure topic {erasure} has {existing[erasure]} partitions but the inputs "
+            f"have {partitions}: an erasure must reach the partition of the customer's events. "
+            "Give it the inputs' partition count (or name another ERASURE_TOPIC)."
+        )
     for internal in [settings.control_topic, *changelog_topics(settings)]:
         if internal in existing and existing[internal] != partitions:
             raise TopicLayoutError(
@@ -79,6 +87,7 @@ def plan_topics(settings: Settings, existing: dict[str, int]) -> TopicPlan:
         settings.clickstream_topic: (partitions, {}),
         settings.purchases_topic: (partitions, {}),
         settings.profiles_topic: (partitions, {}),
+        erasure: (partitions, {}),
         settings.control_topic: (partitions, {"retention.ms": str(24 * 3600 * 1000)}),
         settings.segment_changes_topic: (partitions, {}),
         settings.dlq_topic: (partitions, {}),

@@ -53,6 +53,7 @@ SCHEMA_FILES = {
     "click": "clickstream.schema.json",
     "purchase": "purchase.schema.json",
     "profile": "customer-profile.schema.json",
+    "erasure": "customer-erasure.schema.json",
 }
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -94,6 +95,8 @@ class Event:
     discount_cents: int = 0
     quantity: int = 0
     profile: dict[str, Any] = field(default_factory=dict)
+    #: A profile update's ``consent.segmentation`` (None: not stated).
+    consent: bool | None = None
 
 
 def parse_ts(value: Any) -> tuple[int, int]:
@@ -202,6 +205,10 @@ class EventDecoder:
             raise InvalidEvent(
                 "key_mismatch", "the Kafka key must be the customer_id (UTF-8 bytes)"
             )
+        if kind == "erasure":  # ts is optional: an erasure applies whatever the time
+            event_id = doc.get("request_id") or f"erasure:{position}"
+            ts = parse_ts(doc["ts"])[0] if "ts" in doc else 0
+            return Event("erasure", event_id, customer_id, ts, 0, "erasure")
         ts, local_hour = parse_ts(doc["ts"])
         if ts < MIN_TS_MS or ts > time.time() * 1000 + self.max_future_skew_ms:
             raise InvalidEvent("timestamp_out_of_range", f"ts {doc['ts']!r} is before 2000 or "
@@ -217,7 +224,9 @@ class EventDecoder:
             return self._purchase(doc, customer_id, ts, local_hour)
         profile = {f: doc[f] for f in PROFILE_FIELDS if f in doc}
         event_id = doc.get("event_id") or f"profile:{position or ts}"
-        return Event("profile", event_id, customer_id, ts, local_hour, "profile", profile=profile)
+        consent = doc.get("consent", {}).get("segmentation")
+        return Event("profile", event_id, customer_id, ts, local_hour, "profile", profile=profile,
+                     consent=consent)
 
     @staticmethod
     def _purchase(doc: dict[str, Any], customer_id: str, ts: int, local_hour: int) -> Event:

@@ -204,15 +204,18 @@ def compare(batch: dict[str, BatchCustomer],
 
 
 def fetch_customer(url: str, customer_id: str, timeout: float = 10.0,
-                   retries: int = 2) -> dict | None:
+                   retries: int = 2, token: str = "") -> dict | None:
     """``GET {url}/customers/{quoted id}``: the decoded document, or ``None`` on 404.
 
-    Connection errors and 5xx answers are retried ``retries`` times before raising.
+    ``token`` is the API's bearer token (``API_TOKEN``), if it has one. Connection errors
+    and 5xx answers are retried ``retries`` times before raising.
     """
     target = f"{url.rstrip('/')}/customers/{urllib.parse.quote(customer_id, safe='')}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     for attempt in range(retries + 1):
         try:
-            with urllib.request.urlopen(target, timeout=timeout) as response:
+            request = urllib.request.Request(target, headers=headers)
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return orjson.loads(response.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
@@ -240,7 +243,7 @@ def _render(mismatches: list[Mismatch], max_rows: int, console: Any) -> None:
 
 
 def run(path: str | Path, url: str, lateness_ms: int = DEFAULT_LATENESS_MS,
-        max_rows: int = 50, console: Any = None) -> int:
+        max_rows: int = 50, console: Any = None, token: str = "") -> int:
     """Verify a running worker against the batch recomputation of an events file.
 
     Parameters
@@ -255,6 +258,8 @@ def run(path: str | Path, url: str, lateness_ms: int = DEFAULT_LATENESS_MS,
         At most this many mismatches are shown in the table.
     console : rich.console.Console, optional
         Where to print; a new console on stdout by default.
+    token : str, optional
+        The API's bearer token (``API_TOKEN``).
 
     Returns
     -------
@@ -269,7 +274,7 @@ def run(path: str | Path, url: str, lateness_ms: int = DEFAULT_LATENESS_MS,
 
     def fetch(customer: BatchCustomer) -> dict | Exception | None:
         try:
-            return fetch_customer(url, customer.customer_id)
+            return fetch_customer(url, customer.customer_id, token=token)
         except Exception as exc:  # reported as a mismatch, not a crash
             return exc
 
