@@ -177,7 +177,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             metrics.duplicates.inc()
         if out.late:
             metrics.late.inc()
-        if out.excluded and out.event_type in ("click", "purchase"):
+        if out.excluded and out.event_type != "profile":  # a click or purchase
             metrics.excluded.inc()
         if out.event_type == "erasure":
             metrics.erasures.labels("erased" if out.erase else "unknown").inc()

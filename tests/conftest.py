@@ -46,9 +46,11 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str,
                          f"{last_error!r})")
 
 
-def http(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+def http(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+         ) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -96,6 +98,7 @@ class Worker:
             "PROFILES_TOPIC": topics["profile"],
             "SEGMENT_CHANGES_TOPIC": topics["changes"],
             "DLQ_TOPIC": topics["dlq"],
+            "ERASURE_TOPIC": topics["erasure"],
             "WEB_PORT": str(self.web_port),
             "DATA_DIR": str(data_dir / "state"),
             "MODEL_PUBLISH_INTERVAL": "1",
@@ -126,8 +129,8 @@ class Worker:
         status, body = http(f"{self.url}/ready", 2)
         return status in (200, 503) and orjson.loads(body)["partitions_assigned"]
 
-    def get(self, path: str) -> tuple[int, Any]:
-        status, body = http(self.url + path)
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        status, body = http(self.url + path, headers=headers)
         return status, orjson.loads(body)
 
     def metrics(self) -> dict:
@@ -159,7 +162,7 @@ def make_worker(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[...
     prefix = f"t{os.getpid()}-{n}"
     topics = {"click": f"{prefix}-clickstream", "purchase": f"{prefix}-purchases",
               "profile": f"{prefix}-profiles", "changes": f"{prefix}-segment-changes",
-              "dlq": f"{prefix}-dlq"}
+              "dlq": f"{prefix}-dlq", "erasure": f"{prefix}-customer-erasure"}
     workers: list[Worker] = []
 
     def make(**env: Any) -> Worker:
