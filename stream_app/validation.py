@@ -129,6 +129,49 @@ def parse_ts(value: Any) -> tuple[int, int]:
                        f"ts must be a string or integer, not {type(value).__name__}")
 
 
+def _writable(value: Any) -> Any:
+    """``value`` in a form ``orjson.dumps`` writes: itself, or its JSON text as an
+    ``orjson.Fragment`` when it is nested deeper than orjson writes (254 levels; it reads
+    1024), so that a rejected array element can go to the DLQ as its own JSON.
+
+    >>> deep = orjson.loads(b"[" * 300 + b"]" * 300)
+    >>> orjson.dumps(_writable(deep)) == b"[" * 300 + b"]" * 300
+    True
+    """
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return orjson.Fragment(_deep_json(value))
+    return value
+
+
+def _deep_json(value: Any) -> bytes:
+    """JSON text of a parsed document at any depth (an explicit stack, no recursion)."""
+    out: list[bytes] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):  # punctuation (orjson never parses to a tuple)
+            out.append(item[0])
+        elif isinstance(item, dict):
+            stack.append((b"}",))
+            for n, (name, member) in enumerate(reversed(item.items())):
+                stack.extend((member, (orjson.dumps(name) + b":",)))
+                if n < len(item) - 1:
+                    stack.append((b",",))
+            stack.append((b"{",))
+        elif isinstance(item, list):
+            stack.append((b"]",))
+            for n, member in enumerate(reversed(item)):
+                stack.append(member)
+                if n < len(item) - 1:
+                    stack.append((b",",))
+            stack.append((b"[",))
+        else:
+            out.append(orjson.dumps(item))
+    return b"".join(out)
+
+
 def _cents(value: float | int | None) -> int:
     return 0 if value is None else round(value * 100)
 
@@ -178,7 +221,7 @@ class EventDecoder:
             try:
                 out.append(self.decode_doc(kind, key, element, f"{position}#{i}"))
             except InvalidEvent as exc:
-                exc.element = element
+                exc.element = _writable(element)
                 out.append(exc)
         return out
 

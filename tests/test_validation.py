@@ -495,6 +495,25 @@ def test_moderately_nested_extra_field_accepted(decoder):
     assert decoder.decode("click", b"c1", raw).event_id == "e1"
 
 
+@pytest.mark.parametrize("depth", [254, 300, 1022])
+def test_rejected_array_element_nested_deeper_than_orjson_writes_is_written_back(decoder,
+                                                                                  depth):
+    """Found by tests/test_fuzz.py: orjson reads 1024 levels but writes 254, so writing a
+    rejected element nested deeper back for the DLQ raised TypeError in the worker's
+    agent (which then stopped processing its partition)."""
+    nested = b"[" * depth + b"]" * depth
+    element = dumps(click(customer_id="someone-else"))[:-1] + b',"extra":' + nested + b"}"
+    good = dumps(click(event_id="e2"))
+    results = decoder.decode_all("click", b"c1", b"[" + element + b"," + good + b"]")
+    assert [getattr(r, "reason", "ok") for r in results] == ["key_mismatch", "ok"]
+    assert orjson.dumps(results[0].element) == element  # dumps() writes no spaces either
+
+
+def test_rejected_array_element_keeps_its_document(decoder):
+    results = decoder.decode_all("click", b"c1", b'[{"event_id": 5}]')
+    assert results[0].reason == "schema_violation" and results[0].element == {"event_id": 5}
+
+
 def test_invalid_event_is_value_error_with_reason_and_detail():
     exc = InvalidEvent("invalid_json", "boom")
     assert isinstance(exc, ValueError)
