@@ -277,7 +277,9 @@ class EventDecoder:
         categories = {i["category"] for i in items if i.get("category")}
         if doc.get("category"):
             categories.add(doc["category"])
-        quantity = sum(1 if i.get("quantity") is None else i["quantity"] for i in items) or 1
+        # Without items an order counts one item; items of quantity 0 count none (as batch).
+        quantity = sum(1 if i.get("quantity") is None else i["quantity"] for i in items
+                       ) if items else 1
         return Event(
             "purchase", doc["event_id"], customer_id, ts, local_hour, "purchase",
             channel=_lower(doc.get("channel")), categories=tuple(sorted(categories)),

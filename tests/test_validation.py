@@ -220,6 +220,13 @@ def test_purchase_without_items_counts_one_item(decoder):
     assert ev.quantity == 1 and ev.discount_cents == 0
 
 
+def test_purchase_items_of_quantity_zero_count_no_item(decoder):
+    """As stream_app.batch counts them (it counted one before: cart abandonment differed)."""
+    doc = {"event_id": "p0", "customer_id": "c1", "ts": "2025-01-01T10:00:00Z",
+           "order_id": "o0", "amount": 0, "items": [{"quantity": 0}, {"quantity": 0}]}
+    assert decoder.decode("purchase", b"c1", dumps(doc)).quantity == 0
+
+
 def test_profile_decodes_known_attributes(decoder):
     doc = profile(age=41, income=52000.5, region="North", city=None, gender="f", shoe_size=44)
     ev = decoder.decode("profile", b"c1", dumps(doc))
