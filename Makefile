@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-sweep install ops-tools clean
+.PHONY: demo test lint bench bench-sweep soak install ops-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ bench: $(STAMP)
 # Scaling curves (customers, K, memory and RocksDB stores); writes bench-sweep.json.
 bench-sweep: $(STAMP)
 	$(BIN)/stream-app bench --sweep
+
+# 10 minutes at 80 % of the worker's measured maximum (own embedded broker, RocksDB):
+# lag, RSS and input = processed + DLQ checked; writes soak-results.json, fails if a check does.
+soak: $(STAMP)
+	$(BIN)/stream-app soak
 
 # Debian's Prometheus (with promtool) and docker-compose, for the operations tests.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -159,8 +159,18 @@ def proc_cpu_seconds(pid: int) -> float:
 
 def peak_rss_mb(pid: int | str = "self") -> float:
     """Peak resident set size (``VmHWM``) of process ``pid`` in MiB."""
+    return proc_status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Current resident set size (``VmRSS``) of process ``pid`` in MiB."""
+    return proc_status_mb(pid, "VmRSS")
+
+
+def proc_status_mb(pid: int | str, name: str) -> float:
+    """Field ``name`` (a size in kB) of ``/proc/<pid>/status`` in MiB; 0 if absent."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{name}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -764,8 +774,15 @@ def run(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any]:
     return doc
 
 
-def measure(cfg: BenchConfig, console: Console) -> dict[str, Any]:
-    """One benchmark run on its own broker (stopped in every case): the results document."""
+Body = Callable[[BenchConfig, Settings, Path, Console], Awaitable[dict[str, Any]]]
+
+
+def measure(cfg: BenchConfig, console: Console, body: Body | None = None) -> dict[str, Any]:
+    """One benchmark run on its own broker (stopped in every case): the results document.
+
+    ``body`` (default :func:`measure_all`) does the measuring, given the worker's settings
+    and a scratch directory; ``stream-app soak`` passes its own.
+    """
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM / SIGHUP stop everything like Ctrl-C
 
@@ -777,7 +794,7 @@ def measure(cfg: BenchConfig, console: Console) -> dict[str, Any]:
             with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
                 console.print(f"broker {broker.bootstrap_servers} (Tansu, memory storage)")
                 settings = bench_settings(cfg, broker.bootstrap_servers, workdir / "app-data")
-                doc = asyncio.run(measure_all(cfg, settings, workdir, console))
+                doc = asyncio.run((body or measure_all)(cfg, settings, workdir, console))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -1,4 +1,4 @@
-"""The ``stream-app`` command line: worker, broker, generate, demo, bench.
+"""The ``stream-app`` command line: worker, broker, generate, demo, bench, soak.
 
 Options that configure the app write the environment variable of the same setting
 (see :mod:`stream_app.config`), so options and environment are interchangeable.
@@ -340,6 +340,62 @@ def bench(events: int, customers: int, partitions: int, k: int, store: str,
             run(cfg)
     except BenchError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--minutes", default=10.0, show_default=True, help="Duration of the steady load.")
+@click.option("--rate", default=0.0,
+              help="Events/s offered (default: --fraction of the maximum measured first).")
+@click.option("--fraction", default=0.8, show_default=True,
+              help="Share of the measured maximum offered.")
+@click.option("--warm-events", default=100_000, show_default=True,
+              help="Events pre-produced to measure the maximum (and give every customer "
+                   "a state).")
+@click.option("--customers", default=20_000, show_default=True, help="Customers.")
+@click.option("--partitions", default=4, show_default=True, help="Partitions of each topic.")
+@click.option("--k", "k", default=32, show_default=True, help="Segments (SEGMENTS_K).")
+@click.option("--seed", default=7, show_default=True, help="Generator seed.")
+@click.option("--invalid-share", default=0.01, show_default=True,
+              help="Share of invalid messages in the load (each one a dead letter).")
+@click.option("--sample-seconds", default=5.0, show_default=True,
+              help="Interval of the samples (lag, RSS, events/s, latency).")
+@click.option("--max-lag-seconds", default=10.0, show_default=True,
+              help="Check: the lag never exceeds this many seconds of offered input.")
+@click.option("--rss-tolerance", default=0.10, show_default=True,
+              help="Check: RSS grows by at most this fraction after the warm-up.")
+@click.option("--single-record-batches", is_flag=True,
+              help="The worker's producer sends one record per batch "
+                   "(PRODUCER_BATCHING=off, the embedded broker's default).")
+@click.option("--rocksdb-block-cache-mb", type=int, default=None,
+              help="The worker's ROCKSDB_BLOCK_CACHE_MB (per table partition; default: "
+                   "the setting's default).")
+@click.option("--out", default=Path("soak-results.json"), show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="Results (JSON).")
+def soak(minutes: float, rate: float, fraction: float, warm_events: int, customers: int,
+         partitions: int, k: int, seed: int, invalid_share: float, sample_seconds: float,
+         max_lag_seconds: float, rss_tolerance: float, single_record_batches: bool,
+         rocksdb_block_cache_mb: int | None, out: Path) -> None:
+    """A steady load at 80 % of the worker's measured maximum for --minutes (own embedded
+    broker, RocksDB): checks lag, memory and that nothing is lost; exits 1 if one fails."""
+    from stream_app.bench import BenchError
+    from stream_app.soak import SoakConfig, run
+
+    if min(minutes, warm_events, customers, partitions, sample_seconds) <= 0 or rate < 0:
+        raise click.UsageError("--minutes, --warm-events, --customers, --partitions and "
+                               "--sample-seconds must be positive, --rate not negative")
+    if not (0 < fraction <= 1 and 0 <= invalid_share < 1):
+        raise click.UsageError("--fraction must be in (0, 1], --invalid-share in [0, 1)")
+    cfg = SoakConfig(minutes=minutes, rate=rate, fraction=fraction, warm_events=warm_events,
+                     customers=customers, partitions=partitions, k=k, seed=seed,
+                     invalid_share=invalid_share, sample_s=sample_seconds,
+                     max_lag_s=max_lag_seconds, rss_tolerance=rss_tolerance,
+                     single_record_batches=single_record_batches,
+                     rocksdb_block_cache_mb=rocksdb_block_cache_mb, out=out)
+    try:
+        doc = run(cfg)
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(0 if doc["passed"] else 1)
 
 
 def _choices(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
