@@ -69,6 +69,12 @@ class SegmentChange:
         })
 
 
+#: Largest rejected value a dead letter carries (as base64, 4/3 of it): the record stays
+#: under the producer's 1,000,000-byte request limit. Larger values are named by size and
+#: SHA-256 only.
+DLQ_VALUE_MAX_BYTES = 512 * 1024
+
+
 def dead_letter(reason: str, detail: str, topic: str, partition: int, offset: int,
                 timestamp: int | None, key: bytes | None, value: bytes | None,
                 app_id: str) -> bytes:
@@ -77,6 +83,10 @@ def dead_letter(reason: str, detail: str, topic: str, partition: int, offset: in
     >>> record = dead_letter("invalid_json", "x", "t", 0, 5, None, b"k", b"\\xff", "a")
     >>> orjson.loads(record)["value"], orjson.loads(record)["value_base64"]
     (None, '/w==')
+    >>> big = orjson.loads(dead_letter("oversized", "", "t", 0, 6, None, b"k",
+    ...                                b"x" * (DLQ_VALUE_MAX_BYTES + 1), "a"))
+    >>> big["value_base64"], big["value_bytes"], big["value_sha256"][:12]
+    (None, 524289, '84079794567a')
     """
     def text(raw: bytes | None) -> str | None:
         if raw is None:
@@ -99,7 +109,10 @@ def dead_letter(reason: str, detail: str, topic: str, partition: int, offset: in
         "key": text(key),
         "key_base64": b64(key),
         "value": text(value) if value is None or len(value) <= 65_536 else None,
-        "value_base64": b64(value),
+        "value_base64": b64(value) if value is None or len(value) <= DLQ_VALUE_MAX_BYTES
+        else None,
+        "value_bytes": None if value is None else len(value),
+        "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
         "failed_at": iso_ms(time.time() * 1000),
         "app_id": app_id,
     })
