@@ -41,6 +41,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -113,8 +114,9 @@ def parse_ts(value: Any) -> tuple[int, int]:
     Raises
     ------
     ValueError
-        For a string that is not an ISO-8601 date-time with a zone, or a value of another
-        type (floats and booleans included).
+        For a string that is not an ISO-8601 date-time with a zone (an upper-case ``Z``, no
+        surrounding spaces), a float that is not a whole number, or a value of another type
+        (booleans included). These are the worker's rules (found by tests/test_fuzz.py).
 
     Examples
     --------
@@ -131,12 +133,14 @@ def parse_ts(value: Any) -> tuple[int, int]:
     """
     if isinstance(value, bool):
         raise ValueError(f"not a timestamp: {value!r}")
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)  # JSON 1767225600000.0 is the same instant
     if isinstance(value, int):
         return value, (value // HOUR_MS) % 24
     if not isinstance(value, str):
         raise ValueError(f"not a timestamp: {value!r}")
-    text = value.strip()
-    if text[-1:] in ("Z", "z"):
+    text = value
+    if text[-1:] == "Z":
         # datetime.fromisoformat only accepts a trailing Z from Python 3.11 on.
         text = text[:-1] + "+00:00"
     try:
