@@ -187,6 +187,30 @@ def replay(file: Path, topic: str | None, rate: float | None, no_progress: bool)
 
 
 @main.command()
+@settings_options((*COMMON[:2], ("--erasure-topic", "ERASURE_TOPIC", "Erasure request topic.")))
+@click.argument("customer_ids", nargs=-1, required=True)
+def forget(customer_ids: tuple[str, ...]) -> None:
+    """Right to be forgotten: erase each CUSTOMER_ID from the workers' state.
+
+    Sends an erasure request (keyed by the id) to the erasure topic; the worker owning the
+    customer deletes its state everywhere and publishes a last segment change with
+    segment null and trigger "erasure".
+    """
+    from stream_app.erasure import request_erasure
+
+    settings = load_settings()
+    try:
+        sent = asyncio.run(request_erasure(settings.bootstrap_servers, settings.erasure_topic,
+                                           list(customer_ids)))
+    except Exception as exc:  # any Kafka or network failure: say which, exit 1
+        raise click.ClickException(f"could not send the erasure request to "
+                                   f"{settings.kafka_bootstrap_servers}: {exc!r}") from None
+    for s in sent:
+        click.echo(f"erasure of {s.customer_id} requested: {settings.erasure_topic} "
+                   f"partition {s.partition} offset {s.offset} (request {s.request_id})")
+
+
+@main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--url", default=None,
               help="A worker's HTTP address (default: http://127.0.0.1:$WEB_PORT).")
@@ -201,7 +225,7 @@ def verify(file: Path, url: str | None, max_rows: int) -> None:
     settings = load_settings()
     url = url or f"http://127.0.0.1:{settings.web_port}"
     sys.exit(run(file, url, lateness_ms=int(settings.allowed_lateness_s * 1000),
-                 max_rows=max_rows))
+                 max_rows=max_rows, token=settings.api_token))
 
 
 @main.command()
