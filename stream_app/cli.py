@@ -97,6 +97,10 @@ def worker(ctx: click.Context) -> None:
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in faust_args):
         faust_args = ["--loglevel", settings.log_level, *faust_args]
     app = create_app(settings, partitions)
+    if "--help" not in faust_args:
+        from stream_app.connectivity import watch_broker
+
+        watch_broker(app, settings)  # outage logs, calm retries, a bounded stop
     # JSON logs: no banner on stdout, so every line is one JSON object.
     quiet = ["--quiet"] if settings.log_format == "json" else []
     sys.argv = ["stream-app", *event_loop(), *quiet, "worker", *faust_args]

@@ -117,6 +117,9 @@ class Settings:
     commit_interval_s: float = field(default=2.8, metadata={"env": "COMMIT_INTERVAL_S"})
     #: ``GET /ready`` answers 503 while the worker's input lag exceeds this many messages.
     ready_max_lag: int = field(default=10_000, metadata={"env": "READY_MAX_LAG"})
+    #: Seconds a stop (SIGTERM) may take; then the worker exits with status 75 without the
+    #: final commit (the broker is unreachable, say). See :mod:`stream_app.connectivity`.
+    shutdown_timeout_s: float = field(default=20.0, metadata={"env": "SHUTDOWN_TIMEOUT_S"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -123,7 +123,7 @@ async def prepare_topics(settings: Settings, timeout: float = 30.0) -> TopicPlan
     except (KafkaError, asyncio.TimeoutError, OSError) as exc:
         raise TopicLayoutError(
             f"cannot reach Kafka at {settings.kafka_bootstrap_servers} within {timeout:.0f} s "
-            f"({type(exc).__name__}: {exc}). Check KAFKA_BOOTSTRAP_SERVERS."
+            f"({type(exc).__name__}: {str(exc) or 'no answer'}). Check KAFKA_BOOTSTRAP_SERVERS."
         ) from exc
     plan = plan_topics(settings, existing)
     if plan.to_create:
