@@ -190,6 +190,8 @@ class Reading:
     latency_buckets: dict[float, float]  # cumulative counts by upper bound
     rss_mb: float
     cpu_s: float
+    #: Seconds the worker's main thread (the event loop) waited for a CPU while runnable.
+    runqueue_wait_s: float
 
     @property
     def consumed(self) -> float:
@@ -211,7 +213,17 @@ def read_metrics(url: str, child: Child, at: float) -> Reading:
                 invalid += s.value
             elif s.name == f"{LATENCY_METRIC}_bucket":
                 buckets[float(s.labels["le"])] = s.value
-    return Reading(at, sums, invalid, buckets, rss_mb(child.pid), proc_cpu_seconds(child.pid))
+    return Reading(at, sums, invalid, buckets, rss_mb(child.pid), proc_cpu_seconds(child.pid),
+                   runqueue_wait_s(child.pid))
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the main thread of ``pid`` has spent runnable but waiting for a CPU
+    (``/proc/<pid>/schedstat``; 0 where the kernel keeps no such statistics)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def histogram_quantiles(buckets: dict[float, float], qs: tuple[float, ...]
@@ -288,6 +300,10 @@ def sample(previous: Reading, now: Reading, offered: Offered) -> dict[str, Any]:
             "events_per_s": round((now.consumed - previous.consumed) / seconds, 1),
             "rss_mb": round(now.rss_mb, 1),
             "cpu_cores": round((now.cpu_s - previous.cpu_s) / seconds, 3),
+            # share of the interval the event loop was runnable but had no CPU: high means
+            # the machine, not the worker, limits the rate
+            "cpu_wait_share": round((now.runqueue_wait_s - previous.runqueue_wait_s) / seconds,
+                                    3),
             "load_avg_1m": round(os.getloadavg()[0], 2),
             **latency_ms(previous, now)}
 
@@ -436,6 +452,10 @@ def results_document(cfg: SoakConfig, settings: Settings, warm: int, app: dict[s
         "rss_max_mb": max((s["rss_mb"] for s in samples), default=0.0),
         "rss_slope_mb_per_min": round(slope, 2), "warmup_s": warm_s,
         "worker_cpu_cores": round((end.cpu_s - first.cpu_s) / max(end.at - first.at, 1e-9), 3),
+        "worker_cpu_us_per_event": round(1e6 * (end.cpu_s - first.cpu_s)
+                                         / max(end.consumed - first.consumed, 1), 1),
+        "worker_cpu_wait_share": round((end.runqueue_wait_s - first.runqueue_wait_s)
+                                       / max(end.at - first.at, 1e-9), 3),
         "latency": latency_ms(first, end),
         "counts": counts,
         "segment_changes": int(end.sums.get("stream_app_segment_changes_total", 0.0)
@@ -499,7 +519,9 @@ def print_results(doc: dict[str, Any], console: Console) -> None:
         ("latency p50 / p95 / p99", f"{lat['p50_ms']} / {lat['p95_ms']} / {lat['p99_ms']} ms "
                                     f"({lat['changes']:,} changes, "
                                     f"{lat['changes_over_top_bucket']:,} over 30 s)", ""),
-        ("worker CPU", f"{s['worker_cpu_cores']:.2f} cores", ""),
+        ("worker CPU", f"{s['worker_cpu_cores']:.2f} cores, "
+                       f"{s['worker_cpu_us_per_event']:.0f} µs/event", ""),
+        ("worker waiting for a CPU", f"{s['worker_cpu_wait_share']:.0%} of the time", ""),
         ("drained in", f"{s['drain_s']} s", ""),
     ]
     for row in rows:

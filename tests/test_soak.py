@@ -10,10 +10,12 @@ import orjson
 import pytest
 
 SAMPLE_FIELDS = {"t_s", "offered", "consumed", "backlog", "consumer_lag", "events_per_s",
-                 "rss_mb", "cpu_cores", "load_avg_1m", "p50_ms", "p95_ms", "p99_ms", "changes"}
+                 "rss_mb", "cpu_cores", "cpu_wait_share", "load_avg_1m", "p50_ms", "p95_ms",
+                 "p99_ms", "changes"}
 SUMMARY_FIELDS = {"max_rate", "offered_rate", "achieved_rate", "max_lag_messages",
                   "max_lag_seconds", "rss_start_mb", "rss_after_warmup_mb", "rss_end_mb",
-                  "rss_after_drain_mb", "rss_slope_mb_per_min", "latency", "counts", "drained"}
+                  "rss_after_drain_mb", "rss_slope_mb_per_min", "latency", "counts", "drained",
+                  "worker_cpu_us_per_event", "worker_cpu_wait_share"}
 
 
 @pytest.mark.timeout(240)
