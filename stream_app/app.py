@@ -162,6 +162,28 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         await feed.run()
 
     # -- agents ---------------------------------------------------------------------------
+    async def store(table: Any, key: Any, value: Any, partition: int) -> Any:
+        """``table[key] = value`` (None: delete), its changelog record handed to the
+        producer before this returns; the record's delivery future.
+
+        Faust's own ``table[key] = value`` queues the record in a buffer that a commit may
+        pass (its flush gives up after 0.1 s), so an offset could be committed whose state
+        never reached the changelog (tests/test_recovery.py, a worker stopped mid-stream).
+        Sent here, the record is in the producer before the event is done, and every commit
+        flushes the producer first."""
+        if value is None:
+            table.data.pop(key, None)
+        else:
+            table.data[key] = value
+        return await table.changelog_topic.send(
+            key=key, value=value, partition=partition, key_serializer=table.key_serializer,
+            value_serializer=table.value_serializer if value is not None else "raw",
+            callback=table._on_changelog_sent)
+
+    async def announce(key: bytes, change: bytes) -> None:
+        """Send a segment change and wait until the broker has it."""
+        await (await changes_topic.send(key=key, value=change))
+
     async def publish(out: Outcome, message: Any, key: bytes | None,
                       own_event: bool = True) -> None:
         """Store, schedule, count and send what processing ``message`` gave for customer
@@ -181,11 +203,19 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             metrics.excluded.inc()
         if out.event_type == "erasure":
             metrics.erasures.labels("erased" if out.erase else "unknown").inc()
+        # A change decided by the model is sent once the state that decided it is durable
+        # (a replay after a crash then finds the event applied and re-sends the change, see
+        # CustomerPipeline); a customer leaving (erasure, consent) is announced first, as a
+        # replay decides the same again.
+        leaving = out.change is not None and out.trigger in ("erasure", "consent")
+        if leaving:
+            await announce(key, out.change)
+        written = None
         if out.erase:
-            del customers[key]  # a tombstone in the changelog
+            written = await store(customers, key, None, partition)  # a tombstone
             index.forget(key)
         elif out.state is not None:
-            customers[key] = out.state
+            written = await store(customers, key, out.state, partition)
             if out.excluded:
                 index.forget(key)
         if out.vector is not None and out.segment is not None and pipeline.model is not None:
@@ -193,16 +223,19 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         if out.sweep_again:
             schedule.schedule(partition, key, out.clock)
         if out.moved is not None:
-            old, new = out.moved
-            if old is not None:
-                segment_sizes[f"{partition}:{old}"] -= 1
-            if new is not None:
-                segment_sizes[f"{partition}:{new}"] += 1
+            for bucket, step in zip(out.moved, (-1, 1)):
+                if bucket is not None:
+                    size = f"{partition}:{bucket}"
+                    await store(segment_sizes, size, segment_sizes.data.get(size, 0) + step,
+                                partition)
         if out.sample is not None:
             await samples_topic.send(value=out.sample)
             metrics.samples_sent.inc()
         if out.change is not None:
-            await changes_topic.send(key=key, value=out.change)
+            if not leaving:
+                if written is not None:
+                    await written  # the deciding state is durable
+                await changes_topic.send(key=key, value=out.change)
             metrics.changes.labels(out.trigger).inc()
             if out.flap:
                 metrics.flaps.inc()

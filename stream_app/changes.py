@@ -45,9 +45,11 @@ class SegmentChange:
 
     @property
     def event_id(self) -> str:
-        """Deterministic: the same cause, model and move give the same id on reprocessing."""
+        """Deterministic: the same cause and move give the same id on reprocessing, also
+        when a newer model decided it again after a crash (``model_update`` causes name
+        their model version)."""
         material = (f"{self.customer_id}\x1f{self.trigger}\x1f{self.cause_id}\x1f"
-                    f"{self.model_version}\x1f{self.previous_segment}\x1f{self.segment}")
+                    f"{self.previous_segment}\x1f{self.segment}")
         h = hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

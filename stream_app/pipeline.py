@@ -21,7 +21,7 @@ from stream_app.config import Settings
 from stream_app.features import HOUR_MS
 from stream_app.privacy import Pseudonymiser
 from stream_app.segmentation import FeatureTransform, SegmentModel
-from stream_app.state import CustomerState
+from stream_app.state import CustomerState, event_digest
 from stream_app.validation import Event, EventDecoder, InvalidEvent
 
 UNASSIGNED = -1
@@ -197,6 +197,7 @@ class CustomerPipeline:
                 return False
             if not state.remember(ev.event_id, ev.ts, ev.kind == "purchase", self.lateness_ms):
                 out.duplicate = True
+                self._restate(state, out, ev.customer_id, ev.event_id, ev.ts)
                 return False
             out.late = not state.window.apply(ev, self.lateness_ms)
             trigger = "event"
@@ -330,9 +331,25 @@ class CustomerPipeline:
             state.left_segment = previous
         state.evaluations = 0
         state.segment = segment
+        state.last_change = [event_digest(cause_id), trigger, previous]
+        out.change = self._change(model, ev.customer_id if ev is not None else customer_id or "",
+                                  features, state, raw, distances, previous, trigger, cause_id,
+                                  ev.ts if ev is not None else state.clock)
+        out.trigger = trigger
+        out.moved = (None if out.moved is not None else
+                     (UNASSIGNED if previous is None else previous), segment)
+        return True
+
+    @staticmethod
+    def _change(model: SegmentModel, customer_id: str, features: dict[str, float | None],
+                state: CustomerState, raw: list[float | None], distances: np.ndarray,
+                previous: int | None, trigger: str, cause_id: str, ts: int) -> bytes:
+        """The segment change that put ``state`` in its segment (from ``previous``)."""
+        segment = state.segment
+        assert segment is not None
         decided = {name: features.get(name, state.profile.get(name)) for name in model.features}
-        change = SegmentChange(
-            customer_id=ev.customer_id if ev is not None else customer_id or "",
+        return SegmentChange(
+            customer_id=customer_id,
             previous_segment=previous,
             segment=segment,
             segment_label=model.labels[segment],
@@ -340,18 +357,31 @@ class CustomerPipeline:
                 model.labels[previous] if previous is not None and previous < model.k else None
             ),
             model_version=model.version,
-            ts=ev.ts if ev is not None else state.clock,
+            ts=ts,
             trigger=trigger,
             cause_id=cause_id,
             features=decided,
             distance=round(float(distances[segment]), 6),
             extra={"reasons": reasons(model, raw, previous, segment, decided)},
-        )
-        out.change = change.to_json()
+        ).to_json()
+
+    def _restate(self, state: CustomerState, out: Outcome, customer_id: str, cause_id: str,
+                 ts: int) -> None:
+        """The event ``cause_id`` came again and it caused the customer's last change: send
+        that change again (the same ``event_id``, the same move; features as they are now),
+        in case a crash lost it after the state that records it was stored. Subscribers
+        drop the copy by ``event_id``."""
+        model = self.model
+        if (state.last_change is None or model is None or state.segment is None
+                or state.segment >= model.k or state.last_change[0] != event_digest(cause_id)):
+            return
+        _, trigger, previous = state.last_change
+        features = state.window.features(state.clock)
+        raw = self._model_transform.vector(features, state.profile)
+        _, distances = model.assign(raw, state.segment, self.margin)
+        out.change = self._change(model, customer_id, features, state, raw, distances, previous,
+                                  trigger, cause_id, ts)
         out.trigger = trigger
-        out.moved = (None if out.moved is not None else
-                     (UNASSIGNED if previous is None else previous), segment)
-        return True
 
     def _wants_sample(self, state: CustomerState, ts: int) -> bool:
         """Sample a customer at most once per interval of its event time, and not before

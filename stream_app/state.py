@@ -36,7 +36,8 @@ class CustomerState:
     """Feature window, profile, current segment and de-duplication memory of a customer."""
 
     __slots__ = (
-        "evaluated_at", "evaluations", "excluded", "left_segment", "model_version", "orders",
+        "evaluated_at", "evaluations", "excluded", "last_change", "left_segment", "model_version",
+        "orders",
         "pending", "pending_count", "profile", "profile_ts", "recent", "sampled_at", "segment",
         "window",
     )
@@ -57,6 +58,9 @@ class CustomerState:
         self.pending_count = 0
         #: Consent to segmentation withdrawn: nothing but this flag and ``profile_ts`` kept.
         self.excluded = False
+        #: ``[cause id, trigger, previous segment]`` of the last segment change (re-sent if
+        #: its cause comes again: the change may have been lost in a crash).
+        self.last_change: list[Any] | None = None
 
     @property
     def clock(self) -> int:
@@ -116,6 +120,7 @@ class CustomerState:
             "l": self.left_segment,
             "n": self.evaluations,
             "q": [self.pending, self.pending_count],
+            "lc": self.last_change,
         })
 
     @classmethod
@@ -138,4 +143,5 @@ class CustomerState:
         s.left_segment = raw["l"]
         s.evaluations = raw["n"]
         s.pending, s.pending_count = raw["q"]
+        s.last_change = raw.get("lc")
         return s
