@@ -21,6 +21,18 @@ def test_restarted_worker_resumes_state_and_model(make_worker, broker):
              120, "the first part to be consumed")
     wait_for(lambda: first.get("/segments")[1]["unassigned"] == 0 and
              first.get("/segments")[1]["model_version"] >= 1, 60, "a model and assignments")
+    previous: list[tuple[float, ...]] = [()]
+
+    def settled() -> bool:  # the learner and re-scoring are done: nothing moves any more
+        m = first.metrics()
+        now = tuple(metric_sum(m, name) for name in (
+            "stream_app_model_version", "stream_app_segment_changes_total",
+            "stream_app_learner_samples_learned_total", "stream_app_rescore_requests_total"))
+        done = now == previous[0] and metric_sum(m, "stream_app_rescore_waiting") == 0
+        previous[0] = now
+        return done
+
+    wait_for(settled, 90, "the model and the assignments to settle", interval=2.0)
     customers = sorted(shop.planted)[:20]
     documents = {c: first.get(f"/customers/{c}")[1] for c in customers}
     version_before = first.get("/segments")[1]["model_version"]
