@@ -162,9 +162,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         await feed.run()
 
     # -- agents ---------------------------------------------------------------------------
-    async def store(table: Any, key: Any, value: Any, partition: int) -> Any:
+    async def store(table: Any, key: Any, value: Any, partition: int) -> None:
         """``table[key] = value`` (None: delete), its changelog record handed to the
-        producer before this returns; the record's delivery future.
+        producer before this returns.
 
         Faust's own ``table[key] = value`` queues the record in a buffer that a commit may
         pass (its flush gives up after 0.1 s), so an offset could be committed whose state
@@ -175,7 +175,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             table.data.pop(key, None)
         else:
             table.data[key] = value
-        return await table.changelog_topic.send(
+        await table.changelog_topic.send(
             key=key, value=value, partition=partition, key_serializer=table.key_serializer,
             value_serializer=table.value_serializer if value is not None else "raw",
             callback=table._on_changelog_sent)
@@ -203,19 +203,18 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             metrics.excluded.inc()
         if out.event_type == "erasure":
             metrics.erasures.labels("erased" if out.erase else "unknown").inc()
-        # A change decided by the model is sent once the state that decided it is durable
-        # (a replay after a crash then finds the event applied and re-sends the change, see
+        # A change decided by the model goes to the producer after the state that decided
+        # it (a replay after a crash finds the event applied and re-sends the change, see
         # CustomerPipeline); a customer leaving (erasure, consent) is announced first, as a
         # replay decides the same again.
         leaving = out.change is not None and out.trigger in ("erasure", "consent")
         if leaving:
             await announce(key, out.change)
-        written = None
         if out.erase:
-            written = await store(customers, key, None, partition)  # a tombstone
+            await store(customers, key, None, partition)  # a tombstone
             index.forget(key)
         elif out.state is not None:
-            written = await store(customers, key, out.state, partition)
+            await store(customers, key, out.state, partition)
             if out.excluded:
                 index.forget(key)
         if out.vector is not None and out.segment is not None and pipeline.model is not None:
@@ -232,9 +231,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             await samples_topic.send(value=out.sample)
             metrics.samples_sent.inc()
         if out.change is not None:
-            if not leaving:
-                if written is not None:
-                    await written  # the deciding state is durable
+            if not leaving:  # after the state: in the producer, the state's record is first
                 await changes_topic.send(key=key, value=out.change)
             metrics.changes.labels(out.trigger).inc()
             if out.flap:
