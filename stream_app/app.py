@@ -248,24 +248,28 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             if message.timestamp and own_event:
                 metrics.latency.observe(max(0.0, time.time() - message.timestamp))
 
-    def control(value: bytes) -> Iterator[tuple[bytes, Outcome]]:
+    def control(message: Any) -> Iterator[tuple[bytes, Outcome]]:
         """Work queued by this app on stored customers of the message's partition (see
-        ``schemas/control``): ``(customer key, outcome)`` for each."""
+        ``schemas/control``): ``(customer key, outcome)`` for each. The cause of a move
+        names the request and the message, so a redelivered message re-sends the changes
+        it made (a crash may have lost them after their state was stored)."""
         try:
-            op = orjson.loads(value)
+            op = orjson.loads(message.value)
             name, keys = op["op"], [str(k).encode() for k in op["keys"]]
             at = int(op["at"]) if name == "sweep" else 0
+            version = int(op.get("model", 0))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.error("ignored an unreadable control message: %s", exc)
             return
+        where = f"@{message.partition}/{message.offset}"
         for key in keys:
             stored = customers.get(key)
             if stored is None:
                 continue
             if name == "rescore":
-                yield key, pipeline.rescore(key.decode(), stored)
+                yield key, pipeline.rescore(key.decode(), stored, f"model:{version}{where}")
             elif name == "sweep":
-                yield key, pipeline.sweep(key.decode(), stored, at)
+                yield key, pipeline.sweep(key.decode(), stored, at, f"sweep:{at}{where}")
 
     @app.agent(inputs)
     async def process(stream: faust.StreamT) -> None:
@@ -278,7 +282,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             kind = kinds[message.topic]
             key = message.key
             if kind == "control":
-                for customer, out in control(message.value):
+                for customer, out in control(message):
                     await publish(out, message, customer, own_event=False)
                 observe(time.perf_counter() - started)
                 continue
@@ -431,7 +435,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             started = time.monotonic()
             rescore_wanted.clear()
             if pipeline.model is not None:
-                await queue_control({"op": "rescore"}, rescore_work(pipeline.model),
+                await queue_control({"op": "rescore", "model": pipeline.model.version},
+                                    rescore_work(pipeline.model),
                                     settings.rescore_rate, metrics.rescores)
             if not rescore_wanted.is_set():
                 metrics.rescore_waiting.set(0)

@@ -182,6 +182,9 @@ class CustomerPipeline:
         """Apply one valid event to ``state`` (``first``: of a customer not stored yet);
         False if it changed nothing (a duplicate, or an older profile update)."""
         if ev.kind == "profile":
+            if self._restated(state, out, ev.customer_id, ev.event_id, ev.ts):
+                out.duplicate = True  # the update that caused the last change, redelivered
+                return False
             if ev.ts < state.profile_ts:
                 out.late = True  # an older update than the one applied: nothing changes
                 return False
@@ -197,7 +200,7 @@ class CustomerPipeline:
                 return False
             if not state.remember(ev.event_id, ev.ts, ev.kind == "purchase", self.lateness_ms):
                 out.duplicate = True
-                self._restate(state, out, ev.customer_id, ev.event_id, ev.ts)
+                self._restated(state, out, ev.customer_id, ev.event_id, ev.ts)
                 return False
             out.late = not state.window.apply(ev, self.lateness_ms)
             trigger = "event"
@@ -257,32 +260,44 @@ class CustomerPipeline:
         return orjson.dumps({"forget": member_pseudonym(customer_id)})
 
     # -- re-evaluation without a new event -----------------------------------------------
-    def rescore(self, customer_id: str, stored: bytes) -> Outcome:
-        """Re-evaluate a stored customer against the current model (``model_update``)."""
+    def rescore(self, customer_id: str, stored: bytes, cause_id: str | None = None) -> Outcome:
+        """Re-evaluate a stored customer against the current model (``model_update``).
+
+        ``cause_id`` names the request (default ``model:<current version>``); when the
+        request that caused the customer's last change comes again, that change is sent
+        again instead (see :meth:`_restated`)."""
         state = CustomerState.from_bytes(stored)
         out = Outcome()
         if state.excluded:
             return out
-        version = self.model.version if self.model else 0
-        if self._evaluate(state, out, "model_update", f"model:{version}", None, customer_id):
+        if cause_id is None:
+            cause_id = f"model:{self.model.version if self.model else 0}"
+        if self._restated(state, out, customer_id, cause_id, state.clock):
+            return out
+        if self._evaluate(state, out, "model_update", cause_id, None, customer_id):
             out.state = state.to_bytes()
         out.event_ts = state.clock
         out.sweep_again = state.window.changes_with_time(state.clock)
         out.clock = state.clock
         return out
 
-    def sweep(self, customer_id: str, stored: bytes, at: int) -> Outcome:
+    def sweep(self, customer_id: str, stored: bytes, at: int,
+              cause_id: str | None = None) -> Outcome:
         """Let time pass to ``at`` (event time) for a customer with no newer event.
 
         Windows slide, so features may change; a resulting move has trigger ``inactivity``.
+        ``cause_id`` names the request (default ``sweep:<at>``), as for :meth:`rescore`.
         """
         state = CustomerState.from_bytes(stored)
         out = Outcome()
         if state.excluded:
             return out
-        if at > state.clock:
+        cause_id = cause_id or f"sweep:{at}"
+        if self._restated(state, out, customer_id, cause_id, state.clock):
+            pass
+        elif at > state.clock:
             state.evaluated_at = at
-            self._evaluate(state, out, "inactivity", f"sweep:{at}", None, customer_id)
+            self._evaluate(state, out, "inactivity", cause_id, None, customer_id)
             out.state = state.to_bytes()
         out.event_ts = state.clock
         out.sweep_again = state.window.changes_with_time(state.clock)
@@ -331,10 +346,11 @@ class CustomerPipeline:
             state.left_segment = previous
         state.evaluations = 0
         state.segment = segment
-        state.last_change = [event_digest(cause_id), trigger, previous]
+        ts = ev.ts if ev is not None else state.clock
+        state.last_change = [event_digest(cause_id), trigger, previous, ts]
         out.change = self._change(model, ev.customer_id if ev is not None else customer_id or "",
                                   features, state, raw, distances, previous, trigger, cause_id,
-                                  ev.ts if ev is not None else state.clock)
+                                  ts)
         out.trigger = trigger
         out.moved = (None if out.moved is not None else
                      (UNASSIGNED if previous is None else previous), segment)
@@ -365,23 +381,25 @@ class CustomerPipeline:
             extra={"reasons": reasons(model, raw, previous, segment, decided)},
         ).to_json()
 
-    def _restate(self, state: CustomerState, out: Outcome, customer_id: str, cause_id: str,
-                 ts: int) -> None:
-        """The event ``cause_id`` came again and it caused the customer's last change: send
-        that change again (the same ``event_id``, the same move; features as they are now),
-        in case a crash lost it after the state that records it was stored. Subscribers
-        drop the copy by ``event_id``."""
+    def _restated(self, state: CustomerState, out: Outcome, customer_id: str, cause_id: str,
+                  ts: int) -> bool:
+        """If ``cause_id`` (an event, or a re-scoring or sweep request) caused the customer's
+        last change, it came again: send that change again (the same ``event_id``, the same
+        move and time; features as they are now), in case a crash lost it after the state
+        that records it was stored, and return True. Subscribers drop the copy by
+        ``event_id``. ``ts`` is the change's time for states stored before it was kept."""
         model = self.model
         if (state.last_change is None or model is None or state.segment is None
                 or state.segment >= model.k or state.last_change[0] != event_digest(cause_id)):
-            return
-        _, trigger, previous = state.last_change
+            return False
+        _, trigger, previous, ts = (*state.last_change, ts)[:4]
         features = state.window.features(state.clock)
         raw = self._model_transform.vector(features, state.profile)
         _, distances = model.assign(raw, state.segment, self.margin)
         out.change = self._change(model, customer_id, features, state, raw, distances, previous,
                                   trigger, cause_id, ts)
         out.trigger = trigger
+        return True
 
     def _wants_sample(self, state: CustomerState, ts: int) -> bool:
         """Sample a customer at most once per interval of its event time, and not before

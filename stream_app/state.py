@@ -58,8 +58,8 @@ class CustomerState:
         self.pending_count = 0
         #: Consent to segmentation withdrawn: nothing but this flag and ``profile_ts`` kept.
         self.excluded = False
-        #: ``[cause id, trigger, previous segment]`` of the last segment change (re-sent if
-        #: its cause comes again: the change may have been lost in a crash).
+        #: ``[cause digest, trigger, previous segment, ts]`` of the last segment change
+        #: (re-sent if its cause comes again: the change may have been lost in a crash).
         self.last_change: list[Any] | None = None
 
     @property

@@ -120,9 +120,9 @@ class Customer:
             self.stored = out.state
         return out
 
-    def rescore(self) -> Outcome:
+    def rescore(self, cause_id: str | None = None) -> Outcome:
         assert self.stored is not None
-        out = self.pipeline.rescore(self.id, self.stored)
+        out = self.pipeline.rescore(self.id, self.stored, cause_id)
         if out.state is not None:
             self.stored = out.state
         return out
@@ -255,6 +255,13 @@ def test_a_profile_update_can_move_a_customer():
     assert change["features"]["income"] == 300_000
     assert change["ts"] == iso_ms(T0 + HOUR_MS)
     assert c.state.profile == {"income": 300_000, "region": "north"}
+    # The same message redelivered: its change again with its id (a crash may have lost
+    # it after the state was stored), nothing stored.
+    again = pipeline.process("profile", c.id.encode(),
+                             profile_msg(c.id, T0 + HOUR_MS, income=300_000), c.stored,
+                             TOPICS["profile"], 0, c.offset)
+    assert again.duplicate and again.state is None
+    assert change_of(again)["event_id"] == change["event_id"]
     # An older update is ignored (last writer wins) and reported as late.
     out = c.profile(T0 + 30 * MIN_MS, income=20_000, region=None)
     assert out.late and out.state is None and out.change is None
@@ -471,8 +478,11 @@ def test_sweep_slides_windows_and_moves_an_inactive_buyer(model):
     # The same sweep again from the same stored state: the same change id.
     again = pipeline.sweep("buyer", stored, at)
     assert change_of(again)["event_id"] == change["event_id"]
+    # The same sweep request again (redelivered): the same change again, nothing stored.
+    again = c.sweep(at)
+    assert change_of(again)["event_id"] == change["event_id"] and again.state is None
     # Sweeping to a time not after the clock does nothing.
-    for earlier in (at, at - DAY_MS, as_of):
+    for earlier in (at - DAY_MS, as_of):
         out = c.sweep(earlier)
         assert out.state is None and out.change is None and out.clock == at
 
@@ -537,8 +547,15 @@ def test_rescore_after_a_model_update(model):
     assert out.moved == (browser, buyer) and out.event_ts == T0 and out.sweep_again
     assert c.state.segment == buyer and c.state.model_version == 2
     assert change_of(pipeline.rescore("c1", stored))["event_id"] == change["event_id"]
-    # Rescoring again with the same version: no further move.
+    # The same request again (a redelivered control message), after a later event that
+    # did not move the customer: the same change (id, move, time) again, nothing stored;
+    # another request with the same model: no further move.
+    assert c.click(T0 + MIN_MS, 2).change is None
     out = c.rescore()
+    again = change_of(out)
+    assert out.state is None and again["event_id"] == change["event_id"]
+    assert again["ts"] == change["ts"] and again["segment"] == change["segment"]
+    out = c.rescore("model:2@0/9")
     assert out.change is None and out.state is None
 
 

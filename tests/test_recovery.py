@@ -20,6 +20,7 @@ The tests print the recovery times they measure (``-s`` shows them).
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from collections import defaultdict
@@ -307,9 +308,65 @@ def test_worker_stopped_mid_stream_resumes_exactly(make_worker, sig, store, same
           f"to all input consumed {to_consumed:.1f} s; duplicates dropped after restart "
           f"{metric_sum(second.metrics(), 'stream_app_duplicate_events_total'):.0f}")
 
-    assert check_against_batch(second, events) == CUSTOMERS
+    check_exact(second, events, first)
     log = check_changes_complete(second, events)
     print(f"segment changes: {log.messages} messages, {log.duplicates} duplicates by event_id")
+
+
+def check_exact(worker: Worker, events: list[Event], *others: Worker) -> None:
+    """``check_against_batch``; on a mismatch, the failure names, for each customer who
+    differs, where its input events and its changelog records are, what the group
+    committed, and the warnings the workers (``worker`` and ``others``) logged, to tell
+    a lost state write from a truncated recovery."""
+    try:
+        assert check_against_batch(worker, events) == CUSTOMERS
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\n{lost_state_report(worker, str(exc), (worker, *others))}") from None
+
+
+def lost_state_report(worker: Worker, failure: str, workers: tuple[Worker, ...]) -> str:
+    bootstrap = worker.env["KAFKA_BOOTSTRAP_SERVERS"]
+    customers = sorted(set(re.findall(r"customer_id='([^']+)'", failure)))[:3]
+    lines = [f"committed: {committed_offsets(worker)}"]
+    for w in workers:
+        logged = w.log_path.read_text(errors="replace").splitlines()
+        lines += [f"log: {line[:300]}" for line in logged
+                  if re.search(r"warn|error", line, re.IGNORECASE)][-30:]
+    changelog = read_topic(bootstrap, f"{worker.app_id}-customers-changelog")
+    for customer in customers:
+        lines.append(f"customer {customer}:")
+        for kind in ("purchase", "click"):
+            for m in read_topic(bootstrap, worker.topics[kind]):
+                if m.key == customer.encode():
+                    doc = orjson.loads(m.value)
+                    lines.append(f"  {kind} p{m.partition}@{m.offset} {doc.get('event_id')} "
+                                 f"ts {doc.get('ts')}")
+        for m in changelog:
+            if m.key == customer.encode():
+                state = orjson.loads(m.value) if m.value else {}
+                lines.append(f"  changelog p{m.partition}@{m.offset} ts {m.timestamp} "
+                             f"orders {len(state.get('o', []))} events {len(state.get('e', []))}")
+    return "\n".join(lines)
+
+
+def committed_offsets(worker: Worker) -> dict[str, list[int | None]]:
+    """Per input topic, the group's committed offset of each partition."""
+    async def run() -> dict[str, list[int | None]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=worker.env["KAFKA_BOOTSTRAP_SERVERS"],
+                                    group_id=worker.app_id, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            out = {}
+            for kind in INPUT_KINDS:
+                topic = worker.topics[kind]
+                out[kind] = [await consumer.committed(TopicPartition(topic, p))
+                             for p in sorted(await _partitions(consumer, topic))]
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
 
 
 def local_sizes(worker: Worker) -> dict[int, int]:
@@ -379,7 +436,7 @@ def test_survivor_takes_over_and_gives_back_partitions_exactly(make_worker, sig)
     takeover = time.monotonic() - stopped
     producing.result(timeout=60)
     wait_until_consumed(first, before)
-    assert check_against_batch(first, before) == CUSTOMERS
+    check_exact(first, before, second)
     assert sum(local_sizes(first).values()) == CUSTOMERS  # the sizes table came along
     check_changes_complete(first, before)
 
@@ -397,7 +454,7 @@ def test_survivor_takes_over_and_gives_back_partitions_exactly(make_worker, sig)
     print(f"\n{signal.Signals(sig).name}: survivor owned all partitions {takeover:.1f} s after "
           f"the stop; partitions split again {give_back:.1f} s after the restart")
     for worker in workers:  # either worker answers for every customer (routed to the owner)
-        assert check_against_batch(worker, events) == CUSTOMERS
+        check_exact(worker, events, *workers)
     assert sum(sum(local_sizes(w).values()) for w in workers) == CUSTOMERS
     log = check_changes_complete(second, events)
     print(f"segment changes: {log.messages} messages, {log.duplicates} duplicates by event_id")
