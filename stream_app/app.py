@@ -54,6 +54,7 @@ from stream_app.metrics import CONTENT_TYPE, Metrics
 from stream_app.model_feed import ModelFeed
 from stream_app.pacing import Pace
 from stream_app.pipeline import EXCLUDED, UNASSIGNED, CustomerPipeline, Outcome
+from stream_app.seek import install as install_quiet_seek
 from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel, learner_for
 from stream_app.state import CustomerState
 from stream_app.sweep import SweepSchedule
@@ -78,6 +79,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     """Build the worker's Faust app; ``partitions`` is the resolved input partition count."""
     partitions = partitions or settings.topic_partitions
     tansu = settings.embedded_broker
+    install_quiet_seek()  # see stream_app/seek.py: a rebalance could stop commits for good
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
