@@ -275,8 +275,13 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     @app.agent(inputs)
     async def process(stream: faust.StreamT) -> None:
-        """Every input message, in partition order: update the customer, emit changes."""
+        """Every input message, in partition order: update the customer, emit changes.
+
+        Not before the worker knows the newest model: a redelivered event that caused a
+        customer's last change re-sends it only with a model (and an event evaluated
+        without one gets no segment until the first re-scoring)."""
         observe = metrics.processing.observe
+        await feed.caught_up.wait()
         async for event in stream.events():
             started = time.perf_counter()
             message = event.message

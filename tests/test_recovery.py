@@ -216,10 +216,19 @@ def current_segments(worker: Worker, customers: set[str]) -> dict[str, int | Non
         return dict(zip(ordered, pool.map(segment, ordered)))
 
 
-def check_changes_complete(worker: Worker, events: list[Event]) -> ChangeLog:
+def check_changes_complete(worker: Worker, events: list[Event], *others: Worker) -> ChangeLog:
     """Chains are consistent and end at each customer's current segment (polled: a
     re-scoring or sweep pass may still be publishing). Customers without a segment have
-    no change."""
+    no change. A failure carries :func:`lost_state_report` (``others``: more workers whose
+    warnings it shows)."""
+    try:
+        return _check_changes_complete(worker, events)
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\n{lost_state_report(worker, str(exc), (worker, *others))}") from None
+
+
+def _check_changes_complete(worker: Worker, events: list[Event]) -> ChangeLog:
     customers = {key.decode() for _, key, _ in events}
     outcome: list[Any] = [None, None]
 
@@ -302,7 +311,7 @@ def test_worker_stopped_mid_stream_resumes_exactly(make_worker, sig, store, same
           f"{metric_sum(second.metrics(), 'stream_app_duplicate_events_total'):.0f}")
 
     check_exact(second, events, first)
-    log = check_changes_complete(second, events)
+    log = check_changes_complete(second, events, first)
     print(f"segment changes: {log.messages} messages, {log.duplicates} duplicates by event_id")
 
 
@@ -320,7 +329,8 @@ def check_exact(worker: Worker, events: list[Event], *others: Worker) -> None:
 
 def lost_state_report(worker: Worker, failure: str, workers: tuple[Worker, ...]) -> str:
     bootstrap = worker.env["KAFKA_BOOTSTRAP_SERVERS"]
-    customers = sorted(set(re.findall(r"customer_id='([^']+)'", failure)))[:3]
+    named = re.findall(r"customer_id='([^']+)'|^(\S+): a change from", failure, re.MULTILINE)
+    customers = sorted({a or b for a, b in named})[:3]
     lines = [f"committed: {committed_offsets(worker)}"]
     for w in workers:
         logged = w.log_path.read_text(errors="replace").splitlines()
@@ -339,7 +349,8 @@ def lost_state_report(worker: Worker, failure: str, workers: tuple[Worker, ...])
             if m.key == customer.encode():
                 state = orjson.loads(m.value) if m.value else {}
                 lines.append(f"  changelog p{m.partition}@{m.offset} ts {m.timestamp} "
-                             f"orders {len(state.get('o', []))} events {len(state.get('e', []))}")
+                             f"orders {len(state.get('o', []))} events {len(state.get('e', []))} "
+                             f"segment {state.get('s')} last change {state.get('lc')}")
     return "\n".join(lines)
 
 
@@ -427,7 +438,7 @@ def test_survivor_takes_over_and_gives_back_partitions_exactly(make_worker, sig)
     wait_until_consumed(first, before)
     check_exact(first, before, second)
     assert sum(local_sizes(first).values()) == CUSTOMERS  # the sizes table came along
-    check_changes_complete(first, before)
+    check_changes_complete(first, before, second)
 
     # The stopped worker returns while more events arrive: the partitions are split again;
     # the last events arrive after the split (the survivor may have taken all before it).
@@ -447,5 +458,5 @@ def test_survivor_takes_over_and_gives_back_partitions_exactly(make_worker, sig)
     for worker in workers:  # either worker answers for every customer (routed to the owner)
         check_exact(worker, events, *workers)
     assert sum(sum(local_sizes(w).values()) for w in workers) == CUSTOMERS
-    log = check_changes_complete(second, events)
+    log = check_changes_complete(second, events, first)
     print(f"segment changes: {log.messages} messages, {log.duplicates} duplicates by event_id")
