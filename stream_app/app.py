@@ -4,7 +4,7 @@ Data flow (every arrow is a Kafka topic; ``p`` is the customer's partition)::
 
     clickstream ──────┐
     purchases ────────┼──▶ agent ``process`` ──▶ table ``customers`` (feature window, segment)
-    customer-profiles ┤      │  (CustomerPipeline)   table ``segment_sizes`` (per partition)
+    customer-profiles ┤      │  (CustomerPipeline)   segment sizes (counted, see sizes.py)
     customer-erasure ─┤      │                       (erasure: deleted, tombstone)
     control ──────────┘      ├──▶ segment-changes   (customer moved, left, or was erased)
          ▲              ├──▶ stream-app-dlq          (bad input, with reason)
@@ -38,7 +38,6 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.exceptions import NotReady
 from faust.web import Request, Response, View
 from prometheus_client import Counter
@@ -56,6 +55,7 @@ from stream_app.pacing import Pace
 from stream_app.pipeline import EXCLUDED, UNASSIGNED, CustomerPipeline, Outcome
 from stream_app.seek import install as install_quiet_seek
 from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel, learner_for
+from stream_app.sizes import SegmentSizes, home_and_bucket
 from stream_app.state import CustomerState
 from stream_app.sweep import SweepSchedule
 
@@ -121,11 +121,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     # -- tables ---------------------------------------------------------------------------
     customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes,
                           options=settings.table_options())
-    segment_sizes = app.Table(
-        "segment_sizes", default=int, partitions=partitions, options=settings.table_options(),
-        schema=faust.Schema(key_type=str, value_type=int,
-                            key_serializer="json", value_serializer="json"),
-    )
+    #: Customers per segment and partition: counted from ``customers`` after every
+    #: rebalance, adjusted by each move (stream_app/sizes.py).
+    sizes = SegmentSizes()
 
     # -- the model every worker applies ---------------------------------------------------
     rescore_wanted = asyncio.Event()
@@ -224,11 +222,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         if out.sweep_again:
             schedule.schedule(partition, key, out.clock)
         if out.moved is not None:
-            for bucket, step in zip(out.moved, (-1, 1)):
-                if bucket is not None:
-                    size = f"{partition}:{bucket}"
-                    await store(segment_sizes, size, segment_sizes.data.get(size, 0) + step,
-                                partition)
+            sizes.move(partition, *out.moved)
         if out.sample is not None:
             await samples_topic.send(value=out.sample)
             metrics.samples_sent.inc()
@@ -430,8 +424,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         indexed.update(fresh)
         yield from movers
         if fresh:
-            yield from ((p, key) for key in list(customers.keys())
-                        if (p := (murmur2(key) & 0x7FFFFFFF) % partitions) in fresh)
+            yield from ((p, key) for key, stored in list(customers.items())
+                        if (p := home_and_bucket(key, stored, partitions)[0]) in fresh)
 
     @app.task
     async def rescore() -> None:
@@ -465,13 +459,18 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         metrics.sweep_pending.set(schedule.pending())
 
     def local_sizes() -> dict[int, dict[int, int]]:
-        mine = local_partitions()
-        sizes: dict[int, dict[int, int]] = {}
-        for key, count in list(segment_sizes.items()):
-            partition, _, segment = key.partition(":")
-            if int(partition) in mine and count:
-                sizes.setdefault(int(partition), {})[int(segment)] = count
-        return sizes
+        return sizes.local(local_partitions())
+
+    @app.on_rebalance_complete.connect
+    async def count_segments(app: faust.App, **kwargs: Any) -> None:
+        """Count the owned partitions' customers per segment (tables recovered, streams
+        not resumed yet); yields to the event loop every few thousand customers."""
+        counted = []
+        for n, (key, stored) in enumerate(list(customers.items())):
+            counted.append(home_and_bucket(key, stored, partitions))
+            if n % 4096 == 4095:
+                await asyncio.sleep(0)
+        sizes.recount(counted, local_partitions())
 
     async def refresh_gauges() -> None:
         """Customers, segment sizes and input lag, as of now."""

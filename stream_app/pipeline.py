@@ -157,6 +157,7 @@ class CustomerPipeline:
         except InvalidEvent as exc:
             return [rejected(exc, value)]
         state = CustomerState.from_bytes(stored) if stored is not None else CustomerState()
+        state.partition = partition
         outs: list[Outcome] = []
         last: Outcome | None = None  # the latest outcome that changed the state
         for ev in events:

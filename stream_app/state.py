@@ -38,8 +38,8 @@ class CustomerState:
     __slots__ = (
         "evaluated_at", "evaluations", "excluded", "last_change", "left_segment", "model_version",
         "orders",
-        "pending", "pending_count", "profile", "profile_ts", "recent", "sampled_at", "segment",
-        "window",
+        "partition", "pending", "pending_count", "profile", "profile_ts", "recent", "sampled_at",
+        "segment", "window",
     )
 
     def __init__(self) -> None:
@@ -58,6 +58,9 @@ class CustomerState:
         self.pending_count = 0
         #: Consent to segmentation withdrawn: nothing but this flag and ``profile_ts`` kept.
         self.excluded = False
+        #: The input partition the customer's events arrive on (None: stored before it was
+        #: kept). With pseudonyms the table key does not hash to it.
+        self.partition: int | None = None
         #: ``[cause digest, trigger, previous segment, ts]`` of the last segment change
         #: (re-sent if its cause comes again: the change may have been lost in a crash).
         self.last_change: list[Any] | None = None
@@ -100,13 +103,15 @@ class CustomerState:
 
     def exclude(self, ts: int) -> None:
         """Consent withdrawn by a profile update at ``ts``: forget everything else."""
+        partition = self.partition
         self.__init__()  # type: ignore[misc]
         self.excluded = True
         self.profile_ts = ts
+        self.partition = partition
 
     def to_bytes(self) -> bytes:
         if self.excluded:
-            return orjson.dumps({"x": True, "pt": self.profile_ts})
+            return orjson.dumps({"x": True, "pt": self.profile_ts, "pp": self.partition})
         return orjson.dumps({
             "w": self.window.to_dict(),
             "p": self.profile,
@@ -121,12 +126,14 @@ class CustomerState:
             "n": self.evaluations,
             "q": [self.pending, self.pending_count],
             "lc": self.last_change,
+            "pp": self.partition,
         })
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
         raw = orjson.loads(data)
         s = cls()
+        s.partition = raw.get("pp")
         if raw.get("x"):
             s.excluded = True
             s.profile_ts = raw["pt"]

@@ -39,7 +39,7 @@ class TopicPlan:
 
 def changelog_topics(settings: Settings) -> list[str]:
     """Names of the changelog topics Faust derives for the app's tables."""
-    return [f"{settings.app_id}-{table}-changelog" for table in ("customers", "segment_sizes")]
+    return [f"{settings.app_id}-customers-changelog"]
 
 
 def plan_topics(settings: Settings, existing: dict[str, int]) -> TopicPlan:

@@ -650,7 +650,7 @@ def test_a_json_array_message_is_its_events_in_order_with_one_state_write(model)
     stranger = orjson.loads(click_msg("c2", T0, 99))
     batch = [*elements[:3], stranger, 7, elements[1], *elements[3:]]  # bad, bad, duplicate
     outs = pipeline.process_message("click", b"c1", orjson.dumps(batch), None,
-                                    "clickstream", 1, 17, 1234)
+                                    "clickstream", 0, 17, 1234)  # Customer's partition
     assert len(outs) == len(batch)
     assert [o.reason for o in outs] == [None] * 3 + ["key_mismatch", "not_an_object"] \
         + [None] * 4

@@ -174,7 +174,7 @@ def test_withdrawn_consent_leaves_the_segment_and_keeps_nothing(model):
     assert change["segment"] is None and change["previous_segment"] == segment
     assert change["trigger"] == "consent" and out.moved == (segment, EXCLUDED)
     assert orjson.loads(out.sample) == {"forget": member_pseudonym("buyer")}
-    assert orjson.loads(c.stored) == {"x": True, "pt": T0 + 60 * MIN_MS}  # minimal
+    assert orjson.loads(c.stored) == {"x": True, "pt": T0 + 60 * MIN_MS, "pp": 0}  # minimal
     assert c.state.excluded and c.state.segment is None and c.state.profile == {}
 
     # Behaviour and attributes are not kept; no segment changes while excluded.

@@ -192,8 +192,7 @@ def test_pseudonyms_and_consent_keep_ids_and_attributes_out_of_everything(make_w
     written = b"".join(
         (r.key or b"") + b"\x00" + (r.value or b"")
         for topic in (worker.topics["changes"], worker.topics["dlq"], f"{app}-customers-changelog",
-                      f"{app}-segment_sizes-changelog", f"{app}-model-samples",
-                      f"{app}-segment-model", f"{app}-control")
+                      f"{app}-model-samples", f"{app}-segment-model", f"{app}-control")
         for r in topic_records(broker.bootstrap_servers, topic))
     dead = [orjson.loads(r.value) for r in topic_records(broker.bootstrap_servers,
                                                          worker.topics["dlq"])]

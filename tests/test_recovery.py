@@ -374,7 +374,7 @@ def committed_offsets(worker: Worker) -> dict[str, list[int | None]]:
 
 
 def local_sizes(worker: Worker) -> dict[int, int]:
-    """Customers per partition in ``worker``'s ``segment_sizes`` table, for the partitions
+    """Customers per partition in ``worker``'s segment sizes, for the partitions
     it owns now (``GET /segments/_local``; a partition with customers has a count)."""
     status, body = worker.get("/segments/_local")
     assert status == 200, body
