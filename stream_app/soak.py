@@ -454,9 +454,10 @@ def results_document(cfg: SoakConfig, settings: Settings, warm: int, app: dict[s
         "rss_end_mb": round(rss_end, 1), "rss_after_drain_mb": round(final.rss_mb, 1),
         "rss_max_mb": max((s["rss_mb"] for s in samples), default=0.0),
         "rss_slope_mb_per_min": round(slope, 2), "warmup_s": warm_s,
-        # What RocksDB may hold at most: 2 tables × partitions × (cache + 2 memtables).
-        "rocksdb_bound_mb": 2 * cfg.partitions * (settings.rocksdb_block_cache_mb
-                                                  + 2 * settings.rocksdb_write_buffer_mb),
+        # What RocksDB may hold at most: the customers table's partitions × (cache + 2
+        # memtables).
+        "rocksdb_bound_mb": cfg.partitions * (settings.rocksdb_block_cache_mb
+                                              + 2 * settings.rocksdb_write_buffer_mb),
         "worker_cpu_cores": round((end.cpu_s - first.cpu_s) / max(end.at - first.at, 1e-9), 3),
         "worker_cpu_us_per_event": round(1e6 * (end.cpu_s - first.cpu_s)
                                          / max(end.consumed - first.consumed, 1), 1),
