@@ -423,9 +423,13 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         metrics.rescore_checked.inc(len(index))
         indexed.update(fresh)
         yield from movers
-        if fresh:
-            yield from ((p, key) for key, stored in list(customers.items())
-                        if (p := home_and_bucket(key, stored, partitions)[0]) in fresh)
+        if fresh:  # keys only up front: a list of every stored state would stay for the pass
+            for key in list(customers.keys()):
+                stored = customers.get(key)
+                if stored is not None:
+                    home = home_and_bucket(key, stored, partitions)[0]
+                    if home in fresh:
+                        yield home, key
 
     @app.task
     async def rescore() -> None:
@@ -466,8 +470,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         """Count the owned partitions' customers per segment (tables recovered, streams
         not resumed yet); yields to the event loop every few thousand customers."""
         counted = []
-        for n, (key, stored) in enumerate(list(customers.items())):
-            counted.append(home_and_bucket(key, stored, partitions))
+        for n, key in enumerate(list(customers.keys())):
+            stored = customers.get(key)
+            if stored is not None:
+                counted.append(home_and_bucket(key, stored, partitions))
             if n % 4096 == 4095:
                 await asyncio.sleep(0)
         sizes.recount(counted, local_partitions())
