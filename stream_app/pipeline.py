@@ -184,7 +184,9 @@ class CustomerPipeline:
         False if it changed nothing (a duplicate, or an older profile update)."""
         if ev.kind == "profile":
             if self._restated(state, out, ev.customer_id, ev.event_id, ev.ts):
-                out.duplicate = True  # the update that caused the last change, redelivered
+                # The update that caused the last change, redelivered: its change again.
+                # Not counted as a duplicate: profile updates are not de-duplicated by id
+                # (last writer wins), and other redelivered updates are not counted either.
                 return False
             if ev.ts < state.profile_ts:
                 out.late = True  # an older update than the one applied: nothing changes
