@@ -31,6 +31,7 @@ import contextlib
 import hmac
 import logging
 import math
+import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
@@ -43,6 +44,7 @@ from faust.web import Request, Response, View
 from prometheus_client import Counter
 
 from stream_app.assignments import AssignmentIndex
+from stream_app.audiences import AudienceError, AudienceSet
 from stream_app.broker import faust_broker_options
 from stream_app.changes import iso_ms
 from stream_app.config import Settings
@@ -52,10 +54,10 @@ from stream_app.logs import logging_config
 from stream_app.metrics import CONTENT_TYPE, Metrics
 from stream_app.model_feed import ModelFeed
 from stream_app.pacing import Pace
-from stream_app.pipeline import EXCLUDED, UNASSIGNED, CustomerPipeline, Outcome
+from stream_app.pipeline import EXCLUDED, LEAVING, UNASSIGNED, CustomerPipeline, Outcome
 from stream_app.seek import install as install_quiet_seek
 from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel, learner_for
-from stream_app.sizes import SegmentSizes, home_and_bucket
+from stream_app.sizes import SegmentSizes, home_and_bucket, summary
 from stream_app.state import CustomerState
 from stream_app.sweep import SweepSchedule
 
@@ -114,6 +116,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     inputs = app.topic(*kinds)
     control_topic = app.topic(settings.control_topic)
     changes_topic = app.topic(settings.segment_changes_topic)
+    audience_topic = app.topic(settings.audience_changes_topic)
     dlq_topic = app.topic(settings.dlq_topic)
     samples_topic = app.topic(settings.samples_topic)
     model_topic = app.topic(settings.segment_model_topic)
@@ -124,6 +127,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     #: Customers per segment and partition: counted from ``customers`` after every
     #: rebalance, adjusted by each move (stream_app/sizes.py).
     sizes = SegmentSizes()
+    #: Members per audience and partition, counted the same way.
+    audience_sizes: SegmentSizes[str] = SegmentSizes()
 
     # -- the model every worker applies ---------------------------------------------------
     rescore_wanted = asyncio.Event()
@@ -143,6 +148,41 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             rescored_any = True
             rescore_wanted.set()
             metrics.rescore_waiting.set(1)
+
+    # -- the audience definitions every worker applies -----------------------------------
+    audiences_wanted = asyncio.Event()  # a pass over the local customers is due
+    audiences_stamp: tuple[int, int] | None = None  # (mtime, size) of the file read last
+
+    def apply_audiences(definitions: AudienceSet) -> None:
+        pipeline.use_audiences(definitions)
+        metrics.audiences_defined.set(len(definitions))
+        log.info("audience definitions %s applied: %d audiences from %s",
+                 definitions.version, len(definitions), definitions.source)
+
+    if settings.audiences_file:  # AudienceError: the worker does not start
+        audiences_stamp = file_stamp(settings.audiences_file)
+        apply_audiences(AudienceSet.load(settings.audiences_file))
+
+        @app.timer(interval=settings.audiences_reload_s)
+        async def reload_audiences() -> None:
+            """Apply the definitions file when it changed (without a restart); a file that
+            does not load leaves the applied definitions in place."""
+            nonlocal audiences_stamp
+            stamp = file_stamp(settings.audiences_file)
+            if stamp == audiences_stamp:
+                return
+            audiences_stamp = stamp
+            try:
+                definitions = AudienceSet.load(settings.audiences_file)
+            except (AudienceError, OSError) as exc:
+                metrics.audience_reloads.labels("rejected").inc()
+                log.error("audience definitions not reloaded (%s stay applied): %s",
+                          pipeline.audiences.version, exc)
+                return
+            metrics.audience_reloads.labels("applied").inc()
+            if definitions.version != pipeline.audiences.version:  # not only touched
+                apply_audiences(definitions)
+                audiences_wanted.set()
 
     schedule = SweepSchedule()
     #: Local customers' vectors and segments at their last evaluation, and the partitions
@@ -184,6 +224,13 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         """Send a segment change and wait until the broker has it."""
         await (await changes_topic.send(key=key, value=change))
 
+    async def announce_audiences(key: bytes, changes: list[tuple[str, str, bytes]]) -> None:
+        """Send audience changes and wait until the broker has them."""
+        sent = [await audience_topic.send(key=key, value=change) for _, _, change in changes]
+        for (name, action, _), done in zip(changes, sent):
+            await done
+            metrics.audience_changes.labels(name, action).inc()
+
     async def publish(out: Outcome, message: Any, key: bytes | None,
                       own_event: bool = True) -> None:
         """Store, schedule, count and send what processing ``message`` gave for customer
@@ -207,9 +254,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         # it (a replay after a crash finds the event applied and re-sends the change, see
         # CustomerPipeline); a customer leaving (erasure, consent) is announced first, as a
         # replay decides the same again.
-        leaving = out.change is not None and out.trigger in ("erasure", "consent")
+        leaving = out.change is not None and out.trigger in LEAVING
         if leaving:
             await announce(key, out.change)
+        if out.audience_changes and out.audience_trigger in LEAVING:
+            await announce_audiences(key, out.audience_changes)
         if out.erase:
             await store(customers, key, None, partition)  # a tombstone
             index.forget(key)
@@ -223,6 +272,12 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             schedule.schedule(partition, key, out.clock)
         if out.moved is not None:
             sizes.move(partition, *out.moved)
+        if out.audience_moves is not None:
+            for name, action in out.audience_moves:
+                if action == "enter":
+                    audience_sizes.move(partition, None, name)
+                else:
+                    audience_sizes.move(partition, name, None)
         if out.sample is not None:
             await samples_topic.send(value=out.sample)
             metrics.samples_sent.inc()
@@ -243,6 +298,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 examples[new].append(customer)
             if message.timestamp and own_event:
                 metrics.latency.observe(max(0.0, time.time() - message.timestamp))
+        if out.audience_changes and out.audience_trigger not in LEAVING:
+            for name, action, change in out.audience_changes:  # after the state, as above
+                await audience_topic.send(key=key, value=change)
+                metrics.audience_changes.labels(name, action).inc()
 
     def control(message: Any) -> Iterator[tuple[bytes, Outcome]]:
         """Work queued by this app on stored customers of the message's partition (see
@@ -254,6 +313,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             name, keys = op["op"], [str(k).encode() for k in op["keys"]]
             at = int(op["at"]) if name == "sweep" else 0
             version = int(op.get("model", 0))
+            definitions = str(op.get("version", ""))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.error("ignored an unreadable control message: %s", exc)
             return
@@ -266,6 +326,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 yield key, pipeline.rescore(key.decode(), stored, f"model:{version}{where}")
             elif name == "sweep":
                 yield key, pipeline.sweep(key.decode(), stored, at, f"sweep:{at}{where}")
+            elif name == "audiences":
+                yield key, pipeline.reevaluate_audiences(key.decode(), stored,
+                                                         f"audiences:{definitions}{where}")
 
     @app.agent(inputs)
     async def process(stream: faust.StreamT) -> None:
@@ -462,6 +525,31 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                                     settings.sweep_rate, metrics.sweeps)
         metrics.sweep_pending.set(schedule.pending())
 
+    def audience_work(version: str) -> Iterator[tuple[int, bytes]]:
+        """Local customers last judged by other audience definitions than ``version``
+        (a look at the stored bytes; customers without consent have nothing to judge)."""
+        judged = f'"av":"{version}"'.encode()
+        mine = local_partitions()
+        for key in list(customers.keys()):
+            stored = customers.get(key)
+            if (stored is None or judged in stored or stored.startswith(b'{"x":true')
+                    or (not pipeline.audiences and b'"a":["' not in stored)):
+                continue
+            home = home_and_bucket(key, stored, partitions)[0]
+            if home in mine:
+                yield home, key
+
+    @app.task
+    async def judge_audiences_again() -> None:
+        """After the definitions changed, and after each rebalance: queue the local
+        customers judged by other definitions, rate-limited (RESCORE_RATE)."""
+        while True:
+            await audiences_wanted.wait()
+            audiences_wanted.clear()
+            version = pipeline.audiences.version
+            await queue_control({"op": "audiences", "version": version}, audience_work(version),
+                                settings.rescore_rate, metrics.audience_reevaluations)
+
     def local_sizes() -> dict[int, dict[int, int]]:
         return sizes.local(local_partitions())
 
@@ -469,14 +557,19 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     async def count_segments(app: faust.App, **kwargs: Any) -> None:
         """Count the owned partitions' customers per segment (tables recovered, streams
         not resumed yet); yields to the event loop every few thousand customers."""
-        counted = []
+        counted, members = [], []
         for n, key in enumerate(list(customers.keys())):
             stored = customers.get(key)
             if stored is not None:
-                counted.append(home_and_bucket(key, stored, partitions))
+                home, bucket, audiences = summary(key, stored, partitions)
+                counted.append((home, bucket))
+                members.extend((home, name) for name in audiences)
             if n % 4096 == 4095:
                 await asyncio.sleep(0)
         sizes.recount(counted, local_partitions())
+        audience_sizes.recount(members, local_partitions())
+        if settings.audiences_file:
+            audiences_wanted.set()  # customers judged elsewhere by other definitions
 
     async def refresh_gauges() -> None:
         """Customers, segment sizes and input lag, as of now."""
@@ -488,6 +581,13 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         k = pipeline.model.k if pipeline.model else 0
         for segment in range(k):
             metrics.segment_size.labels(str(segment)).set(totals.get(segment, 0))
+        members: dict[str, int] = {}
+        for per_audience in audience_sizes.local(local_partitions()).values():
+            for name, count in per_audience.items():
+                members[name] = members.get(name, 0) + count
+        metrics.audience_members.clear()  # audiences no longer defined go
+        for audience in pipeline.audiences.audiences:
+            metrics.audience_members.labels(audience.name).set(members.get(audience.name, 0))
         await input_lag()
 
     async def input_lag() -> int:
@@ -580,10 +680,12 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     def local_view() -> dict[str, Any]:
         return {"sizes": local_sizes(),
-                "examples": {seg: list(ids) for seg, ids in examples.items()}}
+                "examples": {seg: list(ids) for seg, ids in examples.items()},
+                "audiences": audience_sizes.local(local_partitions())}
 
-    async def cluster_view() -> tuple[dict[int, dict[int, int]], dict[int, list[str]]]:
-        """Segment sizes per partition and example customers, from every worker."""
+    async def peer_views() -> list[dict[str, Any]]:
+        """:func:`local_view` of every worker, this one first (a peer that does not answer
+        is left out)."""
         views = [local_view()]
         me = str(app.conf.canonical_url).rstrip("/")
         for host in app.router.tables_metadata():
@@ -596,6 +698,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                     views.append(orjson.loads(await resp.read()))
             except Exception as exc:  # a peer that is down only makes the answer partial
                 log.warning("segment sizes from %s unavailable: %s", url, exc)
+        return views
+
+    async def cluster_view() -> tuple[dict[int, dict[int, int]], dict[int, list[str]]]:
+        """Segment sizes per partition and example customers, from every worker."""
+        views = await peer_views()
         sizes: dict[int, dict[int, int]] = {}
         found: dict[int, list[str]] = {}
         for view in views:
@@ -610,6 +717,20 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         if not authorised(request):  # the examples name customers
             return unauthorised(self)
         return json_response(self, local_view())
+
+    @app.page("/audiences")
+    async def audiences_view(self: View, request: Request) -> Response:
+        """The applied audience definitions and their members, from every worker."""
+        members: dict[str, int] = {}
+        seen: set[int] = set()
+        for view in await peer_views():
+            for p, per_audience in view.get("audiences", {}).items():
+                if int(p) in seen:
+                    continue  # a partition reported twice (during a rebalance)
+                seen.add(int(p))
+                for name, count in per_audience.items():
+                    members[name] = members.get(name, 0) + count
+        return json_response(self, audiences_document(pipeline.audiences, members))
 
     @app.page("/segments")
     async def segments_view(self: View, request: Request) -> Response:
@@ -628,6 +749,15 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         return json_response(self, body)
 
     return app
+
+
+def file_stamp(path: str) -> tuple[int, int] | None:
+    """``(mtime in ns, size)`` of a file, None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _timestamp_ms(timestamp: float | None) -> int | None:
@@ -652,6 +782,7 @@ def customer_document(customer_id: str, stored: bytes, model: SegmentModel | Non
         "model_version": state.model_version,
         "features": {name: features[name] for name in FEATURE_NAMES},
         "profile": state.profile,
+        "audiences": state.audiences,
         "consent": {"segmentation": not state.excluded},
     }
 
@@ -675,6 +806,18 @@ def segment_explanation(model: SegmentModel, segment: int, sizes: dict[int, dict
             for name, z, word in describe(model.features, model.centres[segment])
         ],
         "examples": examples.get(segment, [])[:EXAMPLES],
+    }
+
+
+def audiences_document(definitions: AudienceSet, members: dict[str, int]) -> dict[str, Any]:
+    """The body of ``GET /audiences``: each audience's definition and member count."""
+    return {
+        "version": definitions.version,
+        "source": definitions.source,
+        "audiences": [
+            {"name": a.name, "description": a.description, "condition": a.condition,
+             "exit_condition": a.exit_condition, "members": members.get(a.name, 0)}
+            for a in definitions.audiences],
     }
 
 

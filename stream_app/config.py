@@ -58,6 +58,14 @@ class Settings:
         default="segment-changes", metadata={"env": "SEGMENT_CHANGES_TOPIC"}
     )
     dlq_topic: str = field(default="stream-app-dlq", metadata={"env": "DLQ_TOPIC"})
+    #: Named, rule-defined audiences (YAML or JSON, schemas/audiences.schema.json; empty:
+    #: none). Re-read when the file changes, every ``audiences_reload_s`` seconds.
+    audiences_file: str = field(default="", metadata={"env": "AUDIENCES_FILE"})
+    audiences_reload_s: float = field(default=5.0, metadata={"env": "AUDIENCES_RELOAD_S"})
+    #: Output topic of audience enter/exit events (schemas/audience-change.schema.json).
+    audience_changes_topic: str = field(
+        default="audience-changes", metadata={"env": "AUDIENCE_CHANGES_TOPIC"}
+    )
     #: Right to be forgotten: a message keyed by a customer id erases the customer.
     erasure_topic: str = field(default="customer-erasure", metadata={"env": "ERASURE_TOPIC"})
     #: Secret of the keyed hash that replaces customer ids at ingestion (empty: ids kept).
@@ -159,6 +167,8 @@ class Settings:
             raise ValueError("LOG_FORMAT must be text or json")
         if self.commit_interval_s <= 0:
             raise ValueError("COMMIT_INTERVAL_S must be positive")
+        if self.audiences_reload_s <= 0:
+            raise ValueError("AUDIENCES_RELOAD_S must be positive")
         if self.rocksdb_write_buffer_mb < 1 or self.rocksdb_block_cache_mb < 1:
             raise ValueError("ROCKSDB_WRITE_BUFFER_MB and ROCKSDB_BLOCK_CACHE_MB must be at "
                              "least 1")

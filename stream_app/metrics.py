@@ -1,8 +1,9 @@
 """Prometheus metrics of a worker (one registry per process, served at ``/metrics``).
 
 Names follow Prometheus conventions: a ``stream_app_`` prefix, ``_total`` counters, base
-units (seconds). Label values are bounded: topics, event types, reasons, triggers and
-segment ids (at most ``SEGMENTS_K``); never customer ids or personal attributes.
+units (seconds). Label values are bounded: topics, event types, reasons, triggers,
+segment ids (at most ``SEGMENTS_K``) and audience names (at most 256); never customer ids
+or personal attributes.
 """
 
 from __future__ import annotations
@@ -97,6 +98,24 @@ class Metrics:
                                        "Customers checked by the vectorised pass after a model "
                                        "update (only those it would move are re-scored).",
                                        registry=r)
+
+        self.audience_changes = Counter(p + "audience_changes_total",
+                                        "Audience enter/exit events published, by audience "
+                                        "(at most 256 names, from the definitions file) and "
+                                        "action.", ["audience", "action"], registry=r)
+        self.audience_members = Gauge(p + "audience_members",
+                                      "Customers in each audience in this worker's active "
+                                      "partitions.", ["audience"], registry=r)
+        self.audiences_defined = Gauge(p + "audiences_defined",
+                                       "Audiences in the applied definitions.", registry=r)
+        self.audience_reloads = Counter(p + "audience_reloads_total",
+                                        "Reads of a changed definitions file, by result: "
+                                        "applied, or rejected (the previous ones stay).",
+                                        ["result"], registry=r)
+        self.audience_reevaluations = Counter(p + "audience_reevaluation_requests_total",
+                                              "Stored customers queued to be judged again "
+                                              "after the audience definitions changed.",
+                                              registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

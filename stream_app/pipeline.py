@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from stream_app.audiences import AudienceChange, AudienceSet
 from stream_app.changes import SegmentChange, dead_letter
 from stream_app.config import Settings
 from stream_app.features import HOUR_MS
@@ -35,6 +36,9 @@ FLAP_EVALUATIONS = 5
 DEBOUNCED = frozenset({"event"})
 #: How many features a segment change names as the reasons for the move.
 REASONS = 3
+#: Triggers of a customer leaving segmentation: its last changes are sent before the state
+#: is deleted or reduced (a replay would decide the same again, see ``publish`` in app.py).
+LEAVING = frozenset({"erasure", "consent"})
 
 
 @dataclass(slots=True)
@@ -70,6 +74,11 @@ class Outcome:
     erase: bool = False
     #: The customer is excluded from segmentation (no consent): nothing of the event kept.
     excluded: bool = False
+    #: Audience enter/exit messages: ``(audience, action, JSON)``, and their trigger.
+    audience_changes: list[tuple[str, str, bytes]] | None = None
+    audience_trigger: str | None = None
+    #: Membership bookkeeping: ``(audience, action)`` of new changes (not of re-sent ones).
+    audience_moves: list[tuple[str, str]] | None = None
 
 
 class TokenBucket:
@@ -108,6 +117,7 @@ class CustomerPipeline:
         self._sample_interval_ms = int(settings.learn_sample_interval_hours * HOUR_MS)
         self.lateness_ms = int(settings.allowed_lateness_s * 1000)
         self.pseudonyms = Pseudonymiser(settings.pseudonym_key)
+        self.audiences = AudienceSet.empty()
 
     def customer_key(self, key: bytes) -> bytes:
         """The table key of the customer whose Kafka key is ``key`` (its pseudonym when
@@ -122,6 +132,11 @@ class CustomerPipeline:
         self._model_transform = (
             self.transform if model.spec == self.transform.spec else FeatureTransform(model.spec)
         )
+
+    def use_audiences(self, audiences: AudienceSet) -> None:
+        """Judge audience membership with ``audiences`` from now on (customers already
+        stored are judged again by :meth:`reevaluate_audiences`, or at their next update)."""
+        self.audiences = audiences
 
     # -- input events --------------------------------------------------------------------
     def process(self, kind: str, key: bytes | None, value: bytes | None,
@@ -183,8 +198,9 @@ class CustomerPipeline:
         """Apply one valid event to ``state`` (``first``: of a customer not stored yet);
         False if it changed nothing (a duplicate, or an older profile update)."""
         if ev.kind == "profile":
-            if self._restated(state, out, ev.customer_id, ev.event_id, ev.ts):
-                # The update that caused the last change, redelivered: its change again.
+            restated = self._restated(state, out, ev.customer_id, ev.event_id, ev.ts)
+            if self._restated_audiences(state, out, ev.customer_id, ev.event_id) or restated:
+                # The update that caused the last changes, redelivered: the changes again.
                 # Not counted as a duplicate: profile updates are not de-duplicated by id
                 # (last writer wins), and other redelivered updates are not counted either.
                 return False
@@ -204,6 +220,7 @@ class CustomerPipeline:
             if not state.remember(ev.event_id, ev.ts, ev.kind == "purchase", self.lateness_ms):
                 out.duplicate = True
                 self._restated(state, out, ev.customer_id, ev.event_id, ev.ts)
+                self._restated_audiences(state, out, ev.customer_id, ev.event_id)
                 return False
             out.late = not state.window.apply(ev, self.lateness_ms)
             trigger = "event"
@@ -217,6 +234,8 @@ class CustomerPipeline:
         """Consent to segmentation withdrawn: keep nothing but that, leave the segment."""
         previous, was_excluded = state.segment, state.excluded
         if not was_excluded:
+            self._leave_audiences(state, out, ev.customer_id, "consent", ev.event_id,
+                                  ev.ts or state.clock)
             out.change = self._leaving(ev.customer_id, state, ev.ts or state.clock, "consent",
                                        ev.event_id)
             out.trigger = "consent" if out.change is not None else None
@@ -235,6 +254,8 @@ class CustomerPipeline:
         previous = (EXCLUDED if state.excluded else
                     UNASSIGNED if state.segment is None else state.segment)
         out.moved = (previous, None)
+        self._leave_audiences(state, out, ev.customer_id, "erasure", ev.event_id,
+                              ev.ts or state.clock)
         out.change = self._leaving(ev.customer_id, state, ev.ts or state.clock, "erasure",
                                    ev.event_id)
         out.trigger = "erasure" if out.change is not None else None
@@ -275,7 +296,8 @@ class CustomerPipeline:
             return out
         if cause_id is None:
             cause_id = f"model:{self.model.version if self.model else 0}"
-        if self._restated(state, out, customer_id, cause_id, state.clock):
+        restated = self._restated(state, out, customer_id, cause_id, state.clock)
+        if self._restated_audiences(state, out, customer_id, cause_id) or restated:
             return out
         if self._evaluate(state, out, "model_update", cause_id, None, customer_id):
             out.state = state.to_bytes()
@@ -296,7 +318,8 @@ class CustomerPipeline:
         if state.excluded:
             return out
         cause_id = cause_id or f"sweep:{at}"
-        if self._restated(state, out, customer_id, cause_id, state.clock):
+        restated = self._restated(state, out, customer_id, cause_id, state.clock)
+        if self._restated_audiences(state, out, customer_id, cause_id) or restated:
             pass
         elif at > state.clock:
             state.evaluated_at = at
@@ -307,10 +330,40 @@ class CustomerPipeline:
         out.clock = state.clock
         return out
 
+    def reevaluate_audiences(self, customer_id: str, stored: bytes, cause_id: str) -> Outcome:
+        """Judge a stored customer's audiences again with the current definitions (trigger
+        ``definitions``: they were reloaded). ``cause_id`` names the request, as for
+        :meth:`rescore`."""
+        state = CustomerState.from_bytes(stored)
+        out = Outcome()
+        if state.excluded or self._restated_audiences(state, out, customer_id, cause_id):
+            return out
+        features = state.window.features(state.clock)
+        if self._judge_audiences(state, out, features, "definitions", cause_id, state.clock,
+                                 customer_id):
+            out.state = state.to_bytes()
+        out.event_ts = state.clock
+        out.sweep_again = state.window.changes_with_time(state.clock)
+        out.clock = state.clock
+        return out
+
     def _evaluate(self, state: CustomerState, out: Outcome, trigger: str, cause_id: str,
                   ev: Event | None, customer_id: str | None = None) -> bool:
-        """Assign ``state`` a segment; fill ``out.change``/``out.sample``; True if changed."""
+        """Assign ``state`` a segment and judge its audiences; fill ``out.change``,
+        ``out.sample`` and ``out.audience_changes``; True if the state changed."""
         features = state.window.features(state.clock)
+        moved = self._assign(state, out, trigger, cause_id, ev, features, customer_id)
+        if not self.audiences and not state.audiences:
+            return moved  # no audiences defined, none to leave
+        who = ev.customer_id if ev is not None else customer_id or ""
+        judged = self._judge_audiences(state, out, features, trigger, cause_id,
+                                       ev.ts if ev is not None else state.clock, who)
+        return moved or judged
+
+    def _assign(self, state: CustomerState, out: Outcome, trigger: str, cause_id: str,
+                ev: Event | None, features: dict[str, float | None],
+                customer_id: str | None = None) -> bool:
+        """Assign ``state`` a segment; fill ``out.change``/``out.sample``; True if moved."""
         if ev is not None and ev.kind != "profile" and self._wants_sample(state, ev.ts):
             vector = self.transform.vector(features, state.profile)
             out.sample = orjson.dumps({"spec": self.transform.spec, "x": vector,
@@ -357,6 +410,73 @@ class CustomerPipeline:
         out.trigger = trigger
         out.moved = (None if out.moved is not None else
                      (UNASSIGNED if previous is None else previous), segment)
+        return True
+
+    # -- audiences -----------------------------------------------------------------------
+    def _segment_label(self, segment: int | None) -> str | None:
+        model = self.model
+        if model is None or segment is None or not 0 <= segment < model.k:
+            return None
+        return model.labels[segment]
+
+    def _judge_audiences(self, state: CustomerState, out: Outcome,
+                         features: dict[str, float | None], trigger: str, cause_id: str,
+                         ts: int, customer_id: str) -> bool:
+        """Judge the customer's audiences with its features, profile and segment; fill
+        ``out.audience_changes``; True if the state changed (memberships or version)."""
+        audiences = self.audiences
+        segment = state.segment
+        label = self._segment_label(segment)
+        attributes = {**features, **state.profile, "segment": segment, "segment_label": label}
+        after = audiences.memberships(attributes, state.audiences)
+        judged_before = state.audiences_version == audiences.version
+        state.audiences_version = audiences.version
+        entered, exited = audiences.changes(state.audiences, after)
+        if not entered and not exited:
+            return not judged_before
+        state.audiences = after
+        moves = [[name, "exit"] for name in exited] + [[name, "enter"] for name in entered]
+        self._announce_audiences(state, out, customer_id, moves, trigger, cause_id, ts)
+        return True
+
+    def _leave_audiences(self, state: CustomerState, out: Outcome, customer_id: str,
+                         trigger: str, cause_id: str, ts: int) -> None:
+        """The customer leaves every audience (erased, or consent withdrawn)."""
+        if state.audiences:
+            moves = [[name, "exit"] for name in state.audiences]
+            state.audiences = []
+            self._announce_audiences(state, out, customer_id, moves, trigger, cause_id, ts)
+
+    def _announce_audiences(self, state: CustomerState, out: Outcome, customer_id: str,
+                            moves: list[list[str]], trigger: str, cause_id: str,
+                            ts: int) -> None:
+        state.last_audience = [event_digest(cause_id), trigger, ts, moves]
+        out.audience_moves = [(name, action) for name, action in moves]
+        self._audience_messages(state, out, customer_id, moves, trigger, cause_id, ts)
+
+    def _audience_messages(self, state: CustomerState, out: Outcome, customer_id: str,
+                           moves: list[list[str]], trigger: str, cause_id: str,
+                           ts: int) -> None:
+        segment = state.segment
+        label = self._segment_label(segment)
+        version = state.audiences_version or self.audiences.version
+        out.audience_changes = [
+            (name, action, AudienceChange(
+                customer_id=customer_id, audience=name, action=action, ts=ts, trigger=trigger,
+                cause_id=cause_id, definitions_version=version, segment=segment,
+                segment_label=label).to_json())
+            for name, action in moves]
+        out.audience_trigger = trigger
+
+    def _restated_audiences(self, state: CustomerState, out: Outcome, customer_id: str,
+                            cause_id: str) -> bool:
+        """If ``cause_id`` caused the customer's last audience changes, it came again: send
+        them again (same ``event_id``s), as :meth:`_restated` does for segment changes."""
+        last = state.last_audience
+        if last is None or last[0] != event_digest(cause_id):
+            return False
+        _, trigger, ts, moves = last
+        self._audience_messages(state, out, customer_id, moves, trigger, cause_id, ts)
         return True
 
     @staticmethod

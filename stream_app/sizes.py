@@ -25,12 +25,15 @@ Buckets are segment ids, :data:`~stream_app.pipeline.UNASSIGNED` (not assigned y
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
 
 import orjson
 from aiokafka.partitioner import murmur2
 
 from stream_app.pipeline import EXCLUDED, UNASSIGNED
+
+B = TypeVar("B", bound=Hashable)
 
 
 def home_and_bucket(key: bytes, stored: bytes, partitions: int) -> tuple[int, int]:
@@ -38,23 +41,34 @@ def home_and_bucket(key: bytes, stored: bytes, partitions: int) -> tuple[int, in
 
     The partition is the one the state records; states written before it was recorded
     fall back to the key's hash (right unless the key is a pseudonym)."""
+    home, bucket, _ = summary(key, stored, partitions)
+    return home, bucket
+
+
+def summary(key: bytes, stored: bytes, partitions: int) -> tuple[int, int, list[str]]:
+    """:func:`home_and_bucket` and the names of the customer's audiences.
+
+    >>> summary(b"c", orjson.dumps({"s": 2, "pp": 1, "a": ["vip"], "av": "0a"}), 4)
+    (1, 2, ['vip'])
+    """
     raw = orjson.loads(stored)
     home = raw.get("pp")
     if home is None:
         home = (murmur2(key) & 0x7FFFFFFF) % partitions
     if raw.get("x"):
-        return home, EXCLUDED
+        return home, EXCLUDED, []
     segment = raw.get("s")
-    return home, UNASSIGNED if segment is None else segment
+    return home, UNASSIGNED if segment is None else segment, raw.get("a", [])
 
 
-class SegmentSizes:
-    """Customers per bucket per partition, for the partitions this worker owns."""
+class SegmentSizes(Generic[B]):
+    """Customers per bucket per partition, for the partitions this worker owns (buckets:
+    segment ids, or audience names)."""
 
     def __init__(self) -> None:
-        self._counts: dict[int, dict[int, int]] = {}
+        self._counts: dict[int, dict[B, int]] = {}
 
-    def move(self, partition: int, old: int | None, new: int | None) -> None:
+    def move(self, partition: int, old: B | None, new: B | None) -> None:
         """A customer of ``partition`` left bucket ``old`` for ``new`` (None: no bucket,
         i.e. a new customer, or one erased)."""
         counts = self._counts.setdefault(partition, {})
@@ -63,19 +77,19 @@ class SegmentSizes:
         if new is not None:
             counts[new] = counts.get(new, 0) + 1
 
-    def recount(self, customers: Iterable[tuple[int, int]], partitions: set[int]) -> None:
+    def recount(self, customers: Iterable[tuple[int, B]], partitions: set[int]) -> None:
         """Replace the counts by those of ``customers`` (``(partition, bucket)`` each, see
         :func:`home_and_bucket`), keeping ``partitions`` only."""
-        counts: dict[int, dict[int, int]] = {p: {} for p in partitions}
+        counts: dict[int, dict[B, int]] = {p: {} for p in partitions}
         for partition, bucket in customers:
             per = counts.get(partition)
             if per is not None:
                 per[bucket] = per.get(bucket, 0) + 1
         self._counts = counts
 
-    def local(self, partitions: set[int]) -> dict[int, dict[int, int]]:
+    def local(self, partitions: set[int]) -> dict[int, dict[B, int]]:
         """Non-zero counts of ``partitions`` (a partition without customers is left out)."""
-        out: dict[int, dict[int, int]] = {}
+        out: dict[int, dict[B, int]] = {}
         for partition in sorted(partitions):
             per = {b: n for b, n in self._counts.get(partition, {}).items() if n}
             if per:

@@ -36,8 +36,8 @@ class CustomerState:
     """Feature window, profile, current segment and de-duplication memory of a customer."""
 
     __slots__ = (
-        "evaluated_at", "evaluations", "excluded", "last_change", "left_segment", "model_version",
-        "orders",
+        "audiences", "audiences_version", "evaluated_at", "evaluations", "excluded",
+        "last_audience", "last_change", "left_segment", "model_version", "orders",
         "partition", "pending", "pending_count", "profile", "profile_ts", "recent", "sampled_at",
         "segment", "window",
     )
@@ -64,6 +64,13 @@ class CustomerState:
         #: ``[cause digest, trigger, previous segment, ts]`` of the last segment change
         #: (re-sent if its cause comes again: the change may have been lost in a crash).
         self.last_change: list[Any] | None = None
+        #: Names of the audiences the customer is in, and the version of the definitions
+        #: that last judged them ("" : never judged).
+        self.audiences: list[str] = []
+        self.audiences_version = ""
+        #: ``[cause digest, trigger, ts, [[audience, action], ...]]`` of the last audience
+        #: changes (re-sent if their cause comes again, like ``last_change``).
+        self.last_audience: list[Any] | None = None
 
     @property
     def clock(self) -> int:
@@ -112,7 +119,7 @@ class CustomerState:
     def to_bytes(self) -> bytes:
         if self.excluded:
             return orjson.dumps({"x": True, "pt": self.profile_ts, "pp": self.partition})
-        return orjson.dumps({
+        document = {
             "w": self.window.to_dict(),
             "p": self.profile,
             "pt": self.profile_ts,
@@ -127,7 +134,10 @@ class CustomerState:
             "q": [self.pending, self.pending_count],
             "lc": self.last_change,
             "pp": self.partition,
-        })
+        }
+        if self.audiences_version:  # only where audiences are in use
+            document.update(a=self.audiences, av=self.audiences_version, la=self.last_audience)
+        return orjson.dumps(document)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
@@ -151,4 +161,8 @@ class CustomerState:
         s.evaluations = raw["n"]
         s.pending, s.pending_count = raw["q"]
         s.last_change = raw.get("lc")
+        if "av" in raw:
+            s.audiences = raw["a"]
+            s.audiences_version = raw["av"]
+            s.last_audience = raw["la"]
         return s

@@ -90,6 +90,7 @@ def plan_topics(settings: Settings, existing: dict[str, int]) -> TopicPlan:
         erasure: (partitions, {}),
         settings.control_topic: (partitions, {"retention.ms": str(24 * 3600 * 1000)}),
         settings.segment_changes_topic: (partitions, {}),
+        settings.audience_changes_topic: (partitions, {}),
         settings.dlq_topic: (partitions, {}),
         settings.samples_topic: (1, {"retention.ms": str(24 * 3600 * 1000)}),
         settings.segment_model_topic: (1, {"cleanup.policy": "compact"}),

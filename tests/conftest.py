@@ -97,6 +97,7 @@ class Worker:
             "PURCHASES_TOPIC": topics["purchase"],
             "PROFILES_TOPIC": topics["profile"],
             "SEGMENT_CHANGES_TOPIC": topics["changes"],
+            "AUDIENCE_CHANGES_TOPIC": topics["audiences"],
             "DLQ_TOPIC": topics["dlq"],
             "ERASURE_TOPIC": topics["erasure"],
             "WEB_PORT": str(self.web_port),
@@ -162,7 +163,8 @@ def make_worker(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[...
     prefix = f"t{os.getpid()}-{n}"
     topics = {"click": f"{prefix}-clickstream", "purchase": f"{prefix}-purchases",
               "profile": f"{prefix}-profiles", "changes": f"{prefix}-segment-changes",
-              "dlq": f"{prefix}-dlq", "erasure": f"{prefix}-customer-erasure"}
+              "dlq": f"{prefix}-dlq", "erasure": f"{prefix}-customer-erasure",
+              "audiences": f"{prefix}-audience-changes"}
     workers: list[Worker] = []
 
     def make(**env: Any) -> Worker:
