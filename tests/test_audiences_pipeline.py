@@ -106,7 +106,7 @@ def test_a_redelivered_cause_sends_the_same_changes_again_without_counting_them(
 
 def test_a_segment_condition_follows_the_customers_moves():
     model = learn_model()
-    browser, buyer = browser_and_buyer(model)
+    _, buyer = browser_and_buyer(model)
     buyers = {"name": "buyers", "condition": f"segment == {buyer}"}
     c = Customer(pipeline_with(buyers, model=model))
     c.click(T0, 1)
