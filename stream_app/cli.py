@@ -83,6 +83,14 @@ def worker(ctx: click.Context) -> None:
     settings = load_settings()
     faust_args = list(ctx.args)
     partitions = settings.topic_partitions
+    if settings.audiences_file:  # a broken definitions file stops the start, not a reload
+        from stream_app.audiences import AudienceError, AudienceSet
+
+        try:
+            AudienceSet.load(settings.audiences_file)
+        except (AudienceError, OSError) as exc:
+            click.echo(f"stream-app worker: AUDIENCES_FILE: {exc}", err=True)
+            sys.exit(2)
     if "--help" in faust_args:
         click.echo(ctx.get_help().replace("Options:", "stream-app options:", 1))
         click.echo("\nFaust worker options (passed through):\n")
@@ -188,6 +196,26 @@ def replay(file: Path, topic: str | None, rate: float | None, no_progress: bool)
                                   rate,
                                   progress=not no_progress))
     click.echo(f"replayed {sent} messages from {file}")
+
+
+@main.group()
+def audiences() -> None:
+    """Named, rule-defined audiences (AUDIENCES_FILE)."""
+
+
+@audiences.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def audiences_check(file: Path) -> None:
+    """Validate an audience definitions FILE (YAML or JSON) as the worker would, and list
+    its audiences with their version; status 2 with the problem if it is invalid."""
+    from stream_app.audiences import AudienceError, AudienceSet, describe
+
+    try:
+        definitions = AudienceSet.load(file)
+    except AudienceError as exc:
+        click.echo(f"stream-app audiences check: {exc}", err=True)
+        sys.exit(2)
+    click.echo(describe(definitions))
 
 
 @main.command()

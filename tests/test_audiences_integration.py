@@ -7,6 +7,7 @@ rejected while the applied definitions stay, and a worker that will not start wi
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -170,3 +171,17 @@ def test_a_worker_with_a_broken_definitions_file_does_not_start(make_worker, tmp
         raise AssertionError(f"the worker kept running:\n{worker.log()}") from None
     assert code == 2, worker.log()
     assert "view_count" in worker.log() and str(path) in worker.log()
+
+
+def test_audiences_check_validates_a_file_as_the_worker_does(tmp_path: Path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(SECOND)
+    bad.write_text(BROKEN)
+    cli = [sys.executable, "-m", "stream_app.cli", "audiences", "check"]
+    ok = subprocess.run([*cli, str(good)], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert "3 audiences" in lines[0] and [line.split()[0] for line in lines[1:]] == [
+        "browsers", "repeat-buyers", "buyers"]
+    failed = subprocess.run([*cli, str(bad)], capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2 and "view_count" in failed.stderr and failed.stdout == ""
