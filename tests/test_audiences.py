@@ -126,6 +126,14 @@ def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
     assert "invalid YAML" in message and "line 3" in message
 
 
+def test_yaml_cannot_build_python_objects(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    message = load_error(tmp_path, "a.yaml",
+                         f'audiences: !!python/object/apply:os.system ["touch {marker}"]\n')
+    assert "invalid YAML" in message and "python/object" in message
+    assert not marker.exists()
+
+
 def test_bad_json_is_an_error(tmp_path: Path) -> None:
     assert "invalid JSON" in load_error(tmp_path, "a.json", '{"audiences": [}')
 
