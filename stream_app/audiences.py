@@ -161,8 +161,8 @@ def compile_condition(text: str) -> CompiledCondition:
     try:
         rule = rule_engine.Rule(text, context=context)
     except rule_engine.SymbolResolutionError as exc:
-        raise ValueError(f"unknown name {exc.symbol_name!r}{_suggestion(exc.symbol_name)} "
-                         f"(usable names: {USABLE_NAMES})") from None
+        raise ValueError(f"unknown name {exc.symbol_name!r} "
+                         f"({_suggestion(exc.symbol_name)})") from None
     except rule_engine.RuleSyntaxError as exc:
         token = getattr(exc.token, "value", None)
         at = f" at {token!r}" if token is not None else " (incomplete expression)"
@@ -186,7 +186,7 @@ def compile_condition(text: str) -> CompiledCondition:
 
 def _suggestion(name: str) -> str:
     close = difflib.get_close_matches(name, ATTRIBUTES, n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return f"did you mean {close[0]!r}?" if close else f"usable names: {USABLE_NAMES}"
 
 
 @dataclass(frozen=True)
@@ -468,7 +468,7 @@ def describe(audience_set: AudienceSet) -> str:
     lines = [f"{audience_set.source}: {count} audience{'s' if count != 1 else ''}, "
              f"definitions version {audience_set.version}"]
     for a in audience_set.audiences:
-        leave = a.exit_condition if a.exit_condition is not None else "not (enter)"
+        leave = a.exit_condition if a.exit_condition is not None else "(enter no longer holds)"
         lines.append(f"{a.name}  enter: {a.condition}  exit: {leave}  "
                      f"uses: {', '.join(a.names) or '-'}")
     return "\n".join(lines)

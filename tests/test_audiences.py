@@ -89,6 +89,9 @@ audiences:
 """)
     assert "audience 'typo'" in message
     assert "unknown name 'regoin'" in message and "did you mean 'region'" in message
+    with pytest.raises(AudienceError, match=r"unknown name 'basket_size' \(usable names: the "
+                                            r"features, age, income, region"):
+        Audience("x", "", "basket_size > 3", None)
 
 
 def test_type_mismatch_is_an_error_at_load(tmp_path: Path) -> None:
