@@ -323,13 +323,20 @@ def evaluate(urls: tuple[str, ...], window: float, planted_customers: int | None
 @click.option("--segments-k", default=16, show_default=True, help="Number of micro-segments.")
 @click.option("--duration", default=0.0, help="Stop after this many seconds (0: Ctrl-C).")
 @click.option("--plain", is_flag=True, help="Print plain lines instead of a live screen.")
+@click.option("--audiences", "audiences_file", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Audience definitions for the worker (default: examples/audiences.yaml "
+                   "of a source checkout).")
 def demo(customers: int, rate: float, port: int, web_port: int, segments_k: int,
-         duration: float, plain: bool) -> None:
+         duration: float, plain: bool, audiences_file: Path | None) -> None:
     """Broker + worker + generator, with live segment changes in the terminal."""
-    from stream_app.demo import Demo
+    from stream_app.demo import EXAMPLE_AUDIENCES, Demo
 
+    if audiences_file is None and EXAMPLE_AUDIENCES.is_file():
+        audiences_file = EXAMPLE_AUDIENCES
     code = Demo(customers=customers, rate=rate, port=port, web_port=web_port,
-                segments_k=segments_k, duration=duration, plain=plain).run()
+                segments_k=segments_k, duration=duration, plain=plain,
+                audiences=audiences_file).run()
     sys.exit(code)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,9 @@ from stream_app.broker import EmbeddedBroker, free_port, port_open
 from stream_app.config import Settings
 from stream_app.generator import SyntheticShop, produce
 
+#: The audiences the demo starts with (a copy in the demo's folder, to edit while it runs).
+EXAMPLE_AUDIENCES = Path(__file__).resolve().parent.parent / "examples" / "audiences.yaml"
+
 
 def http_json(url: str, timeout: float = 2.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -42,7 +46,7 @@ class Demo:
 
     def __init__(self, customers: int = 2000, rate: float = 300.0, port: int = 9092,
                  web_port: int = 6066, segments_k: int = 16, duration: float = 0.0,
-                 plain: bool = False) -> None:
+                 plain: bool = False, audiences: Path | None = None) -> None:
         self.customers = customers
         self.rate = rate
         self.port = port if not port_open("127.0.0.1", port) else free_port()
@@ -56,6 +60,11 @@ class Demo:
         self.changes: deque[dict[str, Any]] = deque(maxlen=14)
         self.change_count = 0
         self.segments: dict[str, Any] = {}
+        self.audiences: dict[str, Any] = {}
+        self.audiences_file: Path | None = None
+        if audiences is not None:  # a copy: edit it while the demo runs
+            self.audiences_file = self.data_dir / "audiences.yaml"
+            shutil.copyfile(audiences, self.audiences_file)
 
     @property
     def api(self) -> str:
@@ -80,11 +89,20 @@ class Demo:
             # full" 683 times in 10 minutes, latency p50 20 s (README, Operations).
             "PRODUCER_BATCHING": os.environ.get("PRODUCER_BATCHING", "on"),
         }
+        if self.audiences_file is not None:
+            env["AUDIENCES_FILE"] = str(self.audiences_file)
         log = open(self.data_dir / "worker.log", "wb")
         worker = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker"], env=env,
                                   stdout=log, stderr=subprocess.STDOUT)
         say(f"[bold]worker[/]   pid {worker.pid}, log {self.data_dir / 'worker.log'}")
-        say(f"[bold]HTTP API[/] {self.api}/segments   {self.api}/customers/<customer_id>")
+        say(f"[bold]map[/]      {self.api}/   (the live segment map, in a browser)")
+        say(f"[bold]HTTP API[/] {self.api}/segments   {self.api}/customers/<customer_id>   "
+            f"{self.api}/audiences")
+        if self.audiences_file is not None:
+            say(f"[bold]audiences[/] {self.audiences_file} (edit it: applied within 5 s; "
+                "changes on topic audience-changes)")
+        say(f"[bold]watch[/]    stream-app watch --bootstrap {broker.bootstrap_servers}"
+            "   (another terminal; --audiences for audience changes)")
         say(f"[bold]metrics[/]  {self.api}/metrics   (health: {self.api}/health)")
         say(f"[bold]input[/]    {self.customers} customers at {self.rate:.0f} events/s; "
             "Ctrl-C stops everything")
@@ -181,6 +199,9 @@ class Demo:
         while True:
             with contextlib.suppress(OSError, ValueError):
                 self.segments = await asyncio.to_thread(http_json, f"{self.api}/segments")
+                if self.audiences_file is not None:
+                    self.audiences = await asyncio.to_thread(http_json,
+                                                             f"{self.api}/audiences")
             await asyncio.sleep(2)
 
     async def _print_plain(self, started: float, worker: subprocess.Popen[bytes]) -> None:
@@ -204,9 +225,12 @@ class Demo:
     def _summary(self, started: float) -> str:
         elapsed = max(time.monotonic() - started, 1e-9)
         seg = self.segments
+        members = ", ".join(f"{a['name']} {a['members']}"
+                            for a in self.audiences.get("audiences", []))
         return (f"summary: {self.sent} events sent ({self.sent / elapsed:.0f}/s), "
                 f"{self.change_count} segment changes, {seg.get('customers', 0)} customers, "
-                f"model v{seg.get('model_version', 0)}")
+                f"model v{seg.get('model_version', 0)}"
+                + (f"; audiences: {members}" if members else ""))
 
     def _screen(self, started: float) -> Group:
         changes = Table(title="latest segment changes", expand=True)

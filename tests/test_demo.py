@@ -35,5 +35,8 @@ def test_demo_shows_segment_changes_within_30_seconds():
     assert change, text[-2000:]
     summaries = re.findall(r"^summary: (\d+) events sent .* (\d+) customers", text, re.MULTILINE)
     assert summaries and int(summaries[-1][0]) > 1000 and int(summaries[-1][1]) > 100
+    # The example audiences are applied: the summary lists them with their members.
+    audiences = re.findall(r"; audiences: (.+)$", text, re.MULTILINE)
+    assert audiences and "browsers-who-never-buy" in audiences[-1], text[-2000:]
     assert "stopped broker and worker" in text
     assert not port_open("127.0.0.1", port) and not port_open("127.0.0.1", web_port)
