@@ -10,7 +10,10 @@ partitions, and later gets them back. Afterwards:
   consistent chain per customer (each change's ``previous_segment`` is the segment of the
   customer's previous change) that ends at the customer's current segment (no change lost);
   the copies of a change are the same move (customer, trigger, previous segment, segment,
-  event time); a copy re-sent after a crash carries the features of its re-sending.
+  event time); a copy re-sent after a crash carries the features of its re-sending;
+* the audience-changes topic, read the same way, holds for every customer and audience
+  enter and exit in turn, ending at the customer's current audiences (the restart tests
+  run with audiences defined).
 
 "All input consumed" is judged by the consumer group's committed offsets, not by the
 worker's counters (a restarted worker counts the events it processes again).
@@ -46,6 +49,18 @@ CHUNK = 60
 PAUSE_S = 0.1
 #: What copies of one change (one event_id) have in common.
 SAME_MOVE = ("customer_id", "trigger", "previous_segment", "segment", "ts")
+#: Audiences of the restart tests: on features that move often, with hysteresis, and on
+#: the segment.
+AUDIENCES = """\
+audiences:
+  - name: browsers
+    condition: views_7d >= 6
+    exit_condition: views_7d < 3
+  - name: buyers
+    condition: orders_30d >= 1
+  - name: segment-zero
+    condition: segment == 0
+"""
 
 Event = tuple[str, bytes, bytes]  # (kind, key, value)
 
@@ -290,8 +305,11 @@ def timed_start(worker: Worker, events: list[Event]) -> tuple[float, float]:
     (signal.SIGKILL, "rocksdb://", True),
     (signal.SIGTERM, "rocksdb://", True),
 ], ids=["sigkill-new-machine", "sigkill-same-dir-rocksdb", "sigterm-same-dir-rocksdb"])
-def test_worker_stopped_mid_stream_resumes_exactly(make_worker, sig, store, same_dir):
-    first = make_worker(SEGMENTS_K=K, TABLE_STORE=store).start()
+def test_worker_stopped_mid_stream_resumes_exactly(make_worker, tmp_path, sig, store,
+                                                    same_dir):
+    audiences = tmp_path / "audiences.yaml"
+    audiences.write_text(AUDIENCES)
+    first = make_worker(SEGMENTS_K=K, TABLE_STORE=store, AUDIENCES_FILE=audiences).start()
     events = shop_events(4000, seed=31)
     producing = produce_in_background(first, events)
     consumed_at_stop = wait_mid_stream(first, len(events))
@@ -301,7 +319,8 @@ def test_worker_stopped_mid_stream_resumes_exactly(make_worker, sig, store, same
 
     # Same directory (RocksDB state on disk plus the changelog after it), or a new machine
     # with an empty one (all state from the changelog).
-    second = first if same_dir else make_worker(SEGMENTS_K=K, TABLE_STORE=store)
+    second = first if same_dir else make_worker(SEGMENTS_K=K, TABLE_STORE=store,
+                                                AUDIENCES_FILE=audiences)
     to_ready, to_consumed = timed_start(second, events)
     producing.result(timeout=60)
     wait_until_consumed(second, events)
@@ -313,6 +332,48 @@ def test_worker_stopped_mid_stream_resumes_exactly(make_worker, sig, store, same
     check_exact(second, events, first)
     log = check_changes_complete(second, events, first)
     print(f"segment changes: {log.messages} messages, {log.duplicates} duplicates by event_id")
+    messages, copies = check_audiences_complete(second, events)
+    print(f"audience changes: {messages} messages, {copies} duplicates by event_id")
+
+
+def check_audiences_complete(worker: Worker, events: list[Event]) -> tuple[int, int]:
+    """Audience changes de-duplicated by ``event_id``: for each customer and audience,
+    enter and exit alternate (starting with enter), and the last says whether the
+    customer is in the audience now (``GET /customers/{id}``). Polled, as a pass may still
+    be publishing. Returns (messages, copies)."""
+    customers = sorted({key.decode() for _, key, _ in events})
+    outcome: list[Any] = [(0, 0), {}]
+
+    def complete() -> bool:
+        messages = read_topic(worker.env["KAFKA_BOOTSTRAP_SERVERS"], worker.topics["audiences"])
+        seen: dict[str, tuple[str, str, str]] = {}
+        actions: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for message in messages:
+            doc = orjson.loads(message.value)
+            what = (doc["customer_id"], doc["audience"], doc["action"])
+            if doc["event_id"] in seen:
+                assert seen[doc["event_id"]] == what, ("one event_id, two changes", what)
+                continue
+            seen[doc["event_id"]] = what
+            actions[doc["customer_id"], doc["audience"]].append(doc["action"])
+        for (customer, audience), done in actions.items():
+            assert done == ["enter", "exit"] * (len(done) // 2) + ["enter"] * (len(done) % 2), (
+                f"{customer} {audience}: {done} (a change lost, or made twice)")
+        with ThreadPoolExecutor(16) as pool:
+            docs = list(pool.map(lambda c: worker.get(f"/customers/{c}")[1], customers))
+        now = {(c, a) for c, doc in zip(customers, docs) for a in doc["audiences"]}
+        ended_in = {pair for pair, done in actions.items() if done[-1] == "enter"}
+        outcome[:] = [(len(messages), len(messages) - len(seen)), ended_in ^ now]
+        return ended_in == now
+
+    try:
+        wait_for(complete, 90, "each customer's audience changes to end at its audiences",
+                 interval=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; (customer, audience) in one of topic and API only: "
+                             f"{sorted(outcome[1])[:10]}") from None
+    assert outcome[0][0] > CUSTOMERS // 2, "audiences should have had members"
+    return outcome[0]
 
 
 def check_exact(worker: Worker, events: list[Event], *others: Worker) -> None:
