@@ -34,15 +34,19 @@ bench-sweep: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/stream-app soak
 
-# Debian's Prometheus (with promtool) and docker-compose, for the operations tests.
+# Debian's Prometheus (with promtool) and docker-compose, for the operations tests, and
+# Chromium with its WebDriver, for the browser test of the segment map.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Without apt (or rights), the tests that need them fail and say what is missing.
+# Without apt (or rights), the tests that need them fail (the browser test skips) and say
+# what is missing.
 ops-tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null \
 	  && command -v docker-compose >/dev/null \
+	  && command -v chromium >/dev/null && command -v chromedriver >/dev/null \
 	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
-	      -y -qq --no-install-recommends prometheus docker-compose) \
-	  || echo "make ops-tools: could not install prometheus and docker-compose (Debian packages)"
+	      -y -qq --no-install-recommends prometheus docker-compose chromium chromium-driver) \
+	  || echo "make ops-tools: could not install prometheus, docker-compose, chromium and" \
+	          "chromium-driver (Debian packages)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream_app tests ops

@@ -56,6 +56,15 @@ from stream_app.model_feed import ModelFeed
 from stream_app.pacing import Pace
 from stream_app.pipeline import EXCLUDED, LEAVING, UNASSIGNED, CustomerPipeline, Outcome
 from stream_app.seek import install as install_quiet_seek
+from stream_app.segment_map import (
+    RecentChanges,
+    SizeHistory,
+    map_document,
+    map_page,
+    merge_changes,
+    parse_since,
+    project_centres,
+)
 from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel, learner_for
 from stream_app.sizes import SegmentSizes, home_and_bucket, summary
 from stream_app.state import CustomerState
@@ -285,6 +294,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             if not leaving:  # after the state: in the producer, the state's record is first
                 await changes_topic.send(key=key, value=out.change)
             metrics.changes.labels(out.trigger).inc()
+            recent_changes.record(time.time(), key, out.moved, out.trigger)  # the map's list
             if out.flap:
                 metrics.flaps.inc()
             old, new = out.moved if out.moved is not None else (None, UNASSIGNED)
@@ -681,7 +691,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     def local_view() -> dict[str, Any]:
         return {"sizes": local_sizes(),
                 "examples": {seg: list(ids) for seg, ids in examples.items()},
-                "audiences": audience_sizes.local(local_partitions())}
+                "audiences": audience_sizes.local(local_partitions()),
+                "recent": recent_changes.newest_first()}
 
     async def peer_views() -> list[dict[str, Any]]:
         """:func:`local_view` of every worker, this one first (a peer that does not answer
@@ -700,9 +711,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 log.warning("segment sizes from %s unavailable: %s", url, exc)
         return views
 
-    async def cluster_view() -> tuple[dict[int, dict[int, int]], dict[int, list[str]]]:
-        """Segment sizes per partition and example customers, from every worker."""
-        views = await peer_views()
+    async def cluster_view(views: list[dict[str, Any]] | None = None
+                           ) -> tuple[dict[int, dict[int, int]], dict[int, list[str]]]:
+        """Segment sizes per partition and example customers, from every worker (or from
+        the ``views`` of :func:`peer_views`)."""
+        views = await peer_views() if views is None else views
         sizes: dict[int, dict[int, int]] = {}
         found: dict[int, list[str]] = {}
         for view in views:
@@ -747,6 +760,46 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         if not authorised(request):
             body.pop("examples")  # no customer ids without the token
         return json_response(self, body)
+
+    # -- the live segment map: GET / (a page for people) and GET /map/data (what it shows) --
+    recent_changes = RecentChanges()  # the last changes this worker published
+    size_history = SizeHistory()  # cluster-wide segment sizes, every 10 s for an hour
+    page = map_page()
+
+    @app.timer(interval=2.0)
+    async def sample_segment_sizes() -> None:
+        """Add the cluster-wide segment sizes to the map's history when a point is due
+        (the first as soon as there is a model)."""
+        now, model = time.time(), pipeline.model
+        if model is None or not size_history.due(now):
+            return
+        sizes, _ = await cluster_view()
+        size_history.add(now, {s["id"]: s["size"]
+                               for s in segments_document(model, sizes)["segments"]})
+
+    @app.page("/")
+    async def segment_map(self: View, request: Request) -> Response:
+        return self.html(page.html, headers={
+            "Content-Security-Policy": page.content_security_policy,
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-cache"})
+
+    @app.page("/map/data")
+    async def segment_map_data(self: View, request: Request) -> Response:
+        """Segments with sizes and map positions, the size history after ``?since=``
+        (epoch seconds) and the latest changes, from every worker; customer ids only
+        with the token."""
+        views = await peer_views()
+        sizes, _ = await cluster_view(views)
+        model, allowed = pipeline.model, authorised(request)
+        return json_response(self, map_document(
+            segments_document(model, sizes),
+            project_centres(model.centres) if model is not None else None,
+            model.features if model is not None else (),
+            size_history.since(parse_since(request.query.get("since"))),
+            merge_changes((view.get("recent", ()) for view in views), customers=allowed),
+            now=time.time(), model_created=model.created_at if model is not None else None,
+            authorised=allowed, token_required=bool(settings.api_token)))
 
     return app
 
