@@ -731,18 +731,23 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             return unauthorised(self)
         return json_response(self, local_view())
 
-    @app.page("/audiences")
-    async def audiences_view(self: View, request: Request) -> Response:
-        """The applied audience definitions and their members, from every worker."""
+    def audience_members(views: list[dict[str, Any]]) -> dict[str, int]:
+        """Members per audience in the workers' ``views`` (:func:`peer_views`)."""
         members: dict[str, int] = {}
         seen: set[int] = set()
-        for view in await peer_views():
+        for view in views:
             for p, per_audience in view.get("audiences", {}).items():
                 if int(p) in seen:
                     continue  # a partition reported twice (during a rebalance)
                 seen.add(int(p))
                 for name, count in per_audience.items():
                     members[name] = members.get(name, 0) + count
+        return members
+
+    @app.page("/audiences")
+    async def audiences_view(self: View, request: Request) -> Response:
+        """The applied audience definitions and their members, from every worker."""
+        members = audience_members(await peer_views())
         return json_response(self, audiences_document(pipeline.audiences, members))
 
     @app.page("/segments")
@@ -799,7 +804,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             size_history.since(parse_since(request.query.get("since"))),
             merge_changes((view.get("recent", ()) for view in views), customers=allowed),
             now=time.time(), model_created=model.created_at if model is not None else None,
-            authorised=allowed, token_required=bool(settings.api_token)))
+            authorised=allowed, token_required=bool(settings.api_token),
+        ) | {"audiences": audiences_document(pipeline.audiences,
+                                             audience_members(views))["audiences"]})
 
     return app
 

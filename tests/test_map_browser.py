@@ -28,6 +28,13 @@ CUSTOMERS = 200
 EVENTS = 5000
 LATER_CUSTOMERS = 40
 LATER_EVENTS = 1200
+AUDIENCES = """\
+audiences:
+  - name: browsers
+    condition: views_7d >= 3
+  - name: buyers
+    condition: orders_90d >= 1
+"""
 STEP_MS = 300_000  # 5 minutes of event time per event
 
 
@@ -98,7 +105,9 @@ def test_segment_map_in_chromium(make_worker, broker, chromium, tmp_path: Path) 
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    worker = make_worker(SEGMENTS_K=K, API_TOKEN=TOKEN).start()
+    audiences = tmp_path / "audiences.yaml"
+    audiences.write_text(AUDIENCES)
+    worker = make_worker(SEGMENTS_K=K, API_TOKEN=TOKEN, AUDIENCES_FILE=audiences).start()
     now = int(time.time() * 1000)
     start = now - (EVENTS + LATER_EVENTS) * STEP_MS
     shop = SyntheticShop(CUSTOMERS, seed=5, start_ms=start, step_ms=STEP_MS)
@@ -145,6 +154,17 @@ def test_segment_map_in_chromium(make_worker, broker, chromium, tmp_path: Path) 
 
     wait.until(lambda _: len(history_lines()) == K and min(history_lines().values()) >= 1,
                "a sampled point per segment in the size history")
+
+    # The audiences, with the members GET /audiences counts.
+    def audiences_match() -> bool:
+        shown = {item.get_attribute("data-audience"): item.find_element(
+                     By.CSS_SELECTOR, ".num").text
+                 for item in driver.find_elements(By.CSS_SELECTOR, "#audiences li")}
+        expected = {a["name"]: f"{a['members']:,}" for a in api(worker, "/audiences")["audiences"]}
+        return shown == expected and len(shown) == 2
+
+    wait.until(lambda _: audiences_match(), "the audiences panel to show GET /audiences")
+    assert api(worker, "/audiences")["audiences"][0]["members"] > 0
 
     # Without the token: changes are listed, but no customer id anywhere on the page.
     wait.until(lambda _: len(page_changes(driver)) > 0, "the list of latest moves")
