@@ -112,6 +112,8 @@ class Metrics:
                                         "Reads of a changed definitions file, by result: "
                                         "applied, or rejected (the previous ones stay).",
                                         ["result"], registry=r)
+        for result in ("applied", "rejected"):  # exported at 0 before the first reload
+            self.audience_reloads.labels(result)
         self.audience_reevaluations = Counter(p + "audience_reevaluation_requests_total",
                                               "Stored customers queued to be judged again "
                                               "after the audience definitions changed.",
