@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from stream_app.config import CLUSTERERS, Settings
+from stream_app.subscribe import AudienceChangeEvent, SegmentChangeEvent, trigger_names
 
 F = Callable[..., Any]
 
@@ -240,6 +241,100 @@ def forget(customer_ids: tuple[str, ...]) -> None:
     for s in sent:
         click.echo(f"erasure of {s.customer_id} requested: {settings.erasure_topic} "
                    f"partition {s.partition} offset {s.offset} (request {s.request_id})")
+
+
+@main.command()
+@settings_options((COMMON[0], COMMON[5], ("--audience-changes-topic", "AUDIENCE_CHANGES_TOPIC",
+                                          "Output topic of audience changes.")))
+@click.option("--segment", "segments", type=int, multiple=True, metavar="ID",
+              help="Only changes into or out of this segment (with --audiences: of customers "
+                   "in it). Repeatable.")
+@click.option("--trigger", "triggers", multiple=True,
+              type=click.Choice(list(dict.fromkeys(
+                  (*trigger_names(SegmentChangeEvent.SCHEMA),
+                   *trigger_names(AudienceChangeEvent.SCHEMA))))),
+              help="Only changes with this trigger (definitions: --audiences only). Repeatable.")
+@click.option("--from-beginning", is_flag=True,
+              help="Start at the oldest retained change (default: only new ones; with "
+                   "--group-id: where the group stopped).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print each message exactly as published, one JSON object per line.")
+@click.option("--audiences", "follow_audiences", is_flag=True,
+              help="Follow audience changes (AUDIENCE_CHANGES_TOPIC) instead.")
+@click.option("--audience", "audience_names", multiple=True, metavar="NAME",
+              help="With --audiences: only this audience. Repeatable.")
+@click.option("--action", "actions", multiple=True, type=click.Choice(["enter", "exit"]),
+              help="With --audiences: only entries, or only exits.")
+@click.option("--group-id", default=None,
+              help="Read as a member of this consumer group and commit what was shown, so a "
+                   "restart goes on from there (default: no group, nothing committed).")
+@click.option("--count", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Stop after showing N changes.")
+def watch(segments: tuple[int, ...], triggers: tuple[str, ...], from_beginning: bool,
+          as_json: bool, follow_audiences: bool, audience_names: tuple[str, ...],
+          actions: tuple[str, ...], group_id: str | None, count: int | None) -> None:
+    """Follow the segment changes (or, with --audiences, the audience changes) as they are
+    published: one readable line per change (event time in UTC), or --json.
+
+    Ctrl-C stops it (status 0); status 1 when no broker answers within 10 s.
+    """
+    import logging
+
+    from stream_app.connectivity import KAFKA_CLIENT_LOGGERS, RepeatFilter
+    from stream_app.subscribe import BrokerUnreachable, subscribe, subscribe_audiences
+
+    settings = load_settings()
+    if (audience_names or actions) and not follow_audiences:
+        raise click.UsageError("--audience and --action need --audiences")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="stream-app watch: %(levelname)s %(name)s: %(message)s")
+    repeats = RepeatFilter()  # a broker outage: each client warning once per 30 s
+    for name in KAFKA_CLIENT_LOGGERS:
+        logging.getLogger(name).addFilter(repeats)
+    chosen: dict[str, Any] = {"segments": segments or None, "triggers": triggers or None,
+                              "from_beginning": from_beginning, "group_id": group_id}
+    try:
+        subscription: Any = (
+            subscribe_audiences(settings.bootstrap_servers,
+                                topic=settings.audience_changes_topic,
+                                audiences=audience_names or None, actions=actions or None,
+                                **chosen)
+            if follow_audiences else
+            subscribe(settings.bootstrap_servers, topic=settings.segment_changes_topic,
+                      **chosen))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    colours = {"enter": "green", "exit": "red", "erasure": "yellow", "consent": "yellow"}
+
+    async def show() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        shown = 0
+        async with subscription:
+            async for change in subscription:
+                if as_json:
+                    click.echo(change.raw_json)
+                else:
+                    colour = colours.get(getattr(change, "action", change.trigger))
+                    click.echo(click.style(change.summary(), fg=colour))
+                shown += 1
+                if count is not None and shown >= count:
+                    await subscription.commit()  # shown: a group goes on after it
+                    break
+
+    try:
+        asyncio.run(show())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except BrokenPipeError:  # the reader went away (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokerUnreachable as exc:
+        raise click.ClickException(f"{exc}. Check KAFKA_BOOTSTRAP_SERVERS or --bootstrap.") \
+            from None
+    if subscription.malformed:
+        click.echo(f"stream-app watch: skipped {subscription.malformed} malformed "
+                   f"message(s) (see the warnings above)", err=True)
 
 
 @main.command()
