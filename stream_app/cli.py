@@ -1,4 +1,5 @@
-"""The ``stream-app`` command line: worker, broker, generate, demo, bench, soak.
+"""The ``stream-app`` command line: worker, broker, demo, generate, replay, watch, forget,
+audiences, verify, evaluate, bench, soak.
 
 Options that configure the app write the environment variable of the same setting
 (see :mod:`stream_app.config`), so options and environment are interchangeable.

@@ -61,7 +61,7 @@ def test_generated_traffic_is_segmented_end_to_end(make_worker, broker):
     for change in changes:
         assert change["previous_segment"] == final.get(change["customer_id"]), [
             (c["trigger"], c["previous_segment"], c["segment"], c["model_version"], c["ts"],
-             c["cause_id"]) for c in changes if c["customer_id"] == change["customer_id"]]
+             c["event_id"]) for c in changes if c["customer_id"] == change["customer_id"]]
         final[change["customer_id"]] = change["segment"]
     # (inactivity: a customer whose partition's event time passed a UTC midnight after
     # the customer's last event is swept, and may move.)
