@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/stream-app demo
 
 test: $(STAMP) ops-tools
-	$(BIN)/ruff check stream_app tests ops
+	$(BIN)/ruff check stream_app tests ops examples
 	$(BIN)/python -m pytest
 
 # Throughput and latency against its own embedded broker; writes bench-results.json.
@@ -49,7 +49,7 @@ ops-tools:
 	          "chromium-driver (Debian packages)"
 
 lint: $(STAMP)
-	$(BIN)/ruff check stream_app tests ops
+	$(BIN)/ruff check stream_app tests ops examples
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
