@@ -62,7 +62,7 @@ import rule_engine
 import yaml
 from rule_engine import DataType
 
-from stream_app.changes import iso_ms
+from stream_app.changes import deterministic_id, iso_ms
 from stream_app.features import FEATURE_NAMES
 from stream_app.schemas import load_schema
 
@@ -502,10 +502,8 @@ class AudienceChange:
         """Deterministic: the same customer, audience, action, trigger and cause give the
         same id, so a change re-sent after a crash keeps it (the definitions version is
         not part of it)."""
-        material = (f"{self.customer_id}\x1f{self.audience}\x1f{self.action}\x1f"
-                    f"{self.trigger}\x1f{self.cause_id}")
-        h = hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return deterministic_id(self.customer_id, self.audience, self.action, self.trigger,
+                                self.cause_id)
 
     def to_json(self, emitted_at: float | None = None) -> bytes:
         """The message of ``audience-changes``; ``emitted_at`` in epoch seconds (default: now)."""
