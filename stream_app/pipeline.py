@@ -198,8 +198,7 @@ class CustomerPipeline:
         """Apply one valid event to ``state`` (``first``: of a customer not stored yet);
         False if it changed nothing (a duplicate, or an older profile update)."""
         if ev.kind == "profile":
-            restated = self._restated(state, out, ev.customer_id, ev.event_id, ev.ts)
-            if self._restated_audiences(state, out, ev.customer_id, ev.event_id) or restated:
+            if self._resent(state, out, ev.customer_id, ev.event_id, ev.ts):
                 # The update that caused the last changes, redelivered: the changes again.
                 # Not counted as a duplicate: profile updates are not de-duplicated by id
                 # (last writer wins), and other redelivered updates are not counted either.
@@ -219,8 +218,7 @@ class CustomerPipeline:
                 return False
             if not state.remember(ev.event_id, ev.ts, ev.kind == "purchase", self.lateness_ms):
                 out.duplicate = True
-                self._restated(state, out, ev.customer_id, ev.event_id, ev.ts)
-                self._restated_audiences(state, out, ev.customer_id, ev.event_id)
+                self._resent(state, out, ev.customer_id, ev.event_id, ev.ts)
                 return False
             out.late = not state.window.apply(ev, self.lateness_ms)
             trigger = "event"
@@ -296,8 +294,7 @@ class CustomerPipeline:
             return out
         if cause_id is None:
             cause_id = f"model:{self.model.version if self.model else 0}"
-        restated = self._restated(state, out, customer_id, cause_id, state.clock)
-        if self._restated_audiences(state, out, customer_id, cause_id) or restated:
+        if self._resent(state, out, customer_id, cause_id, state.clock):
             return out
         if self._evaluate(state, out, "model_update", cause_id, None, customer_id):
             out.state = state.to_bytes()
@@ -318,8 +315,7 @@ class CustomerPipeline:
         if state.excluded:
             return out
         cause_id = cause_id or f"sweep:{at}"
-        restated = self._restated(state, out, customer_id, cause_id, state.clock)
-        if self._restated_audiences(state, out, customer_id, cause_id) or restated:
+        if self._resent(state, out, customer_id, cause_id, state.clock):
             pass
         elif at > state.clock:
             state.evaluated_at = at
@@ -467,6 +463,14 @@ class CustomerPipeline:
                 segment_label=label).to_json())
             for name, action in moves]
         out.audience_trigger = trigger
+
+    def _resent(self, state: CustomerState, out: Outcome, customer_id: str, cause_id: str,
+                ts: int) -> bool:
+        """:meth:`_restated` and :meth:`_restated_audiences`: True if ``cause_id`` caused the
+        customer's last segment change or last audience changes (those are sent again)."""
+        segment = self._restated(state, out, customer_id, cause_id, ts)
+        audiences = self._restated_audiences(state, out, customer_id, cause_id)
+        return segment or audiences
 
     def _restated_audiences(self, state: CustomerState, out: Outcome, customer_id: str,
                             cause_id: str) -> bool:
