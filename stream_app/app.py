@@ -34,7 +34,7 @@ import math
 import os
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import faust
@@ -66,7 +66,7 @@ from stream_app.segment_map import (
     project_centres,
 )
 from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel, learner_for
-from stream_app.sizes import SegmentSizes, home_and_bucket, summary
+from stream_app.sizes import SegmentSizes, home_and_bucket, summary, summed
 from stream_app.state import CustomerState
 from stream_app.sweep import SweepSchedule
 
@@ -487,6 +487,24 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 with contextlib.suppress(KeyError):  # KeyError: never measured
                     metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
+    def stored_customers() -> Iterator[tuple[bytes, bytes]]:
+        """``(key, state)`` of every stored customer: the keys are listed up front and each
+        state is read when its turn comes (a list of every state would stay for a pass)."""
+        for key in list(customers.keys()):
+            stored = customers.get(key)
+            if stored is not None:
+                yield key, stored
+
+    def customers_of(homes: set[int], wanted: Callable[[bytes], bool] | None = None
+                     ) -> Iterator[tuple[int, bytes]]:
+        """``(input partition, key)`` of the stored customers of the partitions ``homes``
+        whose state ``wanted`` accepts (default: all)."""
+        for key, stored in stored_customers():
+            if wanted is None or wanted(stored):
+                home = home_and_bucket(key, stored, partitions)[0]
+                if home in homes:
+                    yield home, key
+
     def rescore_work(model: SegmentModel) -> Iterator[tuple[int, bytes]]:
         """Customers to re-score with ``model``: those the index says it would move, and
         every customer of a partition not fully indexed yet (just assigned here)."""
@@ -496,13 +514,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         metrics.rescore_checked.inc(len(index))
         indexed.update(fresh)
         yield from movers
-        if fresh:  # keys only up front: a list of every stored state would stay for the pass
-            for key in list(customers.keys()):
-                stored = customers.get(key)
-                if stored is not None:
-                    home = home_and_bucket(key, stored, partitions)[0]
-                    if home in fresh:
-                        yield home, key
+        if fresh:
+            yield from customers_of(fresh)
 
     @app.task
     async def rescore() -> None:
@@ -536,23 +549,16 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         metrics.sweep_pending.set(schedule.pending())
 
     def audience_work(version: str) -> Iterator[tuple[int, bytes]]:
-        """Local customers last judged by other audience definitions than ``version``
-        (a look at the stored bytes; customers without consent have nothing to judge)."""
-        judged = f'"av":"{version}"'.encode()
-        mine = local_partitions()
-        for key in list(customers.keys()):
-            stored = customers.get(key)
-            if (stored is None or judged in stored or stored.startswith(b'{"x":true')
-                    or (not pipeline.audiences and b'"a":["' not in stored)):
-                continue
-            home = home_and_bucket(key, stored, partitions)[0]
-            if home in mine:
-                yield home, key
+        """Local customers last judged by other audience definitions than ``version``."""
+        defined = bool(pipeline.audiences)
+        return customers_of(local_partitions(), lambda stored: CustomerState.audiences_outdated(
+            stored, version, defined))
 
     @app.task
     async def judge_audiences_again() -> None:
-        """After the definitions changed, and after each rebalance: queue the local
-        customers judged by other definitions, rate-limited (RESCORE_RATE)."""
+        """After the definitions changed, and after a rebalance that brought customers
+        judged by other definitions: queue those local customers, rate-limited
+        (RESCORE_RATE)."""
         while True:
             await audiences_wanted.wait()
             audiences_wanted.clear()
@@ -565,36 +571,34 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     @app.on_rebalance_complete.connect
     async def count_segments(app: faust.App, **kwargs: Any) -> None:
-        """Count the owned partitions' customers per segment (tables recovered, streams
-        not resumed yet); yields to the event loop every few thousand customers."""
-        counted, members = [], []
-        for n, key in enumerate(list(customers.keys())):
-            stored = customers.get(key)
-            if stored is not None:
-                home, bucket, audiences = summary(key, stored, partitions)
-                counted.append((home, bucket))
-                members.extend((home, name) for name in audiences)
+        """Count the owned partitions' customers per segment and audience (tables
+        recovered, streams not resumed yet), and see whether any of them was judged by
+        other audience definitions (elsewhere); yields to the event loop every few
+        thousand customers."""
+        counted, members, outdated = [], [], False
+        mine, version = local_partitions(), pipeline.audiences.version
+        defined = bool(pipeline.audiences)
+        for n, (key, stored) in enumerate(stored_customers()):
+            home, bucket, audiences = summary(key, stored, partitions)
+            counted.append((home, bucket))
+            members.extend((home, name) for name in audiences)
+            outdated = outdated or (home in mine and CustomerState.audiences_outdated(
+                stored, version, defined))
             if n % 4096 == 4095:
                 await asyncio.sleep(0)
         sizes.recount(counted, local_partitions())
         audience_sizes.recount(members, local_partitions())
-        if settings.audiences_file:
-            audiences_wanted.set()  # customers judged elsewhere by other definitions
+        if settings.audiences_file and outdated:
+            audiences_wanted.set()
 
     async def refresh_gauges() -> None:
         """Customers, segment sizes and input lag, as of now."""
-        totals: dict[int, int] = {}
-        for per_segment in local_sizes().values():
-            for segment, count in per_segment.items():
-                totals[segment] = totals.get(segment, 0) + count
+        totals = summed(local_sizes())
         metrics.customers.set(sum(totals.values()))
         k = pipeline.model.k if pipeline.model else 0
         for segment in range(k):
             metrics.segment_size.labels(str(segment)).set(totals.get(segment, 0))
-        members: dict[str, int] = {}
-        for per_audience in audience_sizes.local(local_partitions()).values():
-            for name, count in per_audience.items():
-                members[name] = members.get(name, 0) + count
+        members = summed(audience_sizes.local(local_partitions()))
         metrics.audience_members.clear()  # audiences no longer defined go
         for audience in pipeline.audiences.audiences:
             metrics.audience_members.labels(audience.name).set(members.get(audience.name, 0))
@@ -733,16 +737,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     def audience_members(views: list[dict[str, Any]]) -> dict[str, int]:
         """Members per audience in the workers' ``views`` (:func:`peer_views`)."""
-        members: dict[str, int] = {}
-        seen: set[int] = set()
-        for view in views:
+        per_partition: dict[int, dict[str, int]] = {}
+        for view in views:  # a partition reported twice (during a rebalance) counts once
             for p, per_audience in view.get("audiences", {}).items():
-                if int(p) in seen:
-                    continue  # a partition reported twice (during a rebalance)
-                seen.add(int(p))
-                for name, count in per_audience.items():
-                    members[name] = members.get(name, 0) + count
-        return members
+                per_partition.setdefault(int(p), per_audience)
+        return summed(per_partition)
 
     @app.page("/audiences")
     async def audiences_view(self: View, request: Request) -> Response:
@@ -884,10 +883,7 @@ def audiences_document(definitions: AudienceSet, members: dict[str, int]) -> dic
 def segments_document(model: SegmentModel | None, sizes: dict[int, dict[int, int]]
                       ) -> dict[str, Any]:
     """The body of ``GET /segments``: every segment with label, size and centre."""
-    totals: dict[int, int] = {}
-    for per_segment in sizes.values():
-        for segment, count in per_segment.items():
-            totals[segment] = totals.get(segment, 0) + count
+    totals = summed(sizes)
     segments = []
     if model is not None:
         centres = model.centres_in_feature_units()

@@ -25,7 +25,7 @@ Buckets are segment ids, :data:`~stream_app.pipeline.UNASSIGNED` (not assigned y
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 import orjson
@@ -59,6 +59,19 @@ def summary(key: bytes, stored: bytes, partitions: int) -> tuple[int, int, list[
         return home, EXCLUDED, []
     segment = raw.get("s")
     return home, UNASSIGNED if segment is None else segment, raw.get("a", [])
+
+
+def summed(per_partition: Mapping[int, Mapping[B, int]]) -> dict[B, int]:
+    """Counts per bucket over all partitions.
+
+    >>> summed({0: {3: 1, -1: 2}, 1: {3: 4}})
+    {3: 5, -1: 2}
+    """
+    totals: dict[B, int] = {}
+    for per_bucket in per_partition.values():
+        for bucket, count in per_bucket.items():
+            totals[bucket] = totals.get(bucket, 0) + count
+    return totals
 
 
 class SegmentSizes(Generic[B]):

@@ -139,6 +139,26 @@ class CustomerState:
             document.update(a=self.audiences, av=self.audiences_version, la=self.last_audience)
         return orjson.dumps(document)
 
+    @staticmethod
+    def audiences_outdated(stored: bytes, version: str, defined: bool) -> bool:
+        """Whether the stored state ``stored`` is to be judged by the audience definitions
+        ``version`` (``defined``: they define any audience): not judged by them yet, with
+        consent, and with audiences to judge or memberships to leave. A look at the bytes
+        of :meth:`to_bytes`, without parsing.
+
+        >>> s = CustomerState()
+        >>> CustomerState.audiences_outdated(s.to_bytes(), "0a1b2c3d4e5f", defined=True)
+        True
+        >>> s.audiences_version = "0a1b2c3d4e5f"
+        >>> CustomerState.audiences_outdated(s.to_bytes(), "0a1b2c3d4e5f", defined=True)
+        False
+        >>> CustomerState.audiences_outdated(CustomerState().to_bytes(), "0a1b2c3d4e5f", False)
+        False
+        """
+        if f'"av":"{version}"'.encode() in stored or stored.startswith(b'{"x":true'):
+            return False
+        return defined or b'"a":["' in stored
+
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
         raw = orjson.loads(data)
