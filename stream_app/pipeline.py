@@ -206,6 +206,10 @@ class CustomerPipeline:
             if ev.ts < state.profile_ts:
                 out.late = True  # an older update than the one applied: nothing changes
                 return False
+            if ev.ts == state.profile_ts and not state.excluded and state.holds(ev.profile):
+                # The update applied last, again (a replay): nothing changes, nothing to
+                # judge again (a newer model would make it a move caused by a replay).
+                return False
             if ev.consent is False or (state.excluded and ev.consent is not True):
                 self._exclude(ev, state, out, first)
                 return True
@@ -216,11 +220,21 @@ class CustomerPipeline:
             if state.excluded:
                 out.excluded = True  # no consent: the behaviour is not kept
                 return False
+            # The cause of the last changes is recognised by itself: a replay may bring it
+            # back later than the lateness that bounds the remembered ids.
+            resent = self._resent(state, out, ev.customer_id, ev.event_id, ev.ts)
             if not state.remember(ev.event_id, ev.ts, ev.kind == "purchase", self.lateness_ms):
                 out.duplicate = True
-                self._resent(state, out, ev.customer_id, ev.event_id, ev.ts)
+                return False
+            if resent:  # applied, no longer remembered: as late as any click that old
+                out.late = True
                 return False
             out.late = not state.window.apply(ev, self.lateness_ms)
+            if out.late and ev.kind == "click":
+                # Nothing changed (a late purchase still counts in the lifetime totals), so
+                # nothing to judge again: a replay of old clicks after a crash must not move
+                # the customer before the cause of its last change comes again and re-sends it.
+                return False
             trigger = "event"
         if first:
             out.moved = (None, UNASSIGNED)

@@ -108,6 +108,10 @@ class CustomerState:
                 self.profile[name] = value
         return True
 
+    def holds(self, attributes: dict[str, Any]) -> bool:
+        """Whether the profile already is ``attributes`` applied (None: attribute absent)."""
+        return all(self.profile.get(name) == value for name, value in attributes.items())
+
     def exclude(self, ts: int) -> None:
         """Consent withdrawn by a profile update at ``ts``: forget everything else."""
         partition = self.partition

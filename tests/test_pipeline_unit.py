@@ -340,6 +340,66 @@ def test_duplicate_event_gives_no_state(model):
     assert c.features["orders_total"] == 1 and c.features["revenue_total"] == 12.5
 
 
+def test_a_replay_moves_nobody_before_the_cause_of_the_last_change_comes_again(model):
+    """After a crash the survivor replays a partition from its committed offset, which
+    may be far behind the stored state: old clicks come back later than the allowed
+    lateness, and the newest model may differ from the one that judged them. They must
+    not move the customer, or the change the crash lost (the last one) would never be
+    sent again: only the redelivered cause of the last change re-sends it."""
+    browser, buyer = browser_and_buyer(model)
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    assert change_of(c.click(T0, 1))["segment"] == browser
+    moved = [c.buy(T0 + HOUR_MS + n * MIN_MS, n, 20.0) for n in range(3)]
+    last = change_of(next(out for out in moved if out.change is not None))
+    assert last["segment"] == buyer
+    assert c.click(T0 + 3 * HOUR_MS, 2).change is None
+    pipeline.use_model(moved_model(model, 2, model.centres[::-1]))  # not re-scored yet
+    before = c.stored
+    out = c.click(T0, 1)  # older than the newest click by more than the lateness
+    assert out.late and out.change is None and out.state is None and out.moved is None
+    assert c.stored == before
+    again = [c.buy(T0 + HOUR_MS + n * MIN_MS, n, 20.0) for n in range(3)]
+    assert [out.change is not None for out in again] == [out.change is not None
+                                                           for out in moved]
+    resent = change_of(next(out for out in again if out.change is not None))
+    assert resent["event_id"] == last["event_id"] and resent["segment"] == buyer
+    assert all(out.state is None for out in again) and c.stored == before
+
+
+def test_the_cause_of_the_last_change_is_recognised_after_the_lateness(model):
+    """The ids of clicks are remembered for the allowed lateness only; the cause of the
+    last change is recognised however late it is redelivered."""
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    first = change_of(c.click(T0, 1))
+    assert c.click(T0 + 2 * HOUR_MS, 2).change is None
+    out = c.click(T0, 1)  # counted as late, as any copy older than the lateness
+    assert out.late and not out.duplicate and out.state is None
+    assert change_of(out)["event_id"] == first["event_id"]
+    assert c.features["views_7d"] == 2
+
+
+def test_the_profile_update_applied_last_again_changes_nothing():
+    spec = "income:log1p,views_7d:log1p"
+    model = learn_model(spec=spec, vectors=[
+        {"income": 20_000 if i % 2 else 300_000, "views_7d": i % 5} for i in range(40)])
+    pipeline = CustomerPipeline(settings(segment_features=spec))
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    c.profile(T0, income=20_000)
+    first = change_of(c.click(T0 + MIN_MS, 1))  # the cause of the last change: the click
+    pipeline.use_model(moved_model(model, 2, model.centres[::-1]))
+    out = c.profile(T0, income=20_000)
+    assert out.change is None and out.state is None and not out.late
+    assert c.state.segment == first["segment"]
+    # A newer update with other attributes is judged by the newest model.
+    assert change_of(c.profile(T0 + HOUR_MS, income=20_000, region="north"))["trigger"] == (
+        "profile")
+
+
 def test_replaying_the_same_events_leaves_features_unchanged(model):
     rng = random.Random(9)
     pipeline = CustomerPipeline(settings())
