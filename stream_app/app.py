@@ -46,6 +46,7 @@ from prometheus_client import Counter
 from stream_app.assignments import AssignmentIndex
 from stream_app.audiences import AudienceError, AudienceSet
 from stream_app.broker import faust_broker_options
+from stream_app.catch_up import CatchUp
 from stream_app.changes import iso_ms
 from stream_app.config import Settings
 from stream_app.features import FEATURE_NAMES
@@ -80,6 +81,12 @@ CONTROL_CHUNK = 64
 LEARN_BATCH = 256
 LEARN_BATCH_WAIT_S = 0.5
 EXAMPLES = 5
+#: Re-judgement passes wait after a rebalance until the assigned partitions are read up to
+#: where they ended at the assignment (stream_app/catch_up.py), at most this long; the
+#: positions are looked at every CATCH_UP_POLL_S.
+CATCH_UP_MAX_WAIT_S = 30.0
+CATCH_UP_POLL_S = 0.2
+CATCH_UP_ENDS_WAIT_S = 10.0  # for the end offsets, at each rebalance
 QUALITY_GAUGES = ("wcss_ratio", "homogeneity", "separation_min", "separation_mean",
                   "silhouette")
 JSON = "application/json"
@@ -198,6 +205,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     #: whose customers are all in it (a full pass since they were assigned here).
     index = AssignmentIndex()
     indexed: set[int] = set()
+    #: Whether the records the partitions held at their assignment are read: only then
+    #: does the worker queue re-judgements itself (re-scoring, sweeps, audience passes), so
+    #: that the replay after a crash re-sends what the crash lost before anything newer
+    #: about the same customers is decided (stream_app/catch_up.py).
+    catch_up = CatchUp(CATCH_UP_MAX_WAIT_S)
     #: Offset of the last message processed per input partition (consumer lag).
     processed: dict[Any, int] = {}
     #: A few customers who recently entered each segment (GET /segments/{id}).
@@ -478,6 +490,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        catch_up.rebalancing()
         gone = {tp.partition for tp in revoked}
         indexed.difference_update(gone)
         index.drop_partitions(gone)
@@ -523,6 +536,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         rate-limited, at most one pass per RESCORE_MIN_INTERVAL_S (with the newest model)."""
         while True:
             await rescore_wanted.wait()
+            await catch_up.wait()
             started = time.monotonic()
             rescore_wanted.clear()
             if pipeline.model is not None:
@@ -537,7 +551,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     @app.timer(interval=settings.sweep_interval_s)
     async def sweep() -> None:
         """Queue customers whose windows slid because their partition's event time passed
-        a UTC midnight (one re-evaluation per active customer per event-time day)."""
+        a UTC midnight (one re-evaluation per active customer per event-time day); not
+        while the records held at the assignment are being read (the next tick does)."""
+        if not catch_up.done.is_set():
+            return
         mine = local_partitions()
         for partition in [p for p in schedule.watermarks if p not in mine]:
             schedule.drop_partition(partition)
@@ -561,10 +578,46 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         (RESCORE_RATE)."""
         while True:
             await audiences_wanted.wait()
+            await catch_up.wait()
             audiences_wanted.clear()
             version = pipeline.audiences.version
             await queue_control({"op": "audiences", "version": version}, audience_work(version),
                                 settings.rescore_rate, metrics.audience_reevaluations)
+
+    def assigned_inputs() -> list[Any]:
+        return [tp for tp in app.assignor.assigned_actives() if tp.topic in kinds]
+
+    @app.on_rebalance_complete.connect
+    async def note_assignment_ends(app: faust.App, **kwargs: Any) -> None:
+        """The end offsets of the assigned input and control partitions, to be read up to
+        before re-judgements are queued (an unreachable broker: not waited for)."""
+        try:
+            ends = await asyncio.wait_for(app.consumer.highwaters(*assigned_inputs()),
+                                          CATCH_UP_ENDS_WAIT_S)
+        except Exception as exc:  # any failure: do not hold the passes back
+            log.warning("end offsets of the assigned partitions unknown (%r): re-judgements "
+                        "do not wait for their records", exc)
+            ends = {}
+        catch_up.assigned(ends, time.monotonic())
+
+    @app.task
+    async def follow_catch_up() -> None:
+        """Tell ``catch_up`` the positions of the partitions it waits for."""
+        while True:
+            await asyncio.sleep(CATCH_UP_POLL_S)
+            if catch_up.done.is_set():
+                continue
+            positions = {}
+            for tp in catch_up.pending():
+                done = processed.get(tp)
+                if done is not None:
+                    positions[tp] = done + 1
+                    continue
+                with contextlib.suppress(Exception):  # not positioned yet, or revoked
+                    position = await asyncio.wait_for(app.consumer.position(tp), 0.5)
+                    if position is not None:
+                        positions[tp] = position
+            catch_up.reached(positions, time.monotonic())
 
     def local_sizes() -> dict[int, dict[int, int]]:
         return sizes.local(local_partitions())
@@ -607,9 +660,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     async def input_lag() -> int:
         """Set each owned input partition's lag gauge; the sum over them."""
         total = 0
-        for tp in app.assignor.assigned_actives():
-            if tp.topic not in kinds:
-                continue
+        for tp in assigned_inputs():
             try:
                 high = app.consumer.highwater(tp)
                 done = processed.get(tp)
