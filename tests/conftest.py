@@ -123,18 +123,26 @@ class Worker:
             wait_for(self.assigned, 90, f"worker on {self.web_port} to get partitions")
         return self
 
+    def alive(self) -> None:
+        """Fail at once, with the log, if the worker has exited (a poll would only time out
+        on refused connections). A worker stopped by :meth:`stop` is not checked."""
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"worker on {self.web_port} exited with "
+                                 f"{self.process.returncode}:\n{self.log()}")
+
     def assigned(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+        assert self.process is not None, "worker not started"
+        self.alive()
         status, body = http(f"{self.url}/ready", 2)
         return status in (200, 503) and orjson.loads(body)["partitions_assigned"]
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        self.alive()
         status, body = http(self.url + path, headers=headers)
         return status, orjson.loads(body)
 
     def metrics(self) -> dict:
+        self.alive()
         return scrape(f"{self.url}/metrics")
 
     def log(self) -> str:

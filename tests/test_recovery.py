@@ -87,24 +87,22 @@ def produce_in_background(worker: Worker, events: list[Event]) -> Future[None]:
     return future
 
 
-def committed_total(worker: Worker) -> dict[str, int]:
-    """Per input topic: the sum over its partitions of the group's committed offsets, i.e.
-    how many of its messages the app has processed and committed (offsets start at 0)."""
-    async def run() -> dict[str, int]:
+def committed_offsets(worker: Worker) -> dict[str, list[int | None]]:
+    """Per input topic: the group's committed offset of each partition (None: never)."""
+    async def run() -> dict[str, list[int | None]]:
         # A consumer of the app's group with manual assignment: it asks the group
         # coordinator for committed offsets without joining the group.
         consumer = AIOKafkaConsumer(bootstrap_servers=worker.env["KAFKA_BOOTSTRAP_SERVERS"],
                                     group_id=worker.app_id, enable_auto_commit=False)
         await consumer.start()
         try:
-            totals = {}
+            offsets = {}
             for kind in INPUT_KINDS:
                 topic = worker.topics[kind]
                 partitions = await _partitions(consumer, topic)
-                committed = [await consumer.committed(TopicPartition(topic, p))
-                             for p in sorted(partitions)]
-                totals[topic] = sum(offset or 0 for offset in committed)
-            return totals
+                offsets[topic] = [await consumer.committed(TopicPartition(topic, p))
+                                  for p in sorted(partitions)]
+            return offsets
         finally:
             await consumer.stop()
 
@@ -119,19 +117,27 @@ def expected_total(worker: Worker, events: list[Event]) -> dict[str, int]:
 
 
 def wait_until_consumed(worker: Worker, events: list[Event], timeout: float = 180) -> None:
-    """Wait until the group committed every message of ``events`` (all input topics)."""
+    """Wait until the group committed every message of ``events`` (all input topics): the
+    committed offsets of a topic's partitions add up to its message count (offsets start
+    at 0)."""
     want = expected_total(worker, events)
-    seen: list[dict[str, int]] = [{}]
+    seen: list[dict[str, list[int | None]]] = [{}]
+
+    def totals() -> dict[str, int]:
+        return {topic: sum(offset or 0 for offset in offsets)
+                for topic, offsets in seen[0].items()}
 
     def done() -> bool:
-        seen[0] = committed_total(worker)
-        assert all(seen[0][t] <= want[t] for t in want), (seen[0], want)  # never beyond
-        return seen[0] == want
+        seen[0] = committed_offsets(worker)
+        now = totals()
+        assert all(now[t] <= want[t] for t in want), (seen[0], want)  # never beyond
+        return now == want
 
     try:
         wait_for(done, timeout, "every input message to be processed and committed", 0.5)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: committed {seen[0]}, sent {want}") from None
+        raise AssertionError(f"{exc}: committed {totals()}, sent {want}; committed offset "
+                             f"per partition {seen[0]}") from None
 
 
 def read_topic(bootstrap: str, topic: str) -> list[Any]:
@@ -342,12 +348,13 @@ def check_audiences_complete(worker: Worker, events: list[Event]) -> tuple[int, 
     customer is in the audience now (``GET /customers/{id}``). Polled, as a pass may still
     be publishing. Returns (messages, copies)."""
     customers = sorted({key.decode() for _, key, _ in events})
-    outcome: list[Any] = [(0, 0), {}]
+    outcome: list[Any] = [(0, 0), set(), {}]
 
     def complete() -> bool:
         messages = read_topic(worker.env["KAFKA_BOOTSTRAP_SERVERS"], worker.topics["audiences"])
         seen: dict[str, tuple[str, str, str]] = {}
         actions: dict[tuple[str, str], list[str]] = defaultdict(list)
+        causes: dict[tuple[str, str], list[str]] = defaultdict(list)  # for a failure
         for message in messages:
             doc = orjson.loads(message.value)
             what = (doc["customer_id"], doc["audience"], doc["action"])
@@ -356,22 +363,29 @@ def check_audiences_complete(worker: Worker, events: list[Event]) -> tuple[int, 
                 continue
             seen[doc["event_id"]] = what
             actions[doc["customer_id"], doc["audience"]].append(doc["action"])
+            causes[doc["customer_id"], doc["audience"]].append(
+                f"{doc['action']} {doc['trigger']} {doc['event_id'][:8]} ts={doc['ts']} "
+                f"@{message.partition}/{message.offset}")
         for (customer, audience), done in actions.items():
             assert done == ["enter", "exit"] * (len(done) // 2) + ["enter"] * (len(done) % 2), (
-                f"{customer} {audience}: {done} (a change lost, or made twice)")
+                f"{customer} {audience}: {done} (a change lost, or made twice): "
+                f"{causes[customer, audience]}")
         with ThreadPoolExecutor(16) as pool:
             docs = list(pool.map(lambda c: worker.get(f"/customers/{c}")[1], customers))
         now = {(c, a) for c, doc in zip(customers, docs) for a in doc["audiences"]}
         ended_in = {pair for pair, done in actions.items() if done[-1] == "enter"}
-        outcome[:] = [(len(messages), len(messages) - len(seen)), ended_in ^ now]
+        outcome[:] = [(len(messages), len(messages) - len(seen)), ended_in ^ now, causes]
         return ended_in == now
 
     try:
         wait_for(complete, 90, "each customer's audience changes to end at its audiences",
                  interval=1.0)
     except AssertionError as exc:
+        differ = sorted(outcome[1])
         raise AssertionError(f"{exc}; (customer, audience) in one of topic and API only: "
-                             f"{sorted(outcome[1])[:10]}") from None
+                             f"{len(differ)}, {differ[:10]}; {outcome[0][0]} messages; "
+                             f"changes of the first: "
+                             f"{[outcome[2].get(pair) for pair in differ[:3]]}") from None
     assert outcome[0][0] > CUSTOMERS // 2, "audiences should have had members"
     return outcome[0]
 
@@ -413,25 +427,6 @@ def lost_state_report(worker: Worker, failure: str, workers: tuple[Worker, ...])
                              f"orders {len(state.get('o', []))} events {len(state.get('e', []))} "
                              f"segment {state.get('s')} last change {state.get('lc')}")
     return "\n".join(lines)
-
-
-def committed_offsets(worker: Worker) -> dict[str, list[int | None]]:
-    """Per input topic, the group's committed offset of each partition."""
-    async def run() -> dict[str, list[int | None]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=worker.env["KAFKA_BOOTSTRAP_SERVERS"],
-                                    group_id=worker.app_id, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            out = {}
-            for kind in INPUT_KINDS:
-                topic = worker.topics[kind]
-                out[kind] = [await consumer.committed(TopicPartition(topic, p))
-                             for p in sorted(await _partitions(consumer, topic))]
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
 
 
 def local_sizes(worker: Worker) -> dict[int, int]:
