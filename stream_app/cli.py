@@ -244,6 +244,44 @@ def forget(customer_ids: tuple[str, ...]) -> None:
                    f"partition {s.partition} offset {s.offset} (request {s.request_id})")
 
 
+#: After Ctrl-C or SIGTERM, how long ``watch`` may take to stop cleanly (its last commit
+#: waits up to 10 s) before it exits anyway.
+WATCH_STOP_GRACE_S = 15.0
+
+
+def stop_on_signals(task: asyncio.Task[Any], grace_s: float, name: str) -> None:
+    """Cancel ``task`` on SIGINT or SIGTERM, again on each further one (a cancellation a
+    client library swallowed is repeated), and exit with status 0 ``grace_s`` after the
+    first in any case, writing the task's and every thread's stack to stderr (where it was
+    stuck)."""
+    import faulthandler
+    import threading
+
+    loop = asyncio.get_running_loop()
+    deadline: list[threading.Timer] = []
+
+    def give_up() -> None:
+        sys.stderr.write(f"{name}: did not stop within {grace_s:g} s of the signal; "
+                         "exiting anyway. Where it was:\n")
+        try:
+            task.print_stack(file=sys.stderr)
+        except Exception as exc:  # read from another thread: best effort
+            sys.stderr.write(f"(no task stack: {exc!r})\n")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(0)
+
+    def stop() -> None:
+        task.cancel()
+        if not deadline:
+            deadline.append(threading.Timer(grace_s, give_up))
+            deadline[0].daemon = True
+            deadline[0].start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+
+
 @main.command()
 @settings_options((COMMON[0], COMMON[5], ("--audience-changes-topic", "AUDIENCE_CHANGES_TOPIC",
                                           "Output topic of audience changes.")))
@@ -277,7 +315,8 @@ def watch(segments: tuple[int, ...], triggers: tuple[str, ...], from_beginning: 
     """Follow the segment changes (or, with --audiences, the audience changes) as they are
     published: one readable line per change (event time in UTC), or --json.
 
-    Ctrl-C stops it (status 0); status 1 when no broker answers within 10 s.
+    Ctrl-C stops it (status 0, within 15 s in any case); status 1 when no broker answers
+    within 10 s.
     """
     import logging
 
@@ -310,7 +349,7 @@ def watch(segments: tuple[int, ...], triggers: tuple[str, ...], from_beginning: 
     async def show() -> None:
         task = asyncio.current_task()
         assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        stop_on_signals(task, WATCH_STOP_GRACE_S, "stream-app watch")
         shown = 0
         async with subscription:
             async for change in subscription:

@@ -571,6 +571,62 @@ def test_watch_stops_on_ctrl_c_with_status_0(published):
     assert "Traceback" not in stderr
 
 
+STUBBORN = """
+import asyncio
+from stream_app.cli import stop_on_signals
+
+async def main() -> None:
+    stop_on_signals(asyncio.current_task(), {grace}, "stubborn")
+    print("ready", flush=True)
+    swallowed = 0
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:  # a client library that swallows the cancellation
+            swallowed += 1
+            if swallowed >= {honour_after}:
+                raise
+            print("swallowed", flush=True)
+
+try:
+    asyncio.run(main())
+except asyncio.CancelledError:  # as stream-app watch ends on a signal
+    pass
+"""
+
+
+@pytest.mark.parametrize("signals, honour_after, gives_up", [
+    (1, 99, True),   # never stops by itself: exits after the grace, with its stack
+    (2, 2, False),   # a second Ctrl-C cancels again: stops cleanly
+])
+def test_a_stop_signal_ends_the_process_even_when_a_cancellation_is_swallowed(
+        signals, honour_after, gives_up):
+    grace = 1.5
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN.format(grace=grace, honour_after=honour_after)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        for _ in range(signals - 1):  # the next Ctrl-C once the last was swallowed
+            assert process.stdout.readline() == "swallowed\n"
+            process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    if gives_up:
+        assert "stubborn: did not stop within 1.5 s of the signal" in stderr
+        assert "in main" in stderr  # where it was stuck
+        assert took >= grace
+    else:
+        assert "did not stop" not in stderr and took < grace
+
+
 def test_watch_reports_an_unreachable_broker():
     started = time.monotonic()
     refused = watch("--bootstrap", f"127.0.0.1:{free_port()}")
