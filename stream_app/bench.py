@@ -529,11 +529,15 @@ def start_worker(settings: Settings, workdir: Path) -> tuple[Child, str]:
     return child, f"http://127.0.0.1:{settings.web_port}/metrics"
 
 
-async def measure_app(watch: WorkerWatch, total: int) -> ModeResult:
-    """The real worker, from its first consumed event until all ``total`` are consumed."""
+async def measure_app(watch: WorkerWatch, total: int, messages: int) -> ModeResult:
+    """The real worker, from its first consumed event until all ``total`` are consumed;
+    its counters once it has finished the last of the ``messages`` too (it counts a
+    message's events before the time it took)."""
     end = await watch.until("the worker to consume the workload", WorkerWatch.CONSUMED, total)
     assert watch.first is not None
     span = Span((watch.first[0], end[0]), (watch.first[1], end[1]))
+    await watch.until("the worker to finish the last message",
+                      WorkerWatch.COUNTERS["messages_processed"], messages)
     return ModeResult(int(watch.consumed), span, peak_rss_mb(watch.child.pid),
                       watch.counters())
 
@@ -688,7 +692,7 @@ async def measure_all(cfg: BenchConfig, settings: Settings, workdir: Path,
         child, url = start_worker(settings, workdir)
         try:
             watch = WorkerWatch(child, url)
-            modes["app"] = await measure_app(watch, cfg.events)  # it counts events
+            modes["app"] = await measure_app(watch, cfg.events, total)  # it counts events
             if cfg.latency_seconds > 0:
                 phase(f"[bold]latency[/] ({cfg.latency_seconds:g} s)")
                 latency = await measure_latency(

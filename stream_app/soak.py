@@ -329,7 +329,7 @@ async def soak_all(cfg: SoakConfig, settings: Settings, workdir: Path,
     child, url = start_worker(settings, workdir)
     try:
         watch = WorkerWatch(child, url)
-        app = await measure_app(watch, warm)
+        app = await measure_app(watch, warm, warm)  # one event per message
         max_rate = app.events_per_s
         rate = cfg.rate or cfg.fraction * max_rate
         phase(f"maximum {max_rate:,.0f} events/s; waiting for the worker to settle")
