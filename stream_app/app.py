@@ -210,6 +210,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     #: that the replay after a crash re-sends what the crash lost before anything newer
     #: about the same customers is decided (stream_app/catch_up.py).
     catch_up = CatchUp(CATCH_UP_MAX_WAIT_S)
+    #: Customers whose last changes were sent again while catching up (first_touch).
+    restated: set[bytes] = set()
     #: Offset of the last message processed per input partition (consumer lag).
     processed: dict[Any, int] = {}
     #: A few customers who recently entered each segment (GET /segments/{id}).
@@ -325,6 +327,20 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 await audience_topic.send(key=key, value=change)
                 metrics.audience_changes.labels(name, action).inc()
 
+    def first_touch(key: bytes) -> bool:
+        """Whether to send ``key``'s last changes again before its message: its first one
+        while the worker reads what its partitions held at their assignment
+        (CustomerPipeline.restate: a crash may have lost them, and the replay re-sends
+        them only while they are the customer's last)."""
+        if catch_up.done.is_set():
+            if restated:
+                restated.clear()
+            return False
+        if key in restated:
+            return False
+        restated.add(key)
+        return True
+
     def control(message: Any) -> Iterator[tuple[bytes, Outcome]]:
         """Work queued by this app on stored customers of the message's partition (see
         ``schemas/control``): ``(customer key, outcome)`` for each. The cause of a move
@@ -344,6 +360,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             stored = customers.get(key)
             if stored is None:
                 continue
+            if first_touch(key):
+                yield key, pipeline.restate(key.decode(), stored)
             if name == "rescore":
                 yield key, pipeline.rescore(key.decode(), stored, f"model:{version}{where}")
             elif name == "sweep":
@@ -374,6 +392,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 continue
             customer = pipeline.customer_key(key) if key else None  # pseudonymised
             stored = customers.get(customer) if customer else None
+            if stored is not None and first_touch(customer):
+                await publish(pipeline.restate(customer.decode(errors="replace"), stored),
+                              message, customer, own_event=False)
             for out in pipeline.process_message(kind, key, message.value, stored,
                                                 message.topic, message.partition,
                                                 message.offset,
@@ -491,6 +512,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     @app.on_partitions_revoked.connect
     async def forget_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         catch_up.rebalancing()
+        restated.clear()
         gone = {tp.partition for tp in revoked}
         indexed.difference_update(gone)
         index.drop_partitions(gone)

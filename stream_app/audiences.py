@@ -62,7 +62,7 @@ import rule_engine
 import yaml
 from rule_engine import DataType
 
-from stream_app.changes import deterministic_id, iso_ms
+from stream_app.changes import cause_digest, deterministic_id, iso_ms
 from stream_app.features import FEATURE_NAMES
 from stream_app.schemas import load_schema
 
@@ -492,7 +492,7 @@ class AudienceChange:
     action: str  # "enter" | "exit"
     ts: int  # event time of the cause, epoch ms
     trigger: str
-    cause_id: str  # the triggering event id or control request id
+    cause_id: str | int  # the triggering event or control request id, or its event_digest
     definitions_version: str
     segment: int | None
     segment_label: str | None
@@ -503,7 +503,7 @@ class AudienceChange:
         same id, so a change re-sent after a crash keeps it (the definitions version is
         not part of it)."""
         return deterministic_id(self.customer_id, self.audience, self.action, self.trigger,
-                                self.cause_id)
+                                cause_digest(self.cause_id))
 
     def to_json(self, emitted_at: float | None = None) -> bytes:
         """The message of ``audience-changes``; ``emitted_at`` in epoch seconds (default: now)."""

@@ -40,6 +40,27 @@ def deterministic_id(*parts: object) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def event_digest(event_id: str) -> int:
+    """A 63-bit digest of an event id; equal ids give equal digests in every process.
+
+    >>> event_digest("e9") == event_digest("e9"), 0 <= event_digest("e9") < 2**63
+    (True, True)
+    """
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def cause_digest(cause: str | int) -> int:
+    """The digest of a change's cause: an event or request id, or already its
+    :func:`event_digest` (as a customer's state keeps the cause of its last changes,
+    without the id itself, which may name the customer). Change ids are made from it, so
+    a change sent again from the state alone keeps its ``event_id``.
+
+    >>> cause_digest("e9") == cause_digest(event_digest("e9"))
+    True
+    """
+    return cause if isinstance(cause, int) else event_digest(cause)
+
+
 @dataclass(slots=True)
 class SegmentChange:
     """A customer's move between micro-segments (``previous_segment`` is None at first)."""
@@ -51,7 +72,7 @@ class SegmentChange:
     model_version: int
     ts: int
     trigger: str
-    cause_id: str
+    cause_id: str | int  # the cause's id, or its event_digest
     features: dict[str, Any]
     previous_segment_label: str | None = None
     distance: float | None = None
@@ -62,7 +83,7 @@ class SegmentChange:
         """Deterministic: the same cause and move give the same id on reprocessing, also
         when a newer model decided it again after a crash (``model_update`` causes name
         their model version)."""
-        return deterministic_id(self.customer_id, self.trigger, self.cause_id,
+        return deterministic_id(self.customer_id, self.trigger, cause_digest(self.cause_id),
                                 self.previous_segment, self.segment)
 
     def to_json(self, emitted_at: float | None = None) -> bytes:

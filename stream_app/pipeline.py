@@ -340,6 +340,29 @@ class CustomerPipeline:
         out.clock = state.clock
         return out
 
+    def restate(self, customer_id: str, stored: bytes) -> Outcome:
+        """The customer's last segment change and last audience changes, sent again (the
+        same ``event_id``s), whatever message comes for it first after a rebalance.
+
+        A crash can lose the changes it made after its last commit, after the state that
+        records them was stored. The replay re-sends a change when its cause comes again
+        (:meth:`_restated`), but only while that change is still the customer's last: an
+        event of the customer on another input topic, processed before the replay reached
+        the cause, could move it first (tests/test_recovery.py, a survivor taking over a
+        killed worker's partitions). So the worker re-sends them at the customer's first
+        message while it reads what its partitions held at their assignment
+        (stream_app/catch_up.py); subscribers drop the copies by ``event_id``.
+        """
+        state = CustomerState.from_bytes(stored)
+        out = Outcome()
+        if state.excluded:
+            return out
+        if state.last_change is not None:
+            self._resend_change(state, out, customer_id, state.last_change[0], state.clock)
+        if state.last_audience is not None:
+            self._resend_audiences(state, out, customer_id)
+        return out
+
     def reevaluate_audiences(self, customer_id: str, stored: bytes, cause_id: str) -> Outcome:
         """Judge a stored customer's audiences again with the current definitions (trigger
         ``definitions``: they were reloaded). ``cause_id`` names the request, as for
@@ -465,7 +488,7 @@ class CustomerPipeline:
         self._audience_messages(state, out, customer_id, moves, trigger, cause_id, ts)
 
     def _audience_messages(self, state: CustomerState, out: Outcome, customer_id: str,
-                           moves: list[list[str]], trigger: str, cause_id: str,
+                           moves: list[list[str]], trigger: str, cause_id: str | int,
                            ts: int) -> None:
         segment = state.segment
         label = self._segment_label(segment)
@@ -493,14 +516,19 @@ class CustomerPipeline:
         last = state.last_audience
         if last is None or last[0] != event_digest(cause_id):
             return False
-        _, trigger, ts, moves = last
-        self._audience_messages(state, out, customer_id, moves, trigger, cause_id, ts)
+        self._resend_audiences(state, out, customer_id)
         return True
+
+    def _resend_audiences(self, state: CustomerState, out: Outcome, customer_id: str) -> None:
+        """The messages of the customer's last audience changes, again."""
+        assert state.last_audience is not None
+        cause, trigger, ts, moves = state.last_audience
+        self._audience_messages(state, out, customer_id, moves, trigger, cause, ts)
 
     @staticmethod
     def _change(model: SegmentModel, customer_id: str, features: dict[str, float | None],
                 state: CustomerState, raw: list[float | None], distances: np.ndarray,
-                previous: int | None, trigger: str, cause_id: str, ts: int) -> bytes:
+                previous: int | None, trigger: str, cause_id: str | int, ts: int) -> bytes:
         """The segment change that put ``state`` in its segment (from ``previous``)."""
         segment = state.segment
         assert segment is not None
@@ -525,20 +553,29 @@ class CustomerPipeline:
     def _restated(self, state: CustomerState, out: Outcome, customer_id: str, cause_id: str,
                   ts: int) -> bool:
         """If ``cause_id`` (an event, or a re-scoring or sweep request) caused the customer's
-        last change, it came again: send that change again (the same ``event_id``, the same
-        move and time; features as they are now), in case a crash lost it after the state
-        that records it was stored, and return True. Subscribers drop the copy by
-        ``event_id``. ``ts`` is the change's time for states stored before it was kept."""
+        last change, it came again: send that change again (:meth:`_resend_change`), in case
+        a crash lost it after the state that records it was stored, and return True."""
+        if state.last_change is None or state.last_change[0] != event_digest(cause_id):
+            return False
+        return self._resend_change(state, out, customer_id, state.last_change[0], ts)
+
+    def _resend_change(self, state: CustomerState, out: Outcome, customer_id: str,
+                       cause: int, ts: int) -> bool:
+        """The customer's last change, again: the same ``event_id`` (made from the digest
+        ``cause`` of its cause), the same move and time, features as they are now;
+        subscribers drop the copy by ``event_id``. ``ts`` is the change's time for states
+        stored before it was kept. False if there is no model, or the segment is not one
+        of the model's."""
         model = self.model
         if (state.last_change is None or model is None or state.segment is None
-                or state.segment >= model.k or state.last_change[0] != event_digest(cause_id)):
+                or state.segment >= model.k):
             return False
         _, trigger, previous, ts = (*state.last_change, ts)[:4]
         features = state.window.features(state.clock)
         raw = self._model_transform.vector(features, state.profile)
         _, distances = model.assign(raw, state.segment, self.margin)
         out.change = self._change(model, customer_id, features, state, raw, distances, previous,
-                                  trigger, cause_id, ts)
+                                  trigger, cause, ts)
         out.trigger = trigger
         return True
 

@@ -16,20 +16,15 @@ True
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import orjson
 
+from stream_app.changes import event_digest
 from stream_app.features import FeatureWindow
 
 MAX_RECENT_IDS = 1024
 MAX_ORDER_IDS = 1000
-
-
-def event_digest(event_id: str) -> int:
-    """A 63-bit digest of an event id; equal ids give equal digests in every process."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
 class CustomerState:

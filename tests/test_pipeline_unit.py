@@ -15,6 +15,7 @@ import orjson
 import pytest
 from jsonschema import Draft7Validator, FormatChecker
 
+from stream_app.audiences import AudienceSet
 from stream_app.changes import iso_ms
 from stream_app.config import Settings
 from stream_app.features import DAY_MS, FEATURE_NAMES, HOUR_MS
@@ -380,6 +381,32 @@ def test_the_cause_of_the_last_change_is_recognised_after_the_lateness(model):
     assert out.late and not out.duplicate and out.state is None
     assert change_of(out)["event_id"] == first["event_id"]
     assert c.features["views_7d"] == 2
+
+
+def test_restate_sends_the_last_changes_again_whatever_comes_first(model):
+    """After a rebalance the customer's first message, whichever it is, re-sends its last
+    segment change and audience changes: an event on another topic may come before the
+    replayed cause of a change a crash lost, and move the customer first."""
+    browser, _ = browser_and_buyer(model)
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    pipeline.use_audiences(AudienceSet.from_document(
+        {"audiences": [{"name": "viewers", "condition": "views_7d >= 1"}]}, source="test"))
+    c = Customer(pipeline)
+    first = c.click(T0, 1)
+    change = change_of(first)
+    assert change["segment"] == browser and first.audience_changes
+    again = pipeline.restate(c.id, c.stored)
+    assert change_of(again)["event_id"] == change["event_id"]
+    assert [m for _, _, m in again.audience_changes] != []
+    assert ([orjson.loads(m)["event_id"] for _, _, m in again.audience_changes]
+            == [orjson.loads(m)["event_id"] for _, _, m in first.audience_changes])
+    assert again.state is None and again.moved is None and again.audience_moves is None
+    # Nothing to re-send: no change yet, or consent withdrawn.
+    assert pipeline.restate("c2", CustomerState().to_bytes()).change is None
+    c.profile(T0 + MIN_MS, consent={"segmentation": False})
+    out = pipeline.restate(c.id, c.stored)
+    assert out.change is None and out.audience_changes is None
 
 
 def test_the_profile_update_applied_last_again_changes_nothing():
