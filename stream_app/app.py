@@ -214,6 +214,18 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     restated: set[bytes] = set()
     #: Offset of the last message processed per input partition (consumer lag).
     processed: dict[Any, int] = {}
+    #: Where each input partition's reading started at the last seek to the committed
+    #: offsets (reported by stream_app/seek.py): its position until a message is processed.
+    #: Not asked of the consumer thread: its calls share two method workers with the
+    #: fetches, and a position that waits for its reset (asked with a timeout, which
+    #: cancels only the caller) would hold one; /ready and the catch-up ask often.
+    seeked: dict[Any, int] = {}
+
+    def on_seek(starts: dict[Any, int]) -> None:
+        seeked.update(starts)
+        catch_up.reached(starts, time.monotonic())
+
+    app.on_seek = on_seek  # type: ignore[attr-defined]
     #: A few customers who recently entered each segment (GET /segments/{id}).
     examples: dict[int, deque[str]] = defaultdict(lambda: deque(maxlen=EXAMPLES))
 
@@ -519,6 +531,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         for tp in revoked:
             if tp.topic in kinds:
                 processed.pop(tp, None)
+                seeked.pop(tp, None)
                 with contextlib.suppress(KeyError):  # KeyError: never measured
                     metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
@@ -629,17 +642,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             await asyncio.sleep(CATCH_UP_POLL_S)
             if catch_up.done.is_set():
                 continue
-            positions = {}
-            for tp in catch_up.pending():
-                done = processed.get(tp)
-                if done is not None:
-                    positions[tp] = done + 1
-                    continue
-                with contextlib.suppress(Exception):  # not positioned yet, or revoked
-                    position = await asyncio.wait_for(app.consumer.position(tp), 0.5)
-                    if position is not None:
-                        positions[tp] = position
-            catch_up.reached(positions, time.monotonic())
+            catch_up.reached({tp: processed[tp] + 1 for tp in catch_up.pending()
+                              if tp in processed}, time.monotonic())
 
     def local_sizes() -> dict[int, dict[int, int]]:
         return sizes.local(local_partitions())
@@ -686,9 +690,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             try:
                 high = app.consumer.highwater(tp)
                 done = processed.get(tp)
-                # Nothing processed since the assignment: the consumer's position.
-                position = done + 1 if done is not None else await asyncio.wait_for(
-                    app.consumer.position(tp), 0.5)
+                # Nothing processed since the assignment: where the seek put it.
+                position = done + 1 if done is not None else seeked.get(tp)
             except Exception as exc:  # not fetched yet, or being revoked
                 log.debug("no lag for %s: %r", tp, exc)
                 continue

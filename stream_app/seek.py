@@ -69,8 +69,14 @@ def install() -> None:
         delivered = self.consumer._read_offset  # the last offset handed to the streams
         uncommitted = {tp: delivered.get(tp) for tp, offset in committed.items()
                        if (offset is None or offset <= 0) and tp.topic not in changelogs}
+        starts = {tp: offset for tp, offset in committed.items()
+                  if offset is not None and offset > 0 and tp.topic not in changelogs}
         if uncommitted:
-            await self.call_thread(rewind_dropped, self._ensure_consumer(), uncommitted)
+            starts.update(await self.call_thread(rewind_dropped, self._ensure_consumer(),
+                                                 uncommitted))
+        report = getattr(self.app, "on_seek", None)  # stream_app/app.py
+        if report is not None:
+            report(starts)
         return committed
 
     for function, wrapped in ((perform_seek, original), (seek_to_committed,
@@ -81,9 +87,10 @@ def install() -> None:
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
 
 
-async def rewind_dropped(consumer: Any, delivered: dict[Any, int | None]) -> None:
+async def rewind_dropped(consumer: Any, delivered: dict[Any, int | None]) -> dict[Any, int]:
     """Seek each partition back to its first record not handed to the streams, where
-    the consumer's position went past it (on the consumer's thread).
+    the consumer's position went past it (on the consumer's thread); return where each
+    partition's reading goes on (those whose position is known).
 
     ``delivered``: partitions without a committed offset and the last offset delivered
     from each since the assignment (None: nothing; then the first record is the
@@ -92,14 +99,15 @@ async def rewind_dropped(consumer: Any, delivered: dict[Any, int | None]) -> Non
 
     assigned = consumer.assignment()
     partitions = [tp for tp in delivered if tp in assigned]
+    starts: dict[Any, int] = {}
     if not partitions:
-        return
+        return starts
     try:
         beginnings = await consumer.beginning_offsets(partitions)
     except KafkaError as exc:  # as Faust's own seek would have left them
         log.warning("Could not check %d partitions for dropped records: %r",
                     len(partitions), exc)
-        return
+        return starts
     for tp in partitions:
         last = delivered[tp]
         first = beginnings[tp] if last is None else last + 1
@@ -107,8 +115,10 @@ async def rewind_dropped(consumer: Any, delivered: dict[Any, int | None]) -> Non
             position = await asyncio.wait_for(consumer.position(tp), POSITION_WAIT_S)
         except (IllegalStateError, TimeoutError):  # (revoked: the next assignment seeks)
             continue
+        starts[tp] = min(position, first)
         if position > first:
             log.warning("%s/%d: records %d-%d were fetched while the flow was stopped and "
                         "dropped, and no committed offset brings them back: seeking back to "
                         "%d", tp.topic, tp.partition, first, position - 1, first)
             consumer.seek(tp, first)
+    return starts
