@@ -369,7 +369,8 @@ class CustomerPipeline:
         :meth:`rescore`."""
         state = CustomerState.from_bytes(stored)
         out = Outcome()
-        if state.excluded or self._restated_audiences(state, out, customer_id, cause_id):
+        if state.excluded or self._restated_audiences(state, out, customer_id,
+                                                      event_digest(cause_id)):
             return out
         features = state.window.features(state.clock)
         if self._judge_audiences(state, out, features, "definitions", cause_id, state.clock,
@@ -505,16 +506,18 @@ class CustomerPipeline:
                 ts: int) -> bool:
         """:meth:`_restated` and :meth:`_restated_audiences`: True if ``cause_id`` caused the
         customer's last segment change or last audience changes (those are sent again)."""
-        segment = self._restated(state, out, customer_id, cause_id, ts)
-        audiences = self._restated_audiences(state, out, customer_id, cause_id)
+        cause = event_digest(cause_id)  # as the state keeps it
+        segment = self._restated(state, out, customer_id, cause, ts)
+        audiences = self._restated_audiences(state, out, customer_id, cause)
         return segment or audiences
 
     def _restated_audiences(self, state: CustomerState, out: Outcome, customer_id: str,
-                            cause_id: str) -> bool:
-        """If ``cause_id`` caused the customer's last audience changes, it came again: send
-        them again (same ``event_id``s), as :meth:`_restated` does for segment changes."""
+                            cause: int) -> bool:
+        """If the cause with digest ``cause`` caused the customer's last audience changes, it
+        came again: send them again (same ``event_id``s), as :meth:`_restated` does for
+        segment changes."""
         last = state.last_audience
-        if last is None or last[0] != event_digest(cause_id):
+        if last is None or last[0] != cause:
             return False
         self._resend_audiences(state, out, customer_id)
         return True
@@ -550,14 +553,15 @@ class CustomerPipeline:
             extra={"reasons": reasons(model, raw, previous, segment, decided)},
         ).to_json()
 
-    def _restated(self, state: CustomerState, out: Outcome, customer_id: str, cause_id: str,
+    def _restated(self, state: CustomerState, out: Outcome, customer_id: str, cause: int,
                   ts: int) -> bool:
-        """If ``cause_id`` (an event, or a re-scoring or sweep request) caused the customer's
-        last change, it came again: send that change again (:meth:`_resend_change`), in case
-        a crash lost it after the state that records it was stored, and return True."""
-        if state.last_change is None or state.last_change[0] != event_digest(cause_id):
+        """If the cause with digest ``cause`` (an event, or a re-scoring or sweep request)
+        caused the customer's last change, it came again: send that change again
+        (:meth:`_resend_change`), in case a crash lost it after the state that records it
+        was stored, and return True."""
+        if state.last_change is None or state.last_change[0] != cause:
             return False
-        return self._resend_change(state, out, customer_id, state.last_change[0], ts)
+        return self._resend_change(state, out, customer_id, cause, ts)
 
     def _resend_change(self, state: CustomerState, out: Outcome, customer_id: str,
                        cause: int, ts: int) -> bool:
