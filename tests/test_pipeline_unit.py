@@ -241,12 +241,19 @@ def test_profile_only_customer_gets_no_segment(model):
     assert c.state.profile == {"age": 40, "income": 1000.0}
 
 
-def test_a_profile_update_can_move_a_customer():
+def income_model_and_pipeline() -> tuple[SegmentModel, CustomerPipeline]:
+    """A model of income and views learned from two income levels, and a pipeline
+    applying it."""
     spec = "income:log1p,views_7d:log1p"
     model = learn_model(spec=spec, vectors=[
         {"income": 20_000 if i % 2 else 300_000, "views_7d": i % 5} for i in range(40)])
     pipeline = CustomerPipeline(settings(segment_features=spec))
     pipeline.use_model(model)
+    return model, pipeline
+
+
+def test_a_profile_update_can_move_a_customer():
+    _, pipeline = income_model_and_pipeline()
     c = Customer(pipeline)
     c.profile(T0, income=20_000, region="north")
     first = change_of(c.click(T0 + MIN_MS, 1))
@@ -410,11 +417,7 @@ def test_restate_sends_the_last_changes_again_whatever_comes_first(model):
 
 
 def test_the_profile_update_applied_last_again_changes_nothing():
-    spec = "income:log1p,views_7d:log1p"
-    model = learn_model(spec=spec, vectors=[
-        {"income": 20_000 if i % 2 else 300_000, "views_7d": i % 5} for i in range(40)])
-    pipeline = CustomerPipeline(settings(segment_features=spec))
-    pipeline.use_model(model)
+    model, pipeline = income_model_and_pipeline()
     c = Customer(pipeline)
     c.profile(T0, income=20_000)
     first = change_of(c.click(T0 + MIN_MS, 1))  # the cause of the last change: the click
