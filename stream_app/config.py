@@ -16,8 +16,10 @@ these variables before the Faust app is imported, so a worker started as
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 #: Default clustering vector: feature name and transform applied before online scaling.
@@ -34,6 +36,23 @@ def _bool(value: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError(f"not a boolean: {value!r}")
+
+
+def instant_ms(text: str) -> int:
+    """Epoch milliseconds of an ISO-8601 date or date-time, UTC unless it names a zone.
+
+    >>> instant_ms("1980-01-01"), instant_ms("2000-01-01T01:00:00+01:00")
+    (315532800000, 946684800000)
+    >>> instant_ms("1980-01-01T00:00:00Z")
+    315532800000
+    """
+    value = text.strip()
+    if value[-1:] == "Z":  # datetime.fromisoformat only reads a Z from Python 3.11 on
+        value = value[:-1] + "+00:00"
+    moment = datetime.fromisoformat(value)  # ValueError when not ISO-8601
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
 
 
 #: Settings whose values are secrets (masked in ``repr``).
@@ -118,6 +137,9 @@ class Settings:
     sweep_rate: float = field(default=500.0, metadata={"env": "SWEEP_RATE"})
     max_message_bytes: int = field(default=1_000_000, metadata={"env": "MAX_MESSAGE_BYTES"})
     max_future_skew_s: float = field(default=86_400.0, metadata={"env": "MAX_FUTURE_SKEW_S"})
+    #: Earliest accepted event time: an ISO-8601 date or date-time, UTC unless it has a zone.
+    #: The default takes any real history, not a ts in seconds sent as ms (January 1970).
+    event_ts_min: str = field(default="1980-01-01", metadata={"env": "EVENT_TS_MIN"})
     log_level: str = field(default="info", metadata={"env": "LOG_LEVEL"})
     #: ``text`` (human-readable) or ``json`` (one JSON object per line, for log shippers).
     log_format: str = field(default="text", metadata={"env": "LOG_FORMAT"})
@@ -172,11 +194,24 @@ class Settings:
         if self.rocksdb_write_buffer_mb < 1 or self.rocksdb_block_cache_mb < 1:
             raise ValueError("ROCKSDB_WRITE_BUFFER_MB and ROCKSDB_BLOCK_CACHE_MB must be at "
                              "least 1")
+        try:
+            ts_min = self.event_ts_min_ms
+        except ValueError:
+            raise ValueError("EVENT_TS_MIN must be an ISO-8601 date or date-time such as "
+                             f"1980-01-01 (UTC unless it has a zone), not {self.event_ts_min!r}"
+                             ) from None
+        if ts_min > time.time() * 1000:
+            raise ValueError(f"EVENT_TS_MIN must be in the past, not {self.event_ts_min!r}")
 
     @staticmethod
     def env_names() -> dict[str, str]:
         """Map of field name to environment variable name."""
         return {f.name: f.metadata["env"] for f in fields(Settings)}
+
+    @property
+    def event_ts_min_ms(self) -> int:
+        """``event_ts_min`` as epoch milliseconds (``ValueError`` when it is not ISO-8601)."""
+        return instant_ms(self.event_ts_min)
 
     @property
     def single_record_batches(self) -> bool:

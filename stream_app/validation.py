@@ -57,7 +57,14 @@ SCHEMA_FILES = {
 }
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+#: Default earliest accepted event time (setting ``EVENT_TS_MIN``): 1980-01-01T00:00:00Z. It
+#: accepts any real shop history yet not a ts in seconds read as milliseconds (January 1970).
+MIN_TS_MS = 315_532_800_000
+#: The schemas' bounds of an epoch-millisecond ``ts`` (1970-01-01 and 2100-01-01, both UTC):
+#: outside them an integer ``ts`` is a ``schema_violation``; within them ``EVENT_TS_MIN``
+#: and ``MAX_FUTURE_SKEW_S`` decide.
+SCHEMA_MIN_TS_MS = 0
+SCHEMA_MAX_TS_MS = 4_102_444_800_000
 _MS = timedelta(milliseconds=1)
 PROFILE_FIELDS = ("age", "income", "region", "city", "gender")
 
@@ -129,6 +136,52 @@ def parse_ts(value: Any) -> tuple[int, int]:
                        f"ts must be a string or integer, not {type(value).__name__}")
 
 
+def iso_ms(ms: int) -> str:
+    """UTC ISO-8601 text of epoch milliseconds (for messages).
+
+    >>> iso_ms(315_532_800_000), iso_ms(1_772_400_600_250)
+    ('1980-01-01T00:00:00Z', '2026-03-01T21:30:00.250Z')
+    """
+    try:
+        moment = EPOCH + ms * _MS
+    except OverflowError:
+        return f"{ms} ms after 1970"
+    return moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds"
+                            ).replace("+00:00", "Z")
+
+
+def _whole_number(value: Any) -> int | None:
+    """A JSON number that is a whole number, as ``int`` (None for anything else)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def unit_hint(value: Any, low_ms: int, high_ms: int) -> str:
+    """``"; … looks like seconds, not milliseconds …"`` when ``value`` is a number outside
+    ``[low_ms, high_ms]`` that read as seconds (or microseconds) would be inside; else "".
+
+    >>> unit_hint(1_772_400_600, MIN_TS_MS, 4_102_444_800_000)
+    '; 1772400600 looks like seconds, not milliseconds (as seconds: 2026-03-01T21:30:00Z)'
+    >>> print(unit_hint(1_772_400_600_000_000, MIN_TS_MS, 4_102_444_800_000)[2:])
+    1772400600000000 looks like microseconds, not milliseconds (as microseconds: ...)
+    >>> unit_hint("1772400600", MIN_TS_MS, 4_102_444_800_000)
+    ''
+    """
+    number = _whole_number(value)
+    if number is None:
+        return ""
+    if number < low_ms and low_ms <= number * 1000 <= high_ms:
+        unit, ms = "seconds", number * 1000
+    elif number > high_ms and low_ms <= number // 1000 <= high_ms:
+        unit, ms = "microseconds", number // 1000
+    else:
+        return ""
+    return f"; {number} looks like {unit}, not milliseconds (as {unit}: {iso_ms(ms)})"
+
+
 def _writable(value: Any) -> Any:
     """``value`` in a form ``orjson.dumps`` writes: itself, or its JSON text as an
     ``orjson.Fragment`` when it is nested deeper than orjson writes (254 levels; it reads
@@ -189,11 +242,16 @@ class EventDecoder:
         Larger messages are rejected as ``oversized`` before parsing.
     max_future_skew_s
         Events stamped further than this into the future (wall clock) are rejected.
+    min_ts_ms
+        Events stamped before this (epoch ms; setting ``EVENT_TS_MIN``) are rejected.
     """
 
-    def __init__(self, max_message_bytes: int = 1_000_000, max_future_skew_s: float = 86_400.0):
+    def __init__(self, max_message_bytes: int = 1_000_000, max_future_skew_s: float = 86_400.0,
+                 *, min_ts_ms: int = MIN_TS_MS):
         self.max_message_bytes = max_message_bytes
+        self.max_future_skew_s = max_future_skew_s
         self.max_future_skew_ms = int(max_future_skew_s * 1000)
+        self.min_ts_ms = min_ts_ms
         self._validators = {
             kind: fastjsonschema.compile(load_schema(name)) for kind, name in SCHEMA_FILES.items()
         }
@@ -242,7 +300,10 @@ class EventDecoder:
         try:
             self._validators[kind](doc)
         except fastjsonschema.JsonSchemaValueException as exc:
-            raise InvalidEvent("schema_violation", exc.message[:300]) from None
+            detail = exc.message[:300]
+            if exc.path == ["data", "ts"]:
+                detail += self._epoch_ts_hint(doc.get("ts"))
+            raise InvalidEvent("schema_violation", detail) from None
         customer_id = doc["customer_id"]
         if key is None or key != customer_id.encode():
             raise InvalidEvent(
@@ -253,9 +314,9 @@ class EventDecoder:
             ts = parse_ts(doc["ts"])[0] if "ts" in doc else 0
             return Event("erasure", event_id, customer_id, ts, 0, "erasure")
         ts, local_hour = parse_ts(doc["ts"])
-        if ts < MIN_TS_MS or ts > time.time() * 1000 + self.max_future_skew_ms:
-            raise InvalidEvent("timestamp_out_of_range", f"ts {doc['ts']!r} is before 2000 or "
-                               "beyond the allowed future skew (MAX_FUTURE_SKEW_S)")
+        latest = int(time.time() * 1000) + self.max_future_skew_ms
+        if ts < self.min_ts_ms or ts > latest:
+            raise self._out_of_range(doc["ts"], ts, latest)
         if kind == "click":
             category = doc.get("category")
             return Event(
@@ -270,6 +331,31 @@ class EventDecoder:
         consent = doc.get("consent", {}).get("segmentation")
         return Event("profile", event_id, customer_id, ts, local_hour, "profile", profile=profile,
                      consent=consent)
+
+    def _out_of_range(self, value: Any, ts: int, latest: int) -> InvalidEvent:
+        """The ``timestamp_out_of_range`` error of ``value`` (``ts`` epoch ms): the bound it
+        crossed, the setting that moves it, and a hint at a unit mix-up."""
+        shown = repr(value[:40]) if isinstance(value, str) else f"{value!r} ({iso_ms(ts)})"
+        if ts < self.min_ts_ms:
+            detail = (f"ts {shown} is before EVENT_TS_MIN ({iso_ms(self.min_ts_ms)}); "
+                      "set EVENT_TS_MIN to accept older history")
+        else:
+            skew = self.max_future_skew_s
+            detail = (f"ts {shown} is more than MAX_FUTURE_SKEW_S ({skew:.15g} s) ahead of the "
+                      "worker's clock")
+        return InvalidEvent("timestamp_out_of_range",
+                            detail + unit_hint(value, self.min_ts_ms, latest))
+
+    def _epoch_ts_hint(self, value: Any) -> str:
+        """What to add to a schema violation of ``ts``: a unit mix-up, or, for epoch ms the
+        worker would take but the schemas do not (before 2000), how to send them."""
+        latest = int(time.time() * 1000) + self.max_future_skew_ms
+        hint = unit_hint(value, self.min_ts_ms, latest)
+        ms = _whole_number(value)
+        if hint or ms is None or not self.min_ts_ms <= ms <= latest:
+            return hint
+        return (f"; the schemas take an epoch-millisecond ts from {iso_ms(SCHEMA_MIN_TS_MS)} to "
+                f"{iso_ms(SCHEMA_MAX_TS_MS)}: send it as ISO-8601 ({iso_ms(ms)!r})")
 
     @staticmethod
     def _purchase(doc: dict[str, Any], customer_id: str, ts: int, local_hour: int) -> Event:

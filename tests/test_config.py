@@ -21,11 +21,34 @@ def test_settings_read_typed_values_from_the_environment():
     ("SEGMENTS_K", "1"), ("SEGMENTS_K", "many"), ("SEGMENT_MARGIN", "1.0"),
     ("SEGMENT_CLUSTERER", "dbstream"), ("MODEL_SAMPLE_CUSTOMERS", "0"),
     ("KMEANS_HALFLIFE", "0"), ("ROCKSDB_BLOCK_CACHE_MB", "0"), ("LOG_FORMAT", "xml"),
-    ("COMMIT_INTERVAL_S", "0"),
+    ("COMMIT_INTERVAL_S", "0"), ("EVENT_TS_MIN", "last year"), ("EVENT_TS_MIN", "1990"),
+    ("EVENT_TS_MIN", "1990-13-01"), ("EVENT_TS_MIN", "3000-01-01"),
 ])
 def test_bad_settings_name_the_variable(name, value):
     with pytest.raises(ValueError, match=name):
         Settings.from_env({name: value})
+
+
+def test_event_ts_min_is_an_iso_date_or_date_time_utc_unless_zoned():
+    from stream_app.pipeline import CustomerPipeline
+    from stream_app.validation import MIN_TS_MS
+
+    default = Settings.from_env({})
+    assert default.event_ts_min == "1980-01-01"
+    assert default.event_ts_min_ms == MIN_TS_MS == (10 * 365 + 2) * 86_400_000  # 1980-01-01Z
+    jan_1_1990_ms = (20 * 365 + 5) * 86_400_000
+    assert Settings.from_env({"EVENT_TS_MIN": "1990-01-01"}).event_ts_min_ms == jan_1_1990_ms
+    assert Settings.from_env({"EVENT_TS_MIN": "1990-01-01T00:00:00Z"}).event_ts_min_ms == (
+        jan_1_1990_ms)
+    zoned = Settings.from_env({"EVENT_TS_MIN": "1990-01-01T01:00:00+02:00"})
+    assert zoned.event_ts_min_ms == jan_1_1990_ms - 3_600_000
+    # The worker's decoder takes the setting.
+    assert CustomerPipeline(zoned).decoder.min_ts_ms == jan_1_1990_ms - 3_600_000
+
+
+def test_bad_event_ts_min_says_what_is_expected():
+    with pytest.raises(ValueError, match=r"EVENT_TS_MIN must be an ISO-8601 date .*'1990'"):
+        Settings.from_env({"EVENT_TS_MIN": "1990"})
 
 
 def test_rocksdb_tables_get_bounded_memory_and_other_stores_no_options():

@@ -37,7 +37,7 @@ from stream_app.pipeline import CustomerPipeline, Outcome
 from stream_app.schemas import load_schema
 from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel
 from stream_app.state import CustomerState
-from stream_app.validation import MIN_TS_MS, REASONS, SCHEMA_FILES
+from stream_app.validation import MIN_TS_MS, REASONS, SCHEMA_FILES, SCHEMA_MIN_TS_MS
 from stream_app.verify import compare
 from tests.conftest import consume_all, http, metric_sum, produce, wait_for
 
@@ -448,8 +448,8 @@ def ts_case(c: Chooser, ctx: Context) -> tuple[Any, frozenset[str]]:
     """A ``ts`` value and the outcomes the rules allow for it."""
     now, skew, offset = ctx.now_ms, ctx.skew_ms, c.pick(OFFSETS_MIN)
     case = c.pick(("recent", "near_future", "beyond_skew_epoch", "beyond_schema_epoch",
-                   "far_future_iso", "far_past_iso", "just_before_2000", "below_schema_epoch",
-                   "edge_2000", "float", "no_zone", "malformed", "too_long", "random_text",
+                   "far_future_iso", "far_past_iso", "just_before_min", "below_schema_epoch",
+                   "epoch_before_min", "edge_min", "float", "no_zone", "malformed", "too_long", "random_text",
                    "huge_epoch"))
     ok, out_of_range = frozenset({ACCEPTED}), frozenset({"timestamp_out_of_range"})
     schema, invalid = frozenset({"schema_violation"}), frozenset({"invalid_timestamp"})
@@ -468,14 +468,17 @@ def ts_case(c: Chooser, ctx: Context) -> tuple[Any, frozenset[str]]:
         return iso(c.integer(now + skew + HOUR_MS, MAX_ISO_MS), offset), out_of_range
     if case == "far_past_iso":
         return iso(c.integer(-62_135_500_000_000, MIN_TS_MS - 1), offset), out_of_range
-    if case == "just_before_2000":
+    if case == "just_before_min":
         ms = MIN_TS_MS - c.integer(1, 5000)
         return iso(ms, offset), out_of_range
     if case == "below_schema_epoch":
-        return c.integer(-(2**63), MIN_TS_MS - 1), schema
-    if case == "edge_2000":
-        return c.pick(((MIN_TS_MS, ok), (iso(MIN_TS_MS, offset), ok),
-                       ("2000-01-01T00:00:00+00:01", out_of_range)))
+        return c.integer(-(2**63), SCHEMA_MIN_TS_MS - 1), schema
+    if case == "epoch_before_min":  # epoch ms the schemas take, before EVENT_TS_MIN (1980)
+        return c.integer(SCHEMA_MIN_TS_MS, MIN_TS_MS - 1), out_of_range
+    if case == "edge_min":  # the schemas' least epoch ms, the default EVENT_TS_MIN (1980)
+        return c.pick(((SCHEMA_MIN_TS_MS, out_of_range), (SCHEMA_MIN_TS_MS - 1, schema),
+                       (MIN_TS_MS, ok), (MIN_TS_MS - 1, out_of_range),
+                       (iso(MIN_TS_MS, offset), ok), ("1980-01-01T00:00:00+00:01", out_of_range)))
     if case == "float":
         ms = now - c.integer(0, 30 * DAY_MS)
         return c.pick(((Raw(f"{ms}.0".encode()), ok), (Raw(f"{ms}.5".encode()), schema),

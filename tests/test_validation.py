@@ -15,7 +15,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_app.validation import MIN_TS_MS, REASONS, EventDecoder, InvalidEvent, parse_ts
+from stream_app.schemas import load_schema
+from stream_app.validation import (
+    MIN_TS_MS,
+    REASONS,
+    SCHEMA_FILES,
+    SCHEMA_MAX_TS_MS,
+    SCHEMA_MIN_TS_MS,
+    EventDecoder,
+    InvalidEvent,
+    parse_ts,
+)
 
 # 2025-01-01T00:00:00Z: 55 years since 1970 including 14 leap days (1972..2024).
 JAN_1_2025_MS = (55 * 365 + 14) * 86_400_000
@@ -395,20 +405,112 @@ def test_iso_ts_garbage(decoder, ts):
     assert reject(decoder, "click", b"c1", dumps(click(ts=ts))) == "invalid_timestamp"
 
 
+# 1980-01-01T00:00:00Z (the default EVENT_TS_MIN): 10 years including 2 leap days (1972, 1976).
+JAN_1_1980_MS = (10 * 365 + 2) * 86_400_000
+# 1990-01-01T00:00:00Z: 20 years including 5 leap days (1972..1988).
+JAN_1_1990_MS = (20 * 365 + 5) * 86_400_000
+# 1995-06-15T12:00:00Z: 25 years with 6 leap days, then 151 days to June 1, then 14 days.
+JUNE_15_1995_NOON_MS = (25 * 365 + 6 + 151 + 14) * 86_400_000 + 12 * HOUR
+
+
+def rejection(decoder: EventDecoder, kind: str, doc) -> InvalidEvent:
+    with pytest.raises(InvalidEvent) as info:
+        decoder.decode(kind, doc["customer_id"].encode(), dumps(doc))
+    return info.value
+
+
 @pytest.mark.parametrize(
-    "ts", ["1999-12-31T23:59:59Z", "1970-01-01T00:00:00Z", "2000-01-01T00:30:00+01:00",
+    "ts", ["1979-12-31T23:59:59Z", "1970-01-01T00:00:00Z", "1980-01-01T00:30:00+01:00",
            "0001-01-01T00:00:00+01:00"]
 )
-def test_iso_ts_before_2000(decoder, ts):
+def test_iso_ts_before_the_default_minimum(decoder, ts):
     assert reject(decoder, "click", b"c1", dumps(click(ts=ts))) == "timestamp_out_of_range"
 
 
-def test_iso_ts_at_2000_accepted(decoder):
-    ev = decoder.decode("click", b"c1", dumps(click(ts="2000-01-01T00:00:00Z")))
-    assert ev.ts == 946_684_800_000
+def test_iso_ts_at_the_default_minimum_accepted(decoder):
+    assert MIN_TS_MS == JAN_1_1980_MS == 315_532_800_000
+    ev = decoder.decode("click", b"c1", dumps(click(ts="1980-01-01T00:00:00Z")))
+    assert ev.ts == JAN_1_1980_MS
 
 
-@pytest.mark.parametrize("ts", [946_684_799_999, 0, -1, 4_102_444_800_001])
+def test_a_1995_purchase_is_accepted_by_default(decoder):
+    ev = decoder.decode("purchase", b"c1", dumps(purchase(ts="1995-06-15T14:00:00+02:00")))
+    assert (ev.kind, ev.ts, ev.local_hour, ev.amount_cents) == (
+        "purchase", JUNE_15_1995_NOON_MS, 14, 1999)
+
+
+def test_a_1975_purchase_is_rejected_naming_event_ts_min(decoder):
+    exc = rejection(decoder, "purchase", purchase(ts="1975-03-10T09:00:00Z"))
+    assert exc.reason == "timestamp_out_of_range"
+    assert exc.detail == ("ts '1975-03-10T09:00:00Z' is before EVENT_TS_MIN "
+                          "(1980-01-01T00:00:00Z); set EVENT_TS_MIN to accept older history")
+
+
+def test_a_custom_minimum():
+    since_1990 = EventDecoder(min_ts_ms=JAN_1_1990_MS)
+    ev = since_1990.decode("purchase", b"c1", dumps(purchase(ts="1995-06-15T12:00:00Z")))
+    assert ev.ts == JUNE_15_1995_NOON_MS
+    assert since_1990.decode("click", b"c1", dumps(click(ts="1990-01-01T00:00:00Z"))).ts == (
+        JAN_1_1990_MS)
+    exc = rejection(since_1990, "click", click(ts="1989-12-31T23:59:59.999Z"))
+    assert exc.reason == "timestamp_out_of_range"
+    assert "is before EVENT_TS_MIN (1990-01-01T00:00:00Z)" in exc.detail
+    # A minimum after 2000 also applies to epoch milliseconds, shown with their UTC time.
+    since_2025 = EventDecoder(min_ts_ms=JAN_1_2025_MS)
+    exc = rejection(since_2025, "click", click(ts=JAN_1_2025_MS - 1))
+    assert exc.reason == "timestamp_out_of_range"
+    assert exc.detail == (f"ts {JAN_1_2025_MS - 1} (2024-12-31T23:59:59.999Z) is before "
+                          "EVENT_TS_MIN (2025-01-01T00:00:00Z); set EVENT_TS_MIN to accept "
+                          "older history")
+    assert since_2025.decode("click", b"c1", dumps(click(ts=JAN_1_2025_MS))).ts == JAN_1_2025_MS
+
+
+@pytest.mark.parametrize("ts", [1_735_725_600, 1_735_725_600.0])
+def test_a_ts_in_seconds_is_rejected_with_a_hint(decoder, ts):
+    # 2025-01-01T10:00:00Z in seconds: read as milliseconds it is January 1970, before
+    # EVENT_TS_MIN.
+    exc = rejection(decoder, "click", click(ts=ts))
+    assert exc.reason == "timestamp_out_of_range"
+    assert exc.detail.endswith("; 1735725600 looks like seconds, not milliseconds "
+                               "(as seconds: 2025-01-01T10:00:00Z)")
+
+
+def test_a_ts_in_microseconds_is_rejected_with_a_hint(decoder):
+    exc = rejection(decoder, "purchase", purchase(ts=1_735_725_600_000_000))
+    assert exc.reason == "schema_violation"
+    assert exc.detail.endswith("; 1735725600000000 looks like microseconds, not milliseconds "
+                               "(as microseconds: 2025-01-01T10:00:00Z)")
+
+
+def test_epoch_ms_of_the_1990s_are_accepted(decoder):
+    """A shop backfilling its 1990s history may send epoch milliseconds as well as ISO."""
+    assert decoder.decode("purchase", b"c1",
+                          dumps(purchase(ts=JUNE_15_1995_NOON_MS))).ts == JUNE_15_1995_NOON_MS
+    exc = rejection(decoder, "click", click(ts=0))
+    assert exc.reason == "timestamp_out_of_range"
+    assert exc.detail.startswith("ts 0 (1970-01-01T00:00:00Z) is before EVENT_TS_MIN")
+    assert "looks like" not in rejection(decoder, "click", click(ts=1_735_725_600,
+                                                                  event_id=5)).detail
+
+
+def test_a_far_future_ts_names_max_future_skew_s(decoder):
+    exc = rejection(decoder, "click", click(ts="2090-06-01T00:00:00Z"))
+    assert exc.reason == "timestamp_out_of_range"
+    assert exc.detail == ("ts '2090-06-01T00:00:00Z' is more than MAX_FUTURE_SKEW_S (86400 s) "
+                          "ahead of the worker's clock")
+    exc = rejection(EventDecoder(max_future_skew_s=60), "click", click(ts=4_000_000_000_000))
+    assert exc.detail.startswith("ts 4000000000000 (2096-")
+    assert exc.detail.endswith("is more than MAX_FUTURE_SKEW_S (60 s) ahead of the worker's clock")
+
+
+def test_schema_bounds_of_epoch_ms_are_those_of_the_schema_files():
+    for name in SCHEMA_FILES.values():
+        (integer,) = [a for a in load_schema(name)["properties"]["ts"]["oneOf"]
+                      if a["type"] == "integer"]
+        assert (integer["minimum"], integer["maximum"]) == (SCHEMA_MIN_TS_MS, SCHEMA_MAX_TS_MS)
+
+
+@pytest.mark.parametrize("ts", [-1, 4_102_444_800_001])
 def test_epoch_ts_outside_schema_range(decoder, ts):
     assert reject(decoder, "click", b"c1", dumps(click(ts=ts))) == "schema_violation"
 
