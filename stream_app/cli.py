@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from stream_app.config import CLUSTERERS, Settings
+from stream_app.generator import PROFILES
 from stream_app.subscribe import AudienceChangeEvent, SegmentChangeEvent, trigger_names
 
 F = Callable[..., Any]
@@ -154,20 +155,34 @@ def broker(port: int, host: str) -> None:
 @click.option("--customers", default=2000, show_default=True, help="Number of customers.")
 @click.option("--rate", default=200.0, show_default=True, help="Events per second.")
 @click.option("--duration", default=60.0, show_default=True,
-              help="Seconds to run (0: until Ctrl-C).")
+              help="Seconds to run (0: until Ctrl-C); planted profile only.")
 @click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same events).")
 @click.option("--time-scale", default=1440.0, show_default=True,
-              help="Event-time seconds per wall-clock second (1440: a day a minute).")
+              help="Event-time seconds per wall-clock second (1440: a day a minute); planted "
+                   "profile only.")
 @click.option("--max-speed", is_flag=True, help="Send as fast as possible (event time unchanged).")
+@click.option("--profile", "workload", default="planted", show_default=True,
+              type=click.Choice(PROFILES),
+              help="Workload: planted customer types, or a realistic retail history (540 days "
+                   "ending now, sent whole) of purchases only or with clicks (retail-mixed).")
 def generate(customers: int, rate: float, duration: float, seed: int, time_scale: float,
-             max_speed: bool) -> None:
-    """Send synthetic clickstream, purchases and profiles with planted customer types."""
-    from stream_app.generator import SyntheticShop, produce
+             max_speed: bool, workload: str) -> None:
+    """Send synthetic traffic: clickstream, purchases and profiles with planted customer
+    types, or (--profile retail, retail-mixed) a realistic retail history."""
+    from stream_app.generator import make_shop, produce
 
     settings = load_settings()
+    now = int(time.time() * 1000)
+    if workload != "planted":  # the whole history, ending now (not in the future)
+        shop = make_shop(workload, customers, seed, None)
+        click.echo(f"sending {shop.total_events} events of {customers} customers "
+                   f"({workload}, {shop.span_days:g} days of history)", err=True)
+        sent = asyncio.run(produce(settings.bootstrap_servers, settings.kind_topics,
+                                   shop.events(), None if max_speed else rate))
+        click.echo(f"sent {sent} messages for {customers} customers")
+        return
     step_ms = max(1, int(1000 * time_scale / rate))
     total = int(rate * duration) if duration > 0 else None
-    now = int(time.time() * 1000)
     if total is not None:
         start = now - total * step_ms
         clock = None
@@ -175,9 +190,9 @@ def generate(customers: int, rate: float, duration: float, seed: int, time_scale
         start = now - 30 * 86_400_000
         def clock(i: int) -> int:  # catch up on 30 days of history, then real time
             return min(start + i * step_ms, int(time.time() * 1000))
-    shop = SyntheticShop(customers, seed=seed, start_ms=start, step_ms=step_ms)
+    planted = make_shop(workload, customers, seed, start, step_ms=step_ms)
     sent = asyncio.run(produce(settings.bootstrap_servers, settings.kind_topics,
-                               shop.events(total, clock),
+                               planted.events(total, clock),  # type: ignore[call-arg]
                                None if max_speed else rate))
     click.echo(f"sent {sent} messages for {customers} customers")
 
