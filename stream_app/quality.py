@@ -635,3 +635,68 @@ def quality_report(x: Any, model_centres: Any, seed: int = 0) -> dict[str, Any]:
         "silhouette": silhouette(x, labels, rng=seed),
         "segments_used": len(np.unique(labels)),
     }
+
+
+# -- a partition judged against batch k-means (scikit-learn), in any space -----------------------
+#: Features of the plain retail RFM space (recency, frequency, monetary value), each
+#: ``log1p``-transformed and standardised: the baseline a retail analyst would cluster on.
+RFM_FEATURES = ("days_since_last_order", "orders_total", "revenue_total", "orders_90d",
+                "revenue_90d")
+
+
+def partition_wcss(x: Any, labels: Any) -> float:
+    """Within-segment sum of squares of a partition: ``Σ_i ||x_i − mean(segment(i))||²``
+    (each segment around its own mean, whatever centres produced it).
+
+    >>> partition_wcss([[0.0], [2.0], [10.0]], [0, 0, 1])
+    2.0
+    """
+    x = _points(x)
+    lab = np.asarray(labels).reshape(-1)
+    if lab.shape != (len(x),):
+        raise ValueError(f"labels must have shape ({len(x)},), got {lab.shape}")
+    total = 0.0
+    for segment in np.unique(lab):
+        members = x[lab == segment]
+        total += float(((members - members.mean(axis=0)) ** 2).sum())
+    return total
+
+
+def kmeans_reference_wcss(x: Any, k: int, seed: int = 0, n_init: int = 10) -> float:
+    """The within-cluster sum of squares of scikit-learn's batch k-means (k-means++,
+    ``n_init`` restarts) with ``k`` clusters on ``x``: the reference a partition of the
+    same vectors into ``k`` segments is judged against (:func:`partition_ratio`)."""
+    from sklearn.cluster import KMeans
+
+    x = _points(x)
+    k = max(1, min(k, len(np.unique(x, axis=0))))
+    fitted = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed).fit(x)
+    return float(fitted.inertia_)
+
+
+def partition_ratio(x: Any, labels: Any, seed: int = 0) -> float:
+    """:func:`partition_wcss` of ``labels`` over that of batch k-means with as many
+    clusters as ``labels`` has segments (1.0: as compact as batch k-means).
+
+    >>> x = [[0.0], [0.1], [5.0], [5.1]]
+    >>> round(partition_ratio(x, [0, 0, 1, 1]), 6), partition_ratio(x, [0, 1, 0, 1]) > 100
+    (1.0, True)
+    """
+    lab = np.asarray(labels).reshape(-1)
+    return _ratio(partition_wcss(x, lab),
+                  kmeans_reference_wcss(x, len(np.unique(lab)), seed=seed))
+
+
+def rfm_space(features: Iterable[dict[str, Any]]) -> np.ndarray:
+    """Customers' :data:`RFM_FEATURES` as ``log1p``-standardised rows (a customer who
+    never ordered counts 365 days since its last order).
+
+    >>> rfm_space([{"days_since_last_order": None, "orders_total": 0, "revenue_total": 0,
+    ...             "orders_90d": 0, "revenue_90d": 0}] * 2).tolist()
+    [[0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]]
+    """
+    rows = [[365.0 if f.get(n) is None else max(float(f[n]), 0.0) for n in RFM_FEATURES]
+            for f in features]
+    x = np.log1p(np.array(rows, dtype=float).reshape(-1, len(RFM_FEATURES)))
+    std = x.std(axis=0)
+    return np.divide(x - x.mean(axis=0), std, out=np.zeros_like(x), where=std > 0)
