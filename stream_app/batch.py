@@ -85,6 +85,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "searches_7d",
     "add_to_cart_7d",
     "cart_abandon_rate_7d",
+    "events_30d",
     "night_share_30d",
     "app_share_30d",
 )
@@ -453,6 +454,7 @@ class BatchCustomer:
             "searches_7d": sum(1 for c in c7 if c.event_type == "search"),
             "add_to_cart_7d": add_to_cart_7d,
             "cart_abandon_rate_7d": abandon,
+            "events_30d": len(mix),
             "night_share_30d": night / len(mix) if mix else 0.0,
             "app_share_30d": app / len(mix) if mix else 0.0,
         }

@@ -49,6 +49,9 @@ RETENTION_DAYS = 90
 ALLOWED_LATENESS_MS = HOUR_MS
 #: Local hours counted as night: 22:00 to 05:59.
 NIGHT_HOURS = frozenset({22, 23, 0, 1, 2, 3, 4, 5})
+#: Days after the last order at which a customer whose windows are empty is evaluated
+#: again (``days_since_last_order`` still grows; see :meth:`FeatureWindow.next_change`).
+RECENCY_CHECKPOINTS = (120, 150, 180, 240, 300, 365, 450, 540, 640, 730)
 MAX_CATEGORIES = 64
 MAX_SESSIONS = 256
 
@@ -65,7 +68,7 @@ FEATURE_NAMES = (
     "orders_30d", "revenue_30d", "orders_90d", "revenue_90d", "avg_order_value_90d",
     "days_since_last_order", "discount_share_90d", "distinct_categories_90d",
     "views_24h", "views_7d", "sessions_7d", "searches_7d", "add_to_cart_7d",
-    "cart_abandon_rate_7d", "night_share_30d", "app_share_30d",
+    "cart_abandon_rate_7d", "events_30d", "night_share_30d", "app_share_30d",
 )
 
 
@@ -240,6 +243,7 @@ class FeatureWindow:
             "searches_7d": s7,
             "add_to_cart_7d": a7,
             "cart_abandon_rate_7d": max(0, a7 - i7) / a7 if a7 else 0.0,
+            "events_30d": e30,
             "night_share_30d": n30 / e30 if e30 else 0.0,
             "app_share_30d": app30 / e30 if e30 else 0.0,
         }
@@ -249,8 +253,40 @@ class FeatureWindow:
         return sum(c[EVENTS] for c in self.days.values())
 
     def changes_with_time(self, at: int) -> bool:
-        """Whether some windowed feature can still change as time passes beyond ``at``."""
-        return bool(self.days) and max(self.days) > at // DAY_MS - RETENTION_DAYS
+        """Whether some feature worth re-evaluating can still change as time passes
+        beyond ``at`` (see :meth:`next_change`)."""
+        return self.next_change(at) is not None
+
+    def next_change(self, at: int) -> int | None:
+        """The event time after ``at`` at which the customer is next worth evaluating
+        again as time passes, or None if nothing changes any more.
+
+        While a day bucket is inside the 90-day windows, windowed features change at
+        every UTC midnight: the next one. Afterwards only ``days_since_last_order`` still
+        grows; it is re-read at the :data:`RECENCY_CHECKPOINTS` (days after the last
+        order, spaced as its ``log1p`` transform changes), so a buyer who lapses keeps
+        being placed by how long ago it bought, at a cost of ten evaluations over two
+        years.
+
+        >>> w = FeatureWindow()
+        >>> w.days, w.last_order_ts = {0: [0] * N_COUNTERS}, 0
+        >>> w.next_change(5 * HOUR_MS) == DAY_MS
+        True
+        >>> w.days = {}
+        >>> w.next_change(100 * DAY_MS) == 120 * DAY_MS
+        True
+        >>> w.next_change(RECENCY_CHECKPOINTS[-1] * DAY_MS) is None
+        True
+        """
+        if self.days and max(self.days) > at // DAY_MS - RETENTION_DAYS:
+            return (at // DAY_MS + 1) * DAY_MS
+        if self.last_order_ts is None:
+            return None
+        for days in RECENCY_CHECKPOINTS:
+            due = self.last_order_ts + days * DAY_MS
+            if due > at:
+                return due
+        return None
 
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

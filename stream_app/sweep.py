@@ -5,8 +5,10 @@ of time only at UTC midnights (``views_24h`` hourly, ``days_since_last_order``
 continuously, both re-read at the same moments). A customer is scheduled for the first
 midnight after its clock; when a partition's event-time watermark passes that midnight,
 the customer is swept once (and scheduled again while it still has windowed activity).
-So the cost is one evaluation per active customer per event-time day, not a scan of all
-customers per tick.
+Once its windows are empty, a buyer is scheduled at the recency checkpoints of its last
+order (``FeatureWindow.next_change``: 120 days to two years after it). So the cost is one
+evaluation per active customer per event-time day, plus ten per buyer over two years of
+lapse, not a scan of all customers per tick.
 
 The watermark of a partition is the newest event time seen on it, capped at the wall
 clock (one event stamped in the future must not sweep everybody early).
@@ -44,8 +46,12 @@ class SweepSchedule:
 
     def schedule(self, partition: int, key: bytes, clock: int) -> None:
         """Sweep ``key`` at the first UTC midnight after ``clock``."""
-        day = clock // DAY_MS + 1
-        self._due.setdefault(partition, {}).setdefault(day, set()).add(key)
+        self.schedule_at(partition, key, (clock // DAY_MS + 1) * DAY_MS)
+
+    def schedule_at(self, partition: int, key: bytes, due: int) -> None:
+        """Sweep ``key`` once the watermark reaches the UTC day of event time ``due``
+        (``Outcome.sweep_at``: the next midnight, or a recency checkpoint)."""
+        self._due.setdefault(partition, {}).setdefault(due // DAY_MS, set()).add(key)
 
     def pop_due(self, partition: int) -> list[bytes]:
         """Customers of ``partition`` whose midnight the watermark has passed."""

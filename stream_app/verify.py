@@ -44,7 +44,7 @@ __all__ = [
 #: Features compared as exact integers.
 INT_FEATURES = frozenset({
     "orders_total", "orders_30d", "orders_90d", "distinct_categories_90d", "views_24h",
-    "views_7d", "sessions_7d", "searches_7d", "add_to_cart_7d",
+    "views_7d", "sessions_7d", "searches_7d", "add_to_cart_7d", "events_30d",
 })
 #: Features compared as money, in whole cents.
 MONEY_FEATURES = frozenset({

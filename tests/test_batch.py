@@ -651,7 +651,7 @@ def test_run_against_a_local_http_server(tmp_path, batch):
     try:
         out = io.StringIO()
         assert run(path, url, console=Console(file=out, width=200)) == 0
-        assert "checked 2 customers, 40 features, 0 mismatches" in out.getvalue()
+        assert "checked 2 customers, 42 features, 0 mismatches" in out.getvalue()
         assert sorted(requested) == ["/customers/a%2Fb%20c", "/customers/gone"]
 
         del served["gone"]
@@ -659,7 +659,7 @@ def test_run_against_a_local_http_server(tmp_path, batch):
         out = io.StringIO()
         assert run(path, url, console=Console(file=out, width=200)) == 1
         text = out.getvalue()
-        assert "checked 2 customers, 20 features, 2 mismatches" in text
+        assert "checked 2 customers, 21 features, 2 mismatches" in text
         assert "revenue_total" in text and "<missing>" in text and "19.98" in text
     finally:
         server.shutdown()

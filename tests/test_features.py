@@ -96,6 +96,7 @@ def test_empty_window_features():
     for name in ("avg_order_value_90d", "discount_share_90d", "cart_abandon_rate_7d",
                  "night_share_30d", "app_share_30d"):
         assert f[name] == 0.0
+    assert f["events_30d"] == 0
     assert FeatureWindow().features(at(D)) == f
     assert FeatureWindow().changes_with_time(at(D)) is False
 
@@ -498,13 +499,17 @@ def test_changes_with_time():
     assert w.changes_with_time(w.as_of) is True
     # The newest bucket (day D) is in the 90-day window until the end of day D+89.
     assert w.changes_with_time(at(D + 89, 23, 59)) is True
-    assert w.changes_with_time(at(D + RETENTION_DAYS)) is False
-    assert w.changes_with_time(at(D + 400)) is False
+    # Then the recency checkpoints of the last order (day D - 5), up to two years.
+    assert w.next_change(at(D + RETENTION_DAYS)) == at(D - 5 + 120, 1)
+    assert w.next_change(at(D + 400)) == at(D - 5 + 450, 1)
+    assert w.changes_with_time(at(D - 5 + 730, 1)) is False
+    browser = window_of([click(at(D, 12))])  # no order: nothing changes after the windows
+    assert browser.changes_with_time(at(D + RETENTION_DAYS)) is False
     # A late event creates no bucket.
     late = window_of([click(at(D, 12)), buy(at(D, 12))], ALLOWED_LATENESS_MS)
     assert late.apply(buy(at(D - 1))) is False
     assert list(late.days) == [D]
-    assert late.changes_with_time(at(D + 90)) is False
+    assert late.next_change(at(D + 90)) == at(D + 120, 12)
 
 
 # -- individual features -------------------------------------------------------------------
@@ -579,6 +584,7 @@ def test_night_share_30_day_window():
         click(at(D, 12), local_hour=12),
     ]
     assert features_of(events)["night_share_30d"] == 0.5
+    assert features_of(events)["events_30d"] == 2  # the count behind the share
 
 
 def test_app_share_30d():
