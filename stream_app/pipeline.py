@@ -30,10 +30,18 @@ UNASSIGNED = -1
 EXCLUDED = -2
 #: A move back to the segment a customer just left, within this many evaluations, is a flap.
 FLAP_EVALUATIONS = 5
-#: Moves that need SEGMENT_CONFIRMATIONS consecutive wins. A model update, a profile change
-#: or the passage of time moves a customer at once: re-scoring passes are rare and may be
-#: the last evaluation a quiet customer gets.
+#: Moves that need SEGMENT_CONFIRMATIONS consecutive wins and SEGMENT_MARGIN: one odd event
+#: is no new behaviour. A model update, a profile change or the passage of time moves a
+#: customer at once, by SEGMENT_REJUDGE_MARGIN: they re-read the customer rather than
+#: react to noise (time passing changes features one way only), re-scoring passes are
+#: rare and may be the last evaluation a quiet customer gets, and a customer held where it
+#: was placed long ago drifts from its segment (a lapsing buyer's recency grows).
 DEBOUNCED = frozenset({"event"})
+#: Sweeps (time passing) sample a customer again once the time since its last sample is a
+#: quarter of the time since its last event: ``log1p`` of the days since an order then moves
+#: by at most about 0.22 between two samples, and a customer idle for months is sampled
+#: once a month, not every day.
+SWEEP_SAMPLE_SHARE = 4
 #: How many features a segment change names as the reasons for the move.
 REASONS = 3
 #: Triggers of a customer leaving segmentation: its last changes are sent before the state
@@ -62,9 +70,10 @@ class Outcome:
     #: Event time of the message (the customer's clock for rescore and sweep).
     event_ts: int | None = None
     event_type: str | None = None
-    #: Whether the customer should be swept again when time passes (windows not empty),
-    #: and its clock (the event time its features are evaluated at).
-    sweep_again: bool = False
+    #: When the customer should be swept again as time passes (event time; None: nothing
+    #: changes any more, see ``FeatureWindow.next_change``), and its clock (the event time
+    #: its features are evaluated at).
+    sweep_at: int | None = None
     clock: int = 0
     #: The model-space vector the customer was just evaluated with, and its segment after
     #: the evaluation (for :class:`~stream_app.assignments.AssignmentIndex`).
@@ -79,6 +88,16 @@ class Outcome:
     audience_trigger: str | None = None
     #: Membership bookkeeping: ``(audience, action)`` of new changes (not of re-sent ones).
     audience_moves: list[tuple[str, str]] | None = None
+
+    @property
+    def sweep_again(self) -> bool:
+        """Whether the customer is to be swept again (at :attr:`sweep_at`)."""
+        return self.sweep_at is not None
+
+    def keep_time(self, state: CustomerState) -> None:
+        """Record ``state``'s clock and when time passing will next change it."""
+        self.clock = state.clock
+        self.sweep_at = state.window.next_change(state.clock)
 
 
 class TokenBucket:
@@ -104,9 +123,12 @@ class CustomerPipeline:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.decoder = EventDecoder(settings.max_message_bytes, settings.max_future_skew_s)
+        self.decoder = EventDecoder(settings.max_message_bytes, settings.max_future_skew_s,
+                                    min_ts_ms=settings.event_ts_min_ms)
         self.transform = FeatureTransform(settings.segment_features)
         self.margin = settings.segment_margin
+        #: Margin of moves not caused by the customer's own events (see DEBOUNCED).
+        self.rejudge_margin = settings.segment_rejudge_margin
         #: Margin to return to the segment just left, within FLAP_EVALUATIONS evaluations.
         self.return_margin = min(0.9, 2 * settings.segment_margin)
         self.confirmations = settings.segment_confirmations
@@ -190,8 +212,7 @@ class CustomerPipeline:
                 last = out
         if last is not None:
             last.state = state.to_bytes()
-            last.sweep_again = state.window.changes_with_time(state.clock)
-            last.clock = state.clock
+            last.keep_time(state)
         return outs
 
     def _apply(self, ev: Event, state: CustomerState, out: Outcome, first: bool) -> bool:
@@ -313,8 +334,7 @@ class CustomerPipeline:
         if self._evaluate(state, out, "model_update", cause_id, None, customer_id):
             out.state = state.to_bytes()
         out.event_ts = state.clock
-        out.sweep_again = state.window.changes_with_time(state.clock)
-        out.clock = state.clock
+        out.keep_time(state)
         return out
 
     def sweep(self, customer_id: str, stored: bytes, at: int,
@@ -336,8 +356,7 @@ class CustomerPipeline:
             self._evaluate(state, out, "inactivity", cause_id, None, customer_id)
             out.state = state.to_bytes()
         out.event_ts = state.clock
-        out.sweep_again = state.window.changes_with_time(state.clock)
-        out.clock = state.clock
+        out.keep_time(state)
         return out
 
     def restate(self, customer_id: str, stored: bytes) -> Outcome:
@@ -377,8 +396,7 @@ class CustomerPipeline:
                                  customer_id):
             out.state = state.to_bytes()
         out.event_ts = state.clock
-        out.sweep_again = state.window.changes_with_time(state.clock)
-        out.clock = state.clock
+        out.keep_time(state)
         return out
 
     def _evaluate(self, state: CustomerState, out: Outcome, trigger: str, cause_id: str,
@@ -398,16 +416,25 @@ class CustomerPipeline:
                 ev: Event | None, features: dict[str, float | None],
                 customer_id: str | None = None) -> bool:
         """Assign ``state`` a segment; fill ``out.change``/``out.sample``; True if moved."""
-        if ev is not None and ev.kind != "profile" and self._wants_sample(state, ev.ts):
+        # The learner sees customers as they are after their events and as time passes
+        # (a lapsing buyer's recency grows), never as a profile alone made them.
+        if ev is not None and ev.kind != "profile":
+            sampled = self._wants_sample(state, ev.ts, self._sample_interval_ms)
+        else:  # swept: the longer ago its last event, the slower its vector changes
+            idle = state.clock - state.window.as_of
+            sampled = trigger == "inactivity" and self._wants_sample(
+                state, state.clock, max(self._sample_interval_ms, idle // SWEEP_SAMPLE_SHARE))
+        if sampled:
             vector = self.transform.vector(features, state.profile)
+            who = ev.customer_id if ev is not None else customer_id or ""
             out.sample = orjson.dumps({"spec": self.transform.spec, "x": vector,
-                                       "member": member_pseudonym(ev.customer_id)})
-            state.sampled_at = ev.ts
+                                       "member": member_pseudonym(who)})
         model = self.model
-        if model is None or state.window.event_count() < self.min_events:
+        if model is None or not self.placeable(state):
             return False  # no model yet, or too little behaviour to judge
         raw = self._model_transform.vector(features, state.profile)
-        segment, distances = model.assign(raw, state.segment, self.margin)
+        margin = self.margin if trigger in DEBOUNCED else self.rejudge_margin
+        segment, distances = model.assign(raw, state.segment, margin)
         out.vector = raw
         previous = state.segment
         if (segment == state.left_segment and previous is not None and previous < model.k
@@ -583,13 +610,25 @@ class CustomerPipeline:
         out.trigger = trigger
         return True
 
-    def _wants_sample(self, state: CustomerState, ts: int) -> bool:
-        """Sample a customer at most once per interval of its event time, and not before
-        it has been seen for one interval (a first event says little about a customer)."""
-        if state.sampled_at == 0:
-            state.sampled_at = ts
+    def placeable(self, state: CustomerState) -> bool:
+        """Whether the customer has behaviour enough to be placed in a segment: one
+        purchase ever, or ``SEGMENT_MIN_EVENTS`` clicks in the last 90 days (a profile
+        alone never places). A one-time buyer is placed at its purchase: on a real shop
+        about half the customers never buy again, and they are the ones second-purchase
+        and win-back campaigns are for."""
+        window = state.window
+        return window.orders_total > 0 or window.event_count() >= self.min_events
+
+    def _wants_sample(self, state: CustomerState, ts: int, interval_ms: int) -> bool:
+        """Sample a customer at its first event, then at most once per ``interval_ms`` of
+        its event time (the learner keeps each customer's newest vector, so a one-time
+        buyer is learned as it is), within the rate limit."""
+        if state.sampled_at and ts - state.sampled_at < interval_ms:
             return False
-        return ts - state.sampled_at >= self._sample_interval_ms and self._samples.take()
+        if not self._samples.take():
+            return False
+        state.sampled_at = ts
+        return True
 
 
 def member_pseudonym(customer_id: str) -> str:
@@ -613,12 +652,14 @@ def reasons(model: SegmentModel, raw: list[float | None], previous: int | None, 
     centre = model.centres[segment]
     before = (model.centres[previous] if previous is not None and previous < model.k
               else np.zeros_like(centre))
-    gain = (z - before) ** 2 - (z - centre) ** 2
+    gain = (z - before) ** 2 - (z - centre) ** 2  # in the weighted space that decided
+    plain_z, plain_centre = model.z_scores(z), model.z_scores(centre)
     out = []
     for j in np.argsort(-gain)[:REASONS]:
         if gain[j] <= 0:
             break
         name = model.features[j]
-        out.append({"feature": name, "value": values.get(name), "z": round(float(z[j]), 3),
-                    "segment_z": round(float(centre[j]), 3)})
+        out.append({"feature": name, "value": values.get(name),
+                    "z": round(float(plain_z[j]), 3),
+                    "segment_z": round(float(plain_centre[j]), 3)})
     return out

@@ -449,8 +449,8 @@ def ts_case(c: Chooser, ctx: Context) -> tuple[Any, frozenset[str]]:
     now, skew, offset = ctx.now_ms, ctx.skew_ms, c.pick(OFFSETS_MIN)
     case = c.pick(("recent", "near_future", "beyond_skew_epoch", "beyond_schema_epoch",
                    "far_future_iso", "far_past_iso", "just_before_min", "below_schema_epoch",
-                   "epoch_before_min", "edge_min", "float", "no_zone", "malformed", "too_long", "random_text",
-                   "huge_epoch"))
+                   "epoch_before_min", "edge_min", "float", "no_zone", "malformed", "too_long",
+                   "random_text", "huge_epoch"))
     ok, out_of_range = frozenset({ACCEPTED}), frozenset({"timestamp_out_of_range"})
     schema, invalid = frozenset({"schema_violation"}), frozenset({"invalid_timestamp"})
     if case == "recent":

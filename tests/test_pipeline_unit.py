@@ -41,7 +41,8 @@ def settings(**overrides) -> Settings:
     return dataclasses.replace(Settings(), **{"segment_features": SPEC, "segments_k": 2,
                                               "segment_min_events": 1,
                                               "segment_confirmations": 1,
-                                              "segment_margin": 0.15, **overrides})
+                                              "segment_margin": 0.15,
+                                              "segment_rejudge_margin": 0.15, **overrides})
 
 
 def learn_model(version: int = 1, spec: str = SPEC, vectors=None) -> SegmentModel:
@@ -280,14 +281,46 @@ def test_samples_for_the_learner(model):
     pipeline = CustomerPipeline(settings())
     pipeline.use_model(model)
     c = Customer(pipeline)
-    assert c.click(T0, 1).sample is None  # not on a customer's first event
-    assert c.click(T0 + 30 * MIN_MS, 2).sample is None  # nor within the interval
+    assert c.profile(T0 - MIN_MS, income=1).sample is None  # a profile alone says nothing
+    first = c.click(T0, 1)
+    assert first.sample is not None  # a customer's first event (a one-time buyer's only)
+    assert c.click(T0 + 30 * MIN_MS, 2).sample is None  # not within the interval
     out = c.click(T0 + HOUR_MS, 3)
     assert out.sample is not None
     sample = orjson.loads(out.sample)
     assert sample["spec"] == FeatureTransform(SPEC).spec
     assert sample["x"] == FeatureTransform(SPEC).vector(c.features, {})
+    assert sample["member"] == orjson.loads(first.sample)["member"] == member_pseudonym("c1")
     assert c.state.sampled_at == T0 + HOUR_MS
+    # Time passing: a sweep samples the customer as it is now (its recency grew), once the
+    # time since its last sample is a quarter of the time since its last event.
+    last_event = c.state.window.as_of
+    swept = c.sweep(last_event + 2 * DAY_MS)
+    assert swept.sample is not None and c.state.sampled_at == last_event + 2 * DAY_MS
+    assert orjson.loads(swept.sample)["x"] == FeatureTransform(SPEC).vector(c.features, {})
+    assert c.sweep(last_event + 40 * DAY_MS).sample is not None
+    assert c.sweep(last_event + 45 * DAY_MS).sample is None  # 5 days: under 45 / 4
+    assert c.sweep(last_event + 54 * DAY_MS).sample is not None  # 14 days: over 54 / 4
+
+
+def test_a_one_time_buyer_is_placed_at_its_purchase(model):
+    """One purchase places a customer whatever SEGMENT_MIN_EVENTS asks of clicks."""
+    pipeline = CustomerPipeline(settings(segment_min_events=3))
+    pipeline.use_model(model)
+    browser = Customer(pipeline, "browser")
+    assert browser.click(T0, 1).segment is None and browser.click(T0, 2).segment is None
+    assert browser.state.segment is None  # two clicks: not yet
+    assert browser.click(T0, 3).segment is not None  # the third
+    buyer = Customer(pipeline, "once")
+    out = buyer.buy(T0, 1)
+    change = change_of(out)
+    assert change["previous_segment"] is None and change["segment"] == buyer.state.segment
+    # Long after, its windows empty, the buyer is still placed and evaluated again at the
+    # recency checkpoints of its order.
+    assert out.sweep_at == (D + 1) * DAY_MS
+    late = buyer.sweep((D + 100) * DAY_MS)
+    assert late.sweep_at == T0 + 120 * DAY_MS and buyer.state.segment is not None
+    assert buyer.features["days_since_last_order"] == pytest.approx(100 - 10 / 24)
 
 
 # -- invalid input, duplicates ---------------------------------------------------------------------
@@ -301,7 +334,7 @@ def test_samples_for_the_learner(model):
      "schema_violation"),
     (b"other", click_msg("c1", T0, 1), "key_mismatch"),
     (None, click_msg("c1", T0, 1), "key_mismatch"),
-    (b"c1", click_msg("c1", "1999-12-31T23:00:00Z", 1), "timestamp_out_of_range"),
+    (b"c1", click_msg("c1", "1979-12-31T23:00:00Z", 1), "timestamp_out_of_range"),
     (b"c1", click_msg("c1", "2024-10-04 10:00", 1), "invalid_timestamp"),
 ])
 def test_invalid_input_goes_to_the_dead_letter_queue(model, key, value, reason):
@@ -577,21 +610,27 @@ def test_sweep_slides_windows_and_moves_an_inactive_buyer(model):
         assert out.state is None and out.change is None and out.clock == at
 
 
-def test_sweep_again_is_false_once_every_window_is_empty(model):
+def test_sweeps_follow_the_windows_then_the_recency_of_the_last_order(model):
     pipeline = CustomerPipeline(settings())
     pipeline.use_model(model)
     c = buyer_customer(pipeline, model)
     day = c.state.window.as_of // DAY_MS
-    assert c.sweep(day * DAY_MS + 30 * DAY_MS).sweep_again is True
+    last_order = c.state.window.last_order_ts
+    assert c.sweep(day * DAY_MS + 30 * DAY_MS).sweep_at == (day + 31) * DAY_MS
     out = c.sweep((day + 89) * DAY_MS + DAY_MS - 1)  # the last moment day `day` counts
-    assert out.sweep_again is True and c.features["orders_90d"] == 3
-    out = c.sweep((day + 90) * DAY_MS)
-    assert out.sweep_again is False and out.state is not None
+    assert out.sweep_at == (day + 90) * DAY_MS and c.features["orders_90d"] == 3
+    out = c.sweep((day + 90) * DAY_MS)  # windows empty: the next recency checkpoint
+    assert out.sweep_at == last_order + 120 * DAY_MS and out.state is not None
     f = c.features
     assert f["orders_90d"] == 0 and f["views_7d"] == 0 and f["orders_total"] == 3
-    assert pipeline.sweep("buyer", c.stored, (day + 200) * DAY_MS).sweep_again is False
+    assert c.sweep((day + 200) * DAY_MS).sweep_at == last_order + 240 * DAY_MS
+    assert c.sweep((day + 740) * DAY_MS).sweep_again is False  # two years lapsed: done
     # A new event makes the customer sweepable again.
-    assert c.click((day + 201) * DAY_MS, 1).sweep_again is True
+    assert c.click((day + 741) * DAY_MS, 1).sweep_at == (day + 742) * DAY_MS
+    # A customer who never bought is not swept once its windows are empty.
+    browser = Customer(pipeline, "browser")
+    browser.click(T0, 1)
+    assert browser.sweep((D + 90) * DAY_MS).sweep_again is False
 
 
 def test_event_after_a_sweep_is_evaluated_at_the_later_clock(model):
@@ -702,7 +741,7 @@ def test_margin_prevents_a_move_to_a_slightly_closer_centre(model):
     out = c.rescore()
     assert out.change is None and c.state.segment == current
     # Without a margin the customer would move.
-    no_margin = CustomerPipeline(settings(segment_margin=0.0))
+    no_margin = CustomerPipeline(settings(segment_rejudge_margin=0.0))
     no_margin.use_model(v2)
     assert change_of(no_margin.rescore("c1", c.stored))["segment"] == other
     # Closer by more than the margin: 0.8 < 0.85 x 1.0.
@@ -759,3 +798,20 @@ def test_a_json_array_message_is_its_events_in_order_with_one_state_write(model)
     assert outs[-1].state == one_by_one.stored
     assert pipeline.process_message("click", b"c1", b"[]", None, "clickstream", 1, 18)[0] \
         .reason == "empty_array"
+
+
+def test_a_1990s_history_is_processed_and_a_seconds_timestamp_is_dead_lettered(model):
+    """A shop backfilling its 1990s orders gets them counted (EVENT_TS_MIN defaults to
+    1980); a ts sent in seconds still goes to the DLQ, saying which bound and why."""
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline, "old")
+    out = c.buy("1995-06-15T12:00:00Z", 1, 30.0)
+    assert out.dlq is None and c.state.window.orders_total == 1
+    assert change_of(out)["segment"] == c.state.segment  # placed at its first purchase
+    c.buy(803_217_600_000 + DAY_MS, 2, 20.0)  # a day later, in epoch milliseconds
+    assert c.features["orders_total"] == 2 and c.features["revenue_total"] == 50.0
+    seconds = c.buy(803_217_600, 3)  # 1995-06-15T12:00:00Z in seconds: January 1970 as ms
+    assert seconds.reason == "timestamp_out_of_range" and seconds.state is None
+    detail = orjson.loads(seconds.dlq)["detail"]
+    assert "EVENT_TS_MIN" in detail and "looks like seconds" in detail
