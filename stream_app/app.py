@@ -50,7 +50,7 @@ from stream_app.catch_up import CatchUp
 from stream_app.changes import iso_ms
 from stream_app.config import Settings
 from stream_app.features import FEATURE_NAMES
-from stream_app.labels import describe
+from stream_app.labels import describe, typical_values
 from stream_app.logs import logging_config
 from stream_app.metrics import CONTENT_TYPE, Metrics
 from stream_app.model_feed import ModelFeed
@@ -64,7 +64,7 @@ from stream_app.segment_map import (
     map_page,
     merge_changes,
     parse_since,
-    project_centres,
+    project_segments,
 )
 from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel, learner_for
 from stream_app.sizes import SegmentSizes, home_and_bucket, summary, summed
@@ -303,8 +303,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 index.forget(key)
         if out.vector is not None and out.segment is not None and pipeline.model is not None:
             index.record(key, partition, pipeline.model.spec, out.vector, out.segment)
-        if out.sweep_again:
-            schedule.schedule(partition, key, out.clock)
+        if out.sweep_at is not None:
+            schedule.schedule_at(partition, key, out.sweep_at)
         if out.moved is not None:
             sizes.move(partition, *out.moved)
         if out.audience_moves is not None:
@@ -441,8 +441,15 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     async def publish_model() -> None:
         nonlocal version, unpublished
         async with learning:
-            if learner is None or not learner.ready or not unpublished:
+            if learner is None or not learner.ready:
                 return
+            if not unpublished:
+                # No sample since the last version: a backlog was drained (or traffic
+                # paused). Refine once on everything learned since the last refinement,
+                # so a history replayed in seconds ends with the model a live run has.
+                if not learner.learned_since_refinement:
+                    return
+                await asyncio.to_thread(learner.refine)
             version = max(version, feed.latest.version if feed.latest else 0) + 1
             unpublished = 0
             # Quality figures of the snapshot are NumPy work on the sample: off the loop too.
@@ -558,7 +565,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         every customer of a partition not fully indexed yet (just assigned here)."""
         mine = local_partitions()
         fresh = mine - indexed
-        movers = index.movers(model, settings.segment_margin, mine & indexed)
+        movers = index.movers(model, settings.segment_rejudge_margin, mine & indexed)
         metrics.rescore_checked.inc(len(index))
         indexed.update(fresh)
         yield from movers
@@ -674,8 +681,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         """Customers, segment sizes and input lag, as of now."""
         totals = summed(local_sizes())
         metrics.customers.set(sum(totals.values()))
-        k = pipeline.model.k if pipeline.model else 0
-        for segment in range(k):
+        live = pipeline.model.active_ids if pipeline.model else []
+        metrics.segment_size.clear()  # retired segments go
+        for segment in live:
             metrics.segment_size.labels(str(segment)).set(totals.get(segment, 0))
         members = summed(audience_sizes.local(local_partitions()))
         metrics.audience_members.clear()  # audiences no longer defined go
@@ -764,8 +772,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         model = pipeline.model
         if model is None:
             return json_response(self, {"error": "no model yet"}, 404)
-        # The snapshot as published (schemas/segment-model), plus K and a readable time.
+        # The snapshot as published (schemas/segment-model), plus the number of ids (K,
+        # retired ones included), of live segments, and a readable time.
         return json_response(self, {**model.to_dict(), "k": model.k,
+                                    "segments": len(model.active_ids),
                                     "created": iso_ms(model.created_at * 1000)})
 
     def local_view() -> dict[str, Any]:
@@ -874,7 +884,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         model, allowed = pipeline.model, authorised(request)
         return json_response(self, map_document(
             segments_document(model, sizes),
-            project_centres(model.centres) if model is not None else None,
+            project_segments(model.centres, model.active) if model is not None else None,
             model.features if model is not None else (),
             size_history.since(parse_since(request.query.get("since"))),
             merge_changes((view.get("recent", ()) for view in views), customers=allowed),
@@ -908,7 +918,8 @@ def customer_document(customer_id: str, stored: bytes, model: SegmentModel | Non
         if features[name] is not None:
             features[name] = iso_ms(features[name])
     segment = state.segment
-    label = model.labels[segment] if model and segment is not None and segment < model.k else None
+    label = (model.labels[segment] if model is not None and segment is not None
+             and 0 <= segment < model.k else None)
     return {
         "customer_id": customer_id,
         "as_of": iso_ms(state.clock) if state.clock else None,
@@ -931,14 +942,17 @@ def segment_explanation(model: SegmentModel, segment: int, sizes: dict[int, dict
     return {
         "id": segment,
         "label": model.labels[segment],
+        "active": model.is_active(segment),
         "size": size,
         "model_version": model.version,
+        "typical": typical_values(model.features, centre_units),
         "centre": {n: round(float(v), 4) for n, v in zip(model.features, centre_units)},
         "distinguishing": [
             {"feature": name, "z": round(z, 3), "word": word,
              "segment_value": round(float(centre_units[model.features.index(name)]), 4),
              "population_value": round(float(population[model.features.index(name)]), 4)}
-            for name, z, word in describe(model.features, model.centres[segment])
+            for name, z, word in describe(model.features,
+                                          model.z_scores(model.centres[segment]))
         ],
         "examples": examples.get(segment, [])[:EXAMPLES],
     }
@@ -958,16 +972,22 @@ def audiences_document(definitions: AudienceSet, members: dict[str, int]) -> dic
 
 def segments_document(model: SegmentModel | None, sizes: dict[int, dict[int, int]]
                       ) -> dict[str, Any]:
-    """The body of ``GET /segments``: every segment with label, size and centre."""
+    """The body of ``GET /segments``: every active segment with label, size, typical
+    values and centre, and the retired segment ids with their last label."""
     totals = summed(sizes)
     segments = []
+    retired = []
     if model is not None:
         centres = model.centres_in_feature_units()
         for i in range(model.k):
+            if not model.active[i]:
+                retired.append({"id": i, "label": model.labels[i], "size": totals.get(i, 0)})
+                continue
             segments.append({
                 "id": i,
                 "label": model.labels[i],
                 "size": totals.get(i, 0),
+                "typical": typical_values(model.features, centres[i]),
                 "centre": {n: round(float(v), 4) for n, v in zip(model.features, centres[i])},
             })
     return {
@@ -977,4 +997,5 @@ def segments_document(model: SegmentModel | None, sizes: dict[int, dict[int, int
         "excluded": totals.get(EXCLUDED, 0),
         "partitions_reporting": sorted(sizes),
         "segments": segments,
+        "retired": retired,
     }

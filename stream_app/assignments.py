@@ -104,6 +104,7 @@ class AssignmentIndex:
             squared = (np.einsum("ij,ij->i", z, z)[:, None] - 2.0 * z @ centres.T
                        + centre_norms)
             d = np.sqrt(np.maximum(squared, 0.0))
+            d[:, ~model.active] = np.inf  # retired segments: nobody stays or goes there
             best = np.argmin(d, axis=1)
             segments = self._segments[start:stop]
             rows = np.arange(len(d))

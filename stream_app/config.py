@@ -22,10 +22,15 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-#: Default clustering vector: feature name and transform applied before online scaling.
+#: Default clustering vector: feature name, transform applied before online scaling, and
+#: weight. Recency, frequency and monetary value (RFM, lifetime and 90 days: the retail
+#: baseline) count fully; the behavioural traits (price sensitivity, browsing, searching,
+#: time of day, channel) count half. The README's Segmentation section has the figures on
+#: both workloads behind it.
 DEFAULT_SEGMENT_FEATURES = (
-    "orders_90d:log1p,avg_order_value_90d:log1p,discount_share_90d,views_7d:log1p,"
-    "searches_7d:log1p,night_share_30d,app_share_30d"
+    "days_since_last_order:log1p,orders_total:log1p,revenue_total:log1p,orders_90d:log1p,"
+    "revenue_90d:log1p,discount_share_90d:identity:0.5,views_7d:log1p:0.5,"
+    "searches_7d:log1p:0.5,night_share_30d:identity:0.5,app_share_30d:identity:0.5"
 )
 
 
@@ -114,8 +119,17 @@ class Settings:
     )
     segment_clusterer: str = field(default="kmeans", metadata={"env": "SEGMENT_CLUSTERER"})
     segment_margin: float = field(default=0.45, metadata={"env": "SEGMENT_MARGIN"})
+    #: The margin of moves not caused by the customer's own events (model updates, the
+    #: passage of time, profile updates).
+    segment_rejudge_margin: float = field(default=0.2,
+                                          metadata={"env": "SEGMENT_REJUDGE_MARGIN"})
     segment_confirmations: int = field(default=2, metadata={"env": "SEGMENT_CONFIRMATIONS"})
+    #: Clicks in the last 90 days that place a customer who never bought (one purchase
+    #: always places).
     segment_min_events: int = field(default=3, metadata={"env": "SEGMENT_MIN_EVENTS"})
+    #: Least share of the customers a segment may hold: smaller ones are revived where
+    #: the largest segment is split, under a new id (0: no minimum).
+    segment_min_share: float = field(default=0.005, metadata={"env": "SEGMENT_MIN_SHARE"})
     kmeans_halflife: float = field(default=0.005, metadata={"env": "KMEANS_HALFLIFE"})
     model_seed: int = field(default=42, metadata={"env": "MODEL_SEED"})
     model_warmup_samples: int = field(default=0, metadata={"env": "MODEL_WARMUP_SAMPLES"})
@@ -177,6 +191,10 @@ class Settings:
             raise ValueError("TOPIC_PARTITIONS must be at least 1")
         if not 0.0 <= self.segment_margin < 1.0:
             raise ValueError("SEGMENT_MARGIN must be in [0, 1)")
+        if not 0.0 <= self.segment_rejudge_margin < 1.0:
+            raise ValueError("SEGMENT_REJUDGE_MARGIN must be in [0, 1)")
+        if not 0.0 <= self.segment_min_share * self.segments_k < 1.0:
+            raise ValueError("SEGMENT_MIN_SHARE must be at least 0 and below 1 / SEGMENTS_K")
         if not 0.0 < self.kmeans_halflife <= 1.0:
             raise ValueError("KMEANS_HALFLIFE must be in (0, 1]")
         if self.segment_clusterer not in CLUSTERERS:

@@ -68,6 +68,23 @@ class Projection:
     components: np.ndarray
 
 
+def project_segments(centres: ArrayLike, active: ArrayLike) -> Projection:
+    """:func:`project_centres` of the active segments, with one point per segment id (a
+    retired segment's row sits at the origin and shapes no axis).
+
+    >>> p = project_segments([[0.0, 0.0], [50.0, 50.0], [3.0, 4.0]], [True, False, True])
+    >>> [(round(x, 3), y) for x, y in p.points]
+    [(-2.5, 0.0), (0.0, 0.0), (2.5, 0.0)]
+    """
+    x = np.asarray(centres, dtype=float)
+    live = np.flatnonzero(np.asarray(active, dtype=bool))
+    shown = project_centres(x[live].reshape(len(live), x.shape[1]))
+    points = [(0.0, 0.0)] * len(x)
+    for segment, point in zip(live.tolist(), shown.points):
+        points[segment] = point
+    return Projection(points, shown.explained, shown.components)
+
+
 def project_centres(centres: ArrayLike) -> Projection:
     """Principal-component projection of the segment centres (K × d, standardised) to 2-D.
 

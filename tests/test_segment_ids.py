@@ -148,3 +148,66 @@ def test_a_customer_from_a_model_with_more_segments_is_reassigned_without_error(
     out = pipeline.process("click", b"c", orjson.dumps(doc), state.to_bytes(), "t", 0, 1)
     change = orjson.loads(out.change)
     assert change["previous_segment"] == 7 and change["segment"] == app_segment
+
+
+def test_a_revived_segment_gets_a_new_id_and_the_old_one_is_retired():
+    """A segment too small to act on is moved where the largest segment splits: it now
+    stands for another kind of customer, so it carries a new id; the others keep theirs."""
+    rng = np.random.default_rng(3)
+    # Three large groups, and a fourth of 1 % of the customers.
+    centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 6.0, 0.0], [0.0, 0.0, 6.0]])
+    which = rng.choice(4, size=4000, p=[0.33, 0.33, 0.33, 0.01])
+    points = centres[which] + rng.normal(scale=0.4, size=(4000, 3))
+    learner = SegmentLearner(FeatureTransform(SPEC), 4, warmup=400, seed=2, min_share=0.05,
+                             refine_every=10**9)
+    for x in points:
+        learner.learn_one(x.tolist())
+    first = learner.snapshot(1)
+    sample = learner.scaled_sample()
+    before = np.bincount(assign(sample, learner.centres()), minlength=4)
+    small = int(np.argmin(before))
+    assert before[small] < 0.05 * len(sample)  # k-means++ found the tiny group
+    learner.refine()
+    second = learner.snapshot(2)
+    assert second.k == 5 and second.active.tolist() == [i != small for i in range(4)] + [True]
+    assert second.labels[small] == first.labels[small]  # retired with its last label
+    sizes = np.bincount(assign(learner.scaled_sample(), learner.centres()))
+    assert sizes.min() >= 0.05 * len(learner.sample)  # none below the minimum share
+    assigned = {second.assign(p.tolist(), None)[0] for p in points[:500]}
+    assert small not in assigned and 4 in assigned
+    # A customer still in the retired segment moves at its next evaluation, margin or not.
+    tiny = points[which == 3][0].tolist()
+    assert np.isinf(second.distances(tiny)[small])
+    assert second.assign(tiny, small, 0.9)[0] != small
+    # Workers read the retirement from the published snapshot, and so does a resumed
+    # learner, which gives the next new id after the retired one.
+    again = type(second).from_json(second.to_json())
+    assert again.active.tolist() == second.active.tolist()
+    resumed = SegmentLearner.resume(again)
+    assert resumed.ids is not None and resumed.ids.next_id == 5
+    assert resumed.ids.slot_ids == second.active_ids and sorted(resumed.ids.retired) == [small]
+
+
+def test_a_centre_drifting_into_another_kind_of_customer_is_a_new_id():
+    """Refinements may move a centre, but not halfway to another segment's meaning under
+    the same id: that is a retired id and a new one; small moves keep the id."""
+    learner = trained(seed=4, refine_every=10**9)
+    first = learner.snapshot(1)
+    centres = learner.centres()
+    centres[0] += 0.1  # a small move: the same segment
+    learner._set_centres(centres)
+    second = learner.snapshot(2)
+    assert second.k == 4
+    # Halfway to segment 1 it is still segment 0; past where segment 1 is, it is not.
+    halfway = 0.5 * centres[0] + 0.5 * centres[1]
+    centres[0] = halfway
+    learner._set_centres(centres)
+    assert learner.snapshot(3).k == 4
+    centres[0] = centres[1] + 0.2 * (centres[1] - second.centres[0])
+    learner._set_centres(centres)
+    third = learner.snapshot(4)
+    assert third.k == 5 and not third.active[0] and third.active[4]
+    assert third.labels[0] == second.labels[0]  # retired with the label it had last
+    # The retired row stays where the segment meant what it meant, not where it went.
+    assert np.linalg.norm(third.centres[0] - first.centres[0]) < 0.5
+    assert np.allclose(third.centres[4], centres[0])

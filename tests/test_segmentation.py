@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from stream_app.labels import segment_labels
+from stream_app.quality import assign
 from stream_app.segmentation import (
     UNDEFINED_DEFAULTS,
     FeatureTransform,
@@ -341,9 +342,15 @@ def test_planted_clusters_are_recovered(seed):
 
 def test_snapshot_labels_come_from_centres():
     data = samples(np.random.default_rng(6), 200)
-    model = _trained(1, data).snapshot(version=1)
-    assert model.labels == segment_labels(model.features, model.centres)
+    learner = _trained(1, data)
+    model = learner.snapshot(version=1)
+    units = model.centres_in_feature_units()
+    sizes = np.bincount(assign(learner.scaled_sample(), model.centres), minlength=model.k)
+    assert model.labels == segment_labels(model.features, model.centres, units=units,
+                                          sizes=sizes)
     assert len(model.labels) == model.k
+    used = [label for label, size in zip(model.labels, sizes) if size]
+    assert len(set(used)) == len(used)  # every segment with members is named apart
 
 
 # -- labels --------------------------------------------------------------------------------------
@@ -355,17 +362,22 @@ def test_labels_name_strongest_deviations_first():
     assert labels == ("frequent buyer · deal seeker · web",)
 
 
-def test_labels_at_most_three_words():
+def test_labels_name_at_most_four_words_in_canonical_order():
     names = ("orders_90d", "app_share_30d", "night_share_30d", "discount_share_90d")
     (label,) = segment_labels(names, [[-0.9, 3.0, 2.0, -1.5]])
-    assert label == "app · night owl · pays full price"
+    assert label == "rarely buys · pays full price · night owl · app"
+    # The same deviations in another column order give the same words in the same order.
+    (again,) = segment_labels(names[::-1], [[-1.5, 2.0, 3.0, -0.9]])
+    assert again == label
 
 
-def test_labels_typical_customer_when_all_small():
+def test_labels_typical_customer_when_all_small_and_distinct_otherwise():
     names = ("orders_90d", "app_share_30d", "views_7d")
-    assert segment_labels(names, [[0.49, -0.49, 0.0], [0.0, 0.0, 0.0]]) == (
-        "typical customer", "typical customer",
+    assert segment_labels(names, [[0.2, -0.2, 0.0], [0.0, 0.0, 0.0]], sizes=[10, 0]) == (
+        "typical customer", "typical customer",  # the empty one may repeat a label
     )
+    labels = segment_labels(names, [[0.49, -0.49, 0.0], [0.0, 0.0, 0.0]])
+    assert len(set(labels)) == 2 and "typical customer" in labels
     # The threshold is inclusive: |z| = 0.5 is named.
     assert segment_labels(names, [[0.0, -0.5, 0.2]]) == ("web",)
 
@@ -373,7 +385,7 @@ def test_labels_typical_customer_when_all_small():
 def test_labels_skip_repeated_words_and_name_unknown_features():
     names = ("orders_30d", "orders_90d", "mystery", "views_7d")
     (label,) = segment_labels(names, [[1.5, 1.4, -1.0, 0.7]])
-    assert label == "frequent buyer · low mystery · heavy browser"
+    assert label == "frequent buyer · heavy browser · low mystery"
     assert segment_labels(("mystery",), [[0.8]]) == ("high mystery",)
 
 
