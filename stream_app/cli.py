@@ -424,15 +424,19 @@ def verify(file: Path, url: str | None, max_rows: int) -> None:
               help="Simulate the whole loop in-process, once per River clusterer, and "
                    "compare them (settings from the environment).")
 @click.option("--customers", default=2000, show_default=True, help="--offline: customers.")
-@click.option("--events", default=80_000, show_default=True, help="--offline: events.")
+@click.option("--events", default=80_000, show_default=True,
+              help="--offline: events (planted workload; a retail history is replayed whole).")
+@click.option("--profile", "workload", default="planted", show_default=True,
+              type=click.Choice(PROFILES),
+              help="--offline: the workload (planted types, or a retail history).")
 @click.option("--k", "k", default=4, show_default=True, help="--offline: segments.")
 @click.option("--seed", default=7, show_default=True, help="--offline: generator seed.")
 @click.option("--clusterers", default=",".join(CLUSTERERS), show_default=True,
               help="--offline: which clusterers, comma-separated.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate(urls: tuple[str, ...], window: float, planted_customers: int | None,
-             planted_seed: int, offline: bool, customers: int, events: int, k: int,
-             seed: int, clusterers: str, as_json: bool) -> None:
+             planted_seed: int, offline: bool, customers: int, events: int, workload: str,
+             k: int, seed: int, clusterers: str, as_json: bool) -> None:
     """Segment quality: homogeneity, separation, silhouette, WCSS vs batch k-means, churn,
     flap rate, and the adjusted Rand index against the generator's planted types."""
     import orjson
@@ -444,7 +448,7 @@ def evaluate(urls: tuple[str, ...], window: float, planted_customers: int | None
         rows = ev.evaluate_offline(customers, events, k, seed, names, load_settings(),
                                    progress=None if as_json else
                                    lambda name: click.echo(f"learning with {name} ...",
-                                                           err=True))
+                                                           err=True), profile=workload)
         if as_json:
             click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         else:

@@ -9,9 +9,15 @@ Two modes:
   Rand index against the generator's planted types from the customers' segments, and from
   the segments nearest to their features under the applied model (the two differ by the
   customers the margin holds in their segment: ``held_share``).
-* **offline** (``--offline``): runs the synthetic shop through the real pipeline, learner
-  and re-scoring loop in this process (:func:`simulate`), once per River clusterer, to
-  compare them on the same figures (the comparison behind the default).
+  Coverage (the share of customers in a segment), the number of segments with members,
+  the smallest one and the number of distinct labels come from ``GET /segments``.
+* **offline** (``--offline``): replays a workload (``--profile``: the planted shop, or a
+  realistic retail history with or without clickstream) through the real pipeline,
+  learner, re-scoring and sweeps in this process (:func:`simulate`), once per River
+  clusterer, and judges the customers' final segments (:func:`segment_report`): coverage
+  of the buyers, the partition against batch k-means in the model's space and in plain
+  RFM terms, segment sizes and labels, flaps and changes per event (the comparison
+  behind the defaults).
 """
 
 from __future__ import annotations
@@ -22,22 +28,30 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import orjson
 from rich.console import Console
 from rich.table import Table
 
 from stream_app.config import CLUSTERERS, Settings
-from stream_app.generator import TYPES, SyntheticShop
+from stream_app.generator import TYPES, SyntheticShop, make_shop
 from stream_app.local_loop import LocalLoop
 from stream_app.metrics import scrape
 from stream_app.pipeline import Outcome
-from stream_app.quality import adjusted_rand_index, flap_rate
+from stream_app.quality import (
+    adjusted_rand_index,
+    assign,
+    flap_rate,
+    partition_ratio,
+    rfm_space,
+)
 from stream_app.segmentation import FeatureTransform, SegmentModel
 from stream_app.state import CustomerState
 from stream_app.verify import fetch_customer
 
 #: Targets from the product's quality bar: (measure, comparison, threshold).
 TARGETS = {
+    "coverage": (">=", 0.99),
     "wcss_ratio": ("<=", 1.15),
     "ari_planted": (">=", 0.9),
     "flap_rate": ("<=", 0.01),
@@ -77,6 +91,19 @@ def _scrape(urls: Sequence[str]) -> dict[str, float]:
     return totals
 
 
+def _placement(segments: dict[str, Any]) -> dict[str, Any]:
+    """Coverage and segment sizes from a ``GET /segments`` body (all workers)."""
+    customers = segments.get("customers", 0)
+    counted = customers - segments.get("excluded", 0)
+    live = [s for s in segments.get("segments", []) if s["size"]]
+    return {
+        "coverage": 1 - segments.get("unassigned", 0) / counted if counted else 0.0,
+        "segments": len(live),
+        "smallest_segment": min((s["size"] for s in live), default=0),
+        "distinct_labels": len({s["label"] for s in live}),
+    }
+
+
 def evaluate_live(urls: Sequence[str], window: float = 30.0,
                   planted: tuple[int, int] | None = None) -> dict[str, Any]:
     """Quality figures of running workers (see the module docstring)."""
@@ -91,7 +118,8 @@ def evaluate_live(urls: Sequence[str], window: float = 30.0,
     customers = after["stream_app_customers"] or 1.0
     report: dict[str, Any] = {
         "model_version": model["version"],
-        "k": model["k"],
+        "k": sum(model.get("active") or [True] * model["k"]),  # live segments
+        "retired": model["k"] - sum(model.get("active") or [True] * model["k"]),
         **model.get("quality", {}),
         "churn_per_customer_hour": (after["stream_app_segment_moves_total"]
                                     - before["stream_app_segment_moves_total"])
@@ -100,6 +128,7 @@ def evaluate_live(urls: Sequence[str], window: float = 30.0,
                                int(after["stream_app_segment_changes_total"])),
         "changes": after["stream_app_segment_changes_total"],
         "customers": after["stream_app_customers"],
+        **_placement(_get(f"{urls[0]}/segments") or {}),
     }
     if planted is not None:
         shop = SyntheticShop(planted[0], seed=planted[1], start_ms=0)
@@ -132,68 +161,140 @@ def evaluate_live(urls: Sequence[str], window: float = 30.0,
 SIMULATION_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
-def simulate(settings: Settings, customers: int = 2000, events: int = 80_000, seed: int = 7,
-             span_days: float = 60.0, publish_every: int = 2000) -> dict[str, Any]:
-    """Run the synthetic shop through the real pipeline and learner in this process
-    (:class:`~stream_app.local_loop.LocalLoop`, a model version every ``publish_every``
-    events). Deterministic for a seed. Returns the quality figures of the final model
-    on the learner's customer sample, the adjusted Rand index of the customers' final
-    segments against the planted types, the flap rate, segment changes per event by
-    trigger, the share of customers the margin holds outside their nearest segment, and
-    the learner's cost per sample.
-    """
-    step = int(span_days * 86_400_000) // events
-    shop = SyntheticShop(customers, seed=seed, start_ms=SIMULATION_START_MS, step_ms=step)
-    changes: dict[str, int] = {}
-    flaps = 0
+def simulate(settings: Settings, customers: int = 2000, events: int | None = 80_000,
+             seed: int = 7, span_days: float = 60.0, publish_every: int | None = None,
+             profile: str = "planted") -> dict[str, Any]:
+    """Replay a workload through the real pipeline, learner, re-scoring and sweeps in this
+    process (:class:`~stream_app.local_loop.LocalLoop`, a model version every
+    ``publish_every`` events (default: 40 versions over the replay, at least 500 events
+    apart), then :meth:`~stream_app.local_loop.LocalLoop.drain` as a
+    worker ends a backlog) and measure the result (:func:`segment_report`).
 
-    def count(key: bytes | None, out: Outcome) -> None:
+    ``profile`` is a workload of :func:`~stream_app.generator.make_shop`: ``planted``
+    (``events`` events over ``span_days``) or ``retail`` / ``retail-mixed`` (a customer
+    history of ``span_days``, all of it unless ``events`` is given). Deterministic for a
+    seed.
+    """
+    end = SIMULATION_START_MS
+    if profile == "planted":
+        count = events or 80_000
+        step = int(span_days * 86_400_000) // count
+        shop: Any = make_shop(profile, customers, seed, SIMULATION_START_MS - count * step,
+                              step_ms=step)
+    else:
+        shop = make_shop(profile, customers, seed, end - int(span_days * 86_400_000),
+                         span_days=span_days)
+        count = events or shop.total_events
+    changes: dict[str, int] = {}
+    mature: dict[str, int] = {}
+    flaps = 0
+    mature_from = count * 3 // 4  # the last quarter of the replay: a mature population
+
+    def count_change(key: bytes | None, out: Outcome) -> None:
         nonlocal flaps
         if out.trigger is not None:
             changes[out.trigger] = changes.get(out.trigger, 0) + 1
+            if loop.processed >= mature_from:
+                mature[out.trigger] = mature.get(out.trigger, 0) + 1
         flaps += out.flap
 
-    loop = LocalLoop(settings, publish_every, on_outcome=count)
-    for offset, event in enumerate(shop.events(events)):
+    loop = LocalLoop(settings, publish_every or max(500, count // 40),
+                     on_outcome=count_change, sweeps=True)
+    for offset, event in enumerate(shop.events(count)):
         loop.handle(event.kind, event.key, event.value, "simulated", 0, offset)
-    pipeline, learner, store = loop.pipeline, loop.learner, loop.store
-    final = {key.decode(): CustomerState.from_bytes(raw) for key, raw in store.items()}
-    known = [c for c, state in final.items() if state.segment is not None]
+    backlog_versions = loop.version
+    mature_changes = dict(mature)
+    loop.drain()
+    report = segment_report(loop, shop.planted if profile == "planted" else None, seed)
     total = sum(changes.values())
-    held = 0  # customers the margin keeps out of their nearest segment under the last model
-    if pipeline.model is not None:
-        transform = FeatureTransform(pipeline.model.spec)
-        for c in known:
-            state = final[c]
-            raw = transform.vector(state.window.features(state.clock), state.profile)
-            held += pipeline.model.assign(raw, None)[0] != state.segment
-    return {
-        "clusterer": settings.segment_clusterer, "k": settings.segments_k,
-        **{m: learner.quality.get(m) for m in ("wcss_ratio", "homogeneity", "separation_min",
-                                                "silhouette")},
-        "ari_planted": adjusted_rand_index([TYPES.index(shop.planted[c]) for c in known],
-                                           [final[c].segment for c in known]),
+    report.update({
+        "profile": profile, "clusterer": settings.segment_clusterer,
+        "k": settings.segments_k, "events": count,
         "flap_rate": flap_rate(flaps, total),
-        "changes_per_event": total / events,
-        "held_share": held / max(len(known), 1),
+        "changes_per_event": total / max(count, 1),
+        "changes_per_event_mature": sum(mature_changes.values()) / max(count - mature_from, 1),
+        "changes_mature": mature_changes,
         "changes": changes,
-        "us_per_sample": 1e6 * loop.learning_s / max(learner.samples_seen, 1),
-        "model_versions": loop.version, "customers": len(known), "events": events,
+        "us_per_sample": 1e6 * loop.learning_s / max(loop.learner.samples_seen, 1),
+        "model_versions": loop.version, "versions_before_drain": backlog_versions,
+    })
+    return report
+
+
+def segment_report(loop: LocalLoop, planted: dict[str, str] | None = None,
+                   seed: int = 0) -> dict[str, Any]:
+    """How good the segments of every stored customer are under the loop's last model.
+
+    * ``coverage_buyers`` / ``coverage``: share of the customers with a purchase / of all
+      customers that have a segment;
+    * ``partition_ratio_model``: within-segment sum of squares of the customers' segments
+      over batch k-means (scikit-learn, k-means++, 10 restarts) with as many segments, in
+      the model's own space; ``partition_ratio_rfm`` the same in the plain
+      ``log1p``-standardised RFM space (:data:`~stream_app.quality.RFM_FEATURES`,
+      evaluated at the end of the replay);
+    * ``segments`` (non-empty), ``smallest_segment`` and ``distinct_labels``;
+    * the learner's own figures on its sample (``wcss_ratio``, ``silhouette``, ...);
+    * ``ari_planted`` against ``planted`` types, and ``held_share``: customers the margin
+      keeps out of their nearest segment.
+    """
+    model = loop.pipeline.model
+    states = {key.decode(): CustomerState.from_bytes(raw) for key, raw in loop.store.items()}
+    buyers = [c for c, s in states.items() if s.window.orders_total > 0]
+    placed = [c for c, s in states.items() if s.segment is not None]
+    end = max((s.clock for s in states.values()), default=0)
+    report: dict[str, Any] = {
+        "customers": len(states), "buyers": len(buyers), "placed": len(placed),
+        "coverage": len(placed) / max(len(states), 1),
+        "coverage_buyers": sum(states[c].segment is not None for c in buyers)
+        / max(len(buyers), 1),
+        **{m: loop.learner.quality.get(m) for m in ("wcss_ratio", "homogeneity",
+                                                     "separation_min", "silhouette")},
     }
+    if model is None or len(placed) < 2:
+        return report
+    transform = FeatureTransform(model.spec)
+    segments = np.array([states[c].segment for c in placed])
+    raw = np.array([[np.nan if v is None else v for v in transform.vector(
+        states[c].window.features(states[c].clock), states[c].profile)] for c in placed])
+    x = model.scale_rows(raw)
+    rfm = rfm_space(states[c].window.features(end) for c in placed)
+    live = np.array(model.active_ids)
+    nearest = live[assign(x, model.centres[live])]
+    sizes = np.unique(segments, return_counts=True)[1]
+    used = sorted(set(segments.tolist()))
+    labels = [model.labels[s] for s in used if s < model.k]
+    report.update({
+        "partition_ratio_model": partition_ratio(x, segments, seed),
+        "partition_ratio_rfm": partition_ratio(rfm, segments, seed),
+        "segments": len(used), "smallest_segment": int(sizes.min()),
+        "distinct_labels": len(set(labels)),
+        "held_share": float(np.mean(nearest != segments)),
+        "partition_ratio_nearest": partition_ratio(x, nearest, seed),
+    })
+    if planted is not None:
+        report["ari_planted"] = adjusted_rand_index(
+            [TYPES.index(planted[c]) for c in placed], segments)
+    return report
 
 
-def evaluate_offline(customers: int = 2000, events: int = 80_000, k: int = 4, seed: int = 7,
-                     clusterers: Sequence[str] = CLUSTERERS, settings: Settings | None = None,
-                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def evaluate_offline(customers: int = 2000, events: int | None = 80_000, k: int = 4,
+                     seed: int = 7, clusterers: Sequence[str] = CLUSTERERS,
+                     settings: Settings | None = None,
+                     progress: Callable[[str], None] | None = None,
+                     profile: str = "planted") -> list[dict[str, Any]]:
     """:func:`simulate` once per clusterer, everything else equal (the comparison behind
-    the default ``SEGMENT_CLUSTERER``)."""
+    the default ``SEGMENT_CLUSTERER``), on the workload ``profile`` (``planted``: ``events``
+    events over 60 days; ``retail`` / ``retail-mixed``: a 540-day history, all of it)."""
     base = dataclasses.replace(settings or Settings(), segments_k=k, learn_sample_rate=1e12)
+    planted = profile == "planted"
+    span = 60.0 if planted else 540.0
+    count = (events or 80_000) if planted else None
     rows = []
     for name in clusterers:
         if progress:
             progress(name)
         rows.append(simulate(dataclasses.replace(base, segment_clusterer=name), customers,
-                             events, seed, publish_every=max(500, events // 40)))
+                             count, seed, span_days=span, profile=profile))
     return rows
 
 
@@ -203,11 +304,15 @@ def print_live(report: dict[str, Any], console: Console | None = None) -> None:
                         f"K={report['k']}, {int(report['customers'])} customers)")
     for column in ("measure", "value", "target met"):
         table.add_column(column)
-    for measure in ("wcss_ratio", "homogeneity", "separation_min", "separation_mean",
+    for measure in ("coverage", "segments", "smallest_segment", "distinct_labels",
+                    "retired", "wcss_ratio", "homogeneity", "separation_min", "separation_mean",
                     "silhouette", "churn_per_customer_hour", "flap_rate", "ari_planted",
                     "ari_planted_nearest", "held_share"):
         if measure in report:
             value = report[measure]
+            if isinstance(value, int):
+                table.add_row(measure, str(value), "")
+                continue
             met = _meets(measure, value)
             if measure == "ari_planted" and report["k"] != len(TYPES):
                 met = f"n/a (K ≠ {len(TYPES)} planted types)"
@@ -217,14 +322,19 @@ def print_live(report: dict[str, Any], console: Console | None = None) -> None:
 
 def print_offline(rows: list[dict[str, Any]], console: Console | None = None) -> None:
     console = console or Console()
-    table = Table(title=f"River clusterers in the whole loop, simulated "
-                        f"({rows[0]['events']} events, {rows[0]['customers']} customers, "
-                        f"K={rows[0]['k']})")
-    columns = ("clusterer", "wcss_ratio", "silhouette", "homogeneity", "separation_min",
-               "ari_planted", "flap_rate", "changes_per_event", "us_per_sample")
+    first = rows[0]
+    table = Table(title=f"the whole loop, simulated: {first['profile']} workload "
+                        f"({first['events']} events, {first['customers']} customers, "
+                        f"K={first['k']})")
+    columns = ["clusterer", "coverage_buyers", "partition_ratio_model",
+               "partition_ratio_rfm", "segments", "smallest_segment", "distinct_labels",
+               "silhouette", "flap_rate", "changes_per_event", "changes_per_event_mature",
+               "held_share", "us_per_sample"]
+    if "ari_planted" in first:
+        columns.insert(4, "ari_planted")
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*[f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
-                        for c in columns])
+        table.add_row(*[f"{row.get(c):.4f}" if isinstance(row.get(c), float)
+                        else str(row.get(c)) for c in columns])
     console.print(table)
