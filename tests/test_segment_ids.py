@@ -198,12 +198,11 @@ def test_a_centre_drifting_into_another_kind_of_customer_is_a_new_id():
     learner._set_centres(centres)
     second = learner.snapshot(2)
     assert second.k == 4
-    # Halfway to segment 1 it is still segment 0; past where segment 1 is, it is not.
-    halfway = 0.5 * centres[0] + 0.5 * centres[1]
-    centres[0] = halfway
+    # A quarter of the way to segment 1 it is still segment 0; most of the way, it is not.
+    centres[0] = 0.75 * centres[0] + 0.25 * centres[1]
     learner._set_centres(centres)
     assert learner.snapshot(3).k == 4
-    centres[0] = centres[1] + 0.2 * (centres[1] - second.centres[0])
+    centres[0] = 0.2 * second.centres[0] + 0.8 * centres[1]
     learner._set_centres(centres)
     third = learner.snapshot(4)
     assert third.k == 5 and not third.active[0] and third.active[4]
