@@ -443,9 +443,11 @@ class CustomerPipeline:
             segment = previous  # going straight back needs a wider margin (flap damping)
         if segment == previous:
             state.pending = None
-        elif previous is not None and trigger in DEBOUNCED and self.confirmations > 1:
+        elif (previous is not None and model.is_active(previous) and trigger in DEBOUNCED
+              and self.confirmations > 1):
             # Debounce: a customer moves only when the same new segment wins `confirmations`
-            # evaluations in a row (one odd event, or one jitter of the model, is no move).
+            # evaluations in a row (one odd event, or one jitter of the model, is no move);
+            # a customer of a retired segment moves at once.
             if state.pending == segment:
                 state.pending_count += 1
             else:

@@ -815,3 +815,23 @@ def test_a_1990s_history_is_processed_and_a_seconds_timestamp_is_dead_lettered(m
     assert seconds.reason == "timestamp_out_of_range" and seconds.state is None
     detail = orjson.loads(seconds.dlq)["detail"]
     assert "EVENT_TS_MIN" in detail and "looks like seconds" in detail
+
+
+def test_a_customer_of_a_retired_segment_moves_at_its_next_event(model):
+    """A retired segment id keeps its row and label but holds nobody: its members move
+    at their next evaluation, whatever the margin and the confirmations ask of moves."""
+    pipeline = CustomerPipeline(settings(segment_confirmations=3, segment_margin=0.9))
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    c.click(T0, 1)
+    left = c.state.segment
+    # Version 2: the customer's segment is retired; a new id (2) stands where it was.
+    v2 = dataclasses.replace(model, version=2, centres=np.vstack([model.centres,
+                                                                  model.centres[left]]),
+                             labels=(*model.labels, "its successor"),
+                             active=np.array([i != left for i in range(3)]))
+    pipeline.use_model(v2)
+    change = change_of(c.click(T0 + MIN_MS, 2))
+    assert change["previous_segment"] == left and change["segment"] == 2
+    assert change["previous_segment_label"] == model.labels[left]
+    assert change["segment_label"] == "its successor" and c.state.segment == 2
