@@ -348,7 +348,8 @@ class EventDecoder:
 
     def _epoch_ts_hint(self, value: Any) -> str:
         """What to add to a schema violation of ``ts``: a unit mix-up, or, for epoch ms the
-        worker would take but the schemas do not (before 2000), how to send them."""
+        worker would take but the schemas do not (before 1970, with an ``EVENT_TS_MIN``
+        that early), how to send them."""
         latest = int(time.time() * 1000) + self.max_future_skew_ms
         hint = unit_hint(value, self.min_ts_ms, latest)
         ms = _whole_number(value)
