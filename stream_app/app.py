@@ -33,7 +33,7 @@ import logging
 import math
 import os
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -226,9 +226,6 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         catch_up.reached(starts, time.monotonic())
 
     app.on_seek = on_seek  # type: ignore[attr-defined]
-    #: A few customers who recently entered each segment (GET /segments/{id}).
-    examples: dict[int, deque[str]] = defaultdict(lambda: deque(maxlen=EXAMPLES))
-
     feed = ModelFeed(settings.bootstrap_servers, settings.segment_model_topic, on_model)
     app.model_feed = feed  # type: ignore[attr-defined]
 
@@ -324,14 +321,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             if out.flap:
                 metrics.flaps.inc()
             old, new = out.moved if out.moved is not None else (None, UNASSIGNED)
-            customer = key.decode()
-            if old is not None and old >= 0:
-                if new is not None and new >= 0:
-                    metrics.moves.inc()
-                if customer in examples.get(old, ()):
-                    examples[old].remove(customer)  # examples are current members only
-            if new is not None and new >= 0:
-                examples[new].append(customer)
+            if old is not None and old >= 0 and new is not None and new >= 0:
+                metrics.moves.inc()
             if message.timestamp and own_event:
                 metrics.latency.observe(max(0.0, time.time() - message.timestamp))
         if out.audience_changes and out.audience_trigger not in LEAVING:
@@ -780,7 +771,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     def local_view() -> dict[str, Any]:
         return {"sizes": local_sizes(),
-                "examples": {seg: list(ids) for seg, ids in examples.items()},
+                "examples": {seg: [key.decode() for key in keys]
+                             for seg, keys in index.members(EXAMPLES).items()},
                 "audiences": audience_sizes.local(local_partitions()),
                 "recent": recent_changes.newest_first()}
 

@@ -78,6 +78,27 @@ class AssignmentIndex:
             self._partitions[row] = -1
             self._free.append(row)
 
+    def members(self, limit: int) -> dict[int, list[bytes]]:
+        """Up to ``limit`` customers of each segment, as last evaluated here (the most
+        recently indexed first): examples of who is in a segment now.
+
+        >>> index = AssignmentIndex()
+        >>> for n, segment in enumerate([0, 1, 0, 0]):
+        ...     index.record(f"c{n}".encode(), 0, "x:identity", [float(n)], segment)
+        >>> index.members(2)
+        {0: [b'c3', b'c2'], 1: [b'c1']}
+        >>> index.forget(b"c3"); index.members(2)[0]
+        [b'c2', b'c0']
+        """
+        rows = len(self._keys)
+        segments = self._segments[:rows]
+        live = self._partitions[:rows] >= 0
+        out: dict[int, list[bytes]] = {}
+        for segment in np.unique(segments[live]).tolist():
+            found = np.flatnonzero(live & (segments == segment))[::-1][:limit]
+            out[int(segment)] = [key for key in (self._keys[i] for i in found) if key]
+        return out
+
     def drop_partitions(self, partitions: Iterable[int]) -> None:
         """Forget the customers of ``partitions`` (revoked from this worker)."""
         gone = set(partitions)
