@@ -221,7 +221,7 @@ def test_segment_map_in_chromium(make_worker, broker, chromium, tmp_path: Path) 
     check_details(driver, wait, worker, other)
     examples = driver.find_elements(By.CSS_SELECTOR, "#details .examples")
     if api(worker, f"/segments/{other}", TOKEN)["examples"]:
-        assert examples and examples[0].text.startswith("Recently joined:")
+        assert examples and examples[0].text.startswith("Members, for example:")
 
     # Nothing was loaded from elsewhere, and nothing went wrong in the page.
     resources = driver.execute_script(
