@@ -84,7 +84,8 @@ def test_buyers_who_stop_buying_move_when_their_window_empties(make_worker, brok
 
 
 def test_a_profile_update_can_move_a_customer(make_worker, broker):
-    worker = make_worker(SEGMENTS_K=2, SEGMENT_MARGIN=0.1, MODEL_WARMUP_SAMPLES=40,
+    worker = make_worker(SEGMENTS_K=2, SEGMENT_MARGIN=0.1, SEGMENT_REJUDGE_MARGIN=0.1,
+                         MODEL_WARMUP_SAMPLES=40,
                          SEGMENT_FEATURES="income:log1p,views_7d:log1p",
                          LEARN_SAMPLE_INTERVAL_HOURS=0.001).start()
     t = worker.topics
@@ -120,7 +121,9 @@ def test_a_profile_update_can_move_a_customer(make_worker, broker):
     assert doc["profile"] == {"income": 300_000, "region": "Almaty"}
     moves = [c for c in changes_of(broker, worker)
              if c["customer_id"] == "p-1" and c["segment"] == rich_segment]
-    assert [c["trigger"] for c in moves] == ["profile"]
+    # The move that put it there is the profile update (an early model version, before
+    # incomes were learned, may have put it there and out again by re-scoring).
+    assert moves and moves[-1]["trigger"] == "profile", moves
     # An older profile update arriving late does not undo the newer one.
     produce(broker.bootstrap_servers, [(t["profile"], b"p-1", orjson.dumps(
         {"customer_id": "p-1", "ts": now - HOUR_MS, "income": 10_000}))])
