@@ -360,32 +360,34 @@ def lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 20) -> np.ndarra
 
 
 def revive_small(x: np.ndarray, centres: np.ndarray, min_share: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+                 rng: np.random.Generator) -> tuple[np.ndarray, list[int], list[int]]:
     """Centres of ``x`` (n × d) with none of them holding fewer than ``min_share`` of the
     vectors: the smallest segment's centre is moved into the largest segment, which is
     split in two by 2-means among its members (every other centre stays where it is, and
     the small segment's members join their next nearest), until every segment is large
     enough or a split no longer helps (at most k rounds). No Lloyd iterations follow: they
-    would bring the centre back to a small, far group. Returns the centres and the rows
-    that were moved: each now stands for another kind of customer (a new segment id, see
-    :class:`SegmentIds`).
+    would bring the centre back to a small, far group. Returns the centres, the rows that
+    were moved (each now stands for another kind of customer: a new segment id, see
+    :class:`SegmentIds`) and the rows that were split (each now stands for a part of what
+    it stood for: the same id, re-anchored).
 
     Spark's StreamingKMeans does the same for a cluster that dies (it splits the
     largest); here a segment too small to act on is as good as dead.
 
     >>> x = np.array([[0.0], [0.1], [0.2], [0.3], [0.4], [0.5],
     ...               [10.0], [10.1], [10.2], [10.3], [10.4], [10.5], [20.0]])
-    >>> centres, moved = revive_small(x, np.array([[0.25], [10.25], [20.0]]), 0.15,
-    ...                               np.random.default_rng(0))
-    >>> moved, np.bincount(assign(x, centres)).tolist()
-    ([2], [3, 7, 3])
+    >>> centres, moved, split = revive_small(x, np.array([[0.25], [10.25], [20.0]]), 0.15,
+    ...                                      np.random.default_rng(0))
+    >>> moved, split, np.bincount(assign(x, centres)).tolist()
+    ([2], [0], [3, 7, 3])
     """
     centres = np.array(centres, dtype=float, copy=True)
     k, n = len(centres), len(x)
     least = math.ceil(min_share * n)
     moved: list[int] = []
+    split: list[int] = []
     if least <= 1 or n < 2 * least or k < 2:
-        return centres, moved
+        return centres, moved, split
     for _ in range(k):
         sizes = np.bincount(assign(x, centres), minlength=k)
         small = np.flatnonzero(sizes < least)
@@ -403,7 +405,9 @@ def revive_small(x: np.ndarray, centres: np.ndarray, min_share: float,
         centres = trial
         if row not in moved:
             moved.append(row)
-    return centres, moved
+        if largest not in split and largest not in moved:
+            split.append(largest)
+    return centres, moved, split
 
 
 def river_clusterer(name: str, k: int, halflife: float, seed: int) -> Any:
@@ -438,8 +442,10 @@ class SegmentIds:
     for another kind of customer: the id is retired (its row stays in every later model,
     inactive, at its anchor and with its last label) and the slot gets a new id. A slot
     revived elsewhere (a segment that fell below the minimum size) gets a new id the same
-    way. A population that grows as a whole (lifetime totals rise month by month) moves no
-    id: the standardisation follows it.
+    way; the largest segment, split to make room for it, keeps its id and is anchored
+    anew at the half it kept (it stands for a part of what it stood for). A population
+    that grows as a whole (lifetime totals rise month by month) moves no id: the
+    standardisation follows it.
 
     >>> ids = SegmentIds(np.array([[0.0], [10.0]]))
     >>> ids.published()
@@ -702,21 +708,24 @@ class SegmentLearner:
         current = self._to_frame(raw_centres)
         x = self.scaled_sample()
         rng = np.random.default_rng(self.seed + self.refinements)
-        kept, kept_revived = revive_small(x, lloyd(x, current), self.min_share, rng)
+        kept, *kept_revival = revive_small(x, lloyd(x, current), self.min_share, rng)
         fresh = batch_kmeans(x, self.k, seed=self.seed + self.refinements)
-        fresh, fresh_revived = revive_small(x, fresh[match_centres(current, fresh)],
-                                            self.min_share, rng)
+        fresh, *fresh_revival = revive_small(x, fresh[match_centres(current, fresh)],
+                                             self.min_share, rng)
         # A fresh solution must be clearly better to replace the kept one: two near-equal
         # local optima would otherwise alternate and move customers back and forth. Both
         # are judged with every segment at its minimum size (a fresh solution that found
         # a small, far group again would otherwise win, and be revived, every time).
         if wcss(x, fresh) < REFINE_GAIN * wcss(x, kept):
-            best, revived = fresh, fresh_revived
+            best, (revived, split) = fresh, fresh_revival
         else:
-            best, revived = kept, kept_revived
+            best, (revived, split) = kept, kept_revival
         if self.ids is not None:
             for slot in revived:  # another kind of customer: a new segment id
                 self.ids.renew(slot, best[slot], self._labels.get(self.ids.slot_ids[slot], ""))
+            for slot in split:  # a part of the same kind: the id stays, anchored anew
+                if slot not in revived:
+                    self.ids.anchors[slot] = best[slot]
         self._set_centres(best)
         self.refinements += 1
         self.quality = quality_report(x, best, seed=self.seed)
@@ -754,7 +763,10 @@ class SegmentLearner:
         counts = self.impute_counts
         impute = np.divide(self.impute_sums, counts, out=np.zeros_like(counts), where=counts > 0)
         self._published = centres
-        rescore = self._moved_share(centres) >= self.rescore_share
+        # Re-score when enough of the sample moved, or when an id re-scored last retired:
+        # its members must leave it now, not at their next event.
+        rescore = (self._moved_share(centres) >= self.rescore_share
+                   or not set(self._rescored_ids) <= set(ids.slot_ids))
         if rescore:
             self._rescored = unscaled
             self._rescored_ids = list(ids.slot_ids)

@@ -159,7 +159,7 @@ def test_a_revived_segment_gets_a_new_id_and_the_old_one_is_retired():
     which = rng.choice(4, size=4000, p=[0.33, 0.33, 0.33, 0.01])
     points = centres[which] + rng.normal(scale=0.4, size=(4000, 3))
     learner = SegmentLearner(FeatureTransform(SPEC), 4, warmup=400, seed=2, min_share=0.05,
-                             refine_every=10**9)
+                             refine_every=10**9, rescore_share=0.9)
     for x in points:
         learner.learn_one(x.tolist())
     first = learner.snapshot(1)
@@ -171,6 +171,8 @@ def test_a_revived_segment_gets_a_new_id_and_the_old_one_is_retired():
     second = learner.snapshot(2)
     assert second.k == 5 and second.active.tolist() == [i != small for i in range(4)] + [True]
     assert second.labels[small] == first.labels[small]  # retired with its last label
+    # Few customers moved, but workers re-score now: the retired id must empty.
+    assert second.rescore and not learner.snapshot(3).rescore
     sizes = np.bincount(assign(learner.scaled_sample(), learner.centres()))
     assert sizes.min() >= 0.05 * len(learner.sample)  # none below the minimum share
     assigned = {second.assign(p.tolist(), None)[0] for p in points[:500]}
