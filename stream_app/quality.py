@@ -586,7 +586,8 @@ class CustomerSample:
         return np.array(list(self._rows.values()), dtype=float)
 
 
-def quality_report(x: Any, model_centres: Any, seed: int = 0) -> dict[str, Any]:
+def quality_report(x: Any, model_centres: Any, seed: int = 0,
+                   batch_wcss: float | None = None) -> dict[str, Any]:
     """All quality measures of ``model_centres`` on the vectors ``x``, JSON-ready.
 
     Parameters
@@ -598,6 +599,10 @@ def quality_report(x: Any, model_centres: Any, seed: int = 0) -> dict[str, Any]:
         The model's centres (``SegmentModel.centres``).
     seed : int, default 0
         Seed of the batch reference and of the silhouette sample.
+    batch_wcss : float, optional
+        The within-cluster sum of squares of a batch k-means solution of ``x`` with as
+        many centres, when the caller has one (a refinement computes it anyway); computed
+        here otherwise.
 
     Returns
     -------
@@ -621,7 +626,8 @@ def quality_report(x: Any, model_centres: Any, seed: int = 0) -> dict[str, Any]:
         raise ValueError("a quality report needs at least one vector")
     labels = assign(x, centres)
     model_wcss = wcss(x, centres, labels)
-    batch_wcss = wcss(x, batch_kmeans(x, len(centres), seed=seed))
+    if batch_wcss is None:
+        batch_wcss = wcss(x, batch_kmeans(x, len(centres), seed=seed))
     sep = separation(centres, labels)
     return {
         "n": len(x),

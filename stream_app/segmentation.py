@@ -709,8 +709,9 @@ class SegmentLearner:
         x = self.scaled_sample()
         rng = np.random.default_rng(self.seed + self.refinements)
         kept, *kept_revival = revive_small(x, lloyd(x, current), self.min_share, rng)
-        fresh = batch_kmeans(x, self.k, seed=self.seed + self.refinements)
-        fresh, *fresh_revival = revive_small(x, fresh[match_centres(current, fresh)],
+        batch = batch_kmeans(x, self.k, seed=self.seed + self.refinements)
+        batch_wcss = wcss(x, batch)  # also the quality report's reference
+        fresh, *fresh_revival = revive_small(x, batch[match_centres(current, batch)],
                                              self.min_share, rng)
         # A fresh solution must be clearly better to replace the kept one: two near-equal
         # local optima would otherwise alternate and move customers back and forth. Both
@@ -728,7 +729,7 @@ class SegmentLearner:
                     self.ids.anchors[slot] = best[slot]
         self._set_centres(best)
         self.refinements += 1
-        self.quality = quality_report(x, best, seed=self.seed)
+        self.quality = quality_report(x, best, seed=self.seed, batch_wcss=batch_wcss)
 
     def _set_centres(self, centres: np.ndarray) -> None:
         """Place River ``KMeans``'s centres (other clusterers keep their own state)."""
