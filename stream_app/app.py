@@ -47,9 +47,11 @@ from stream_app.assignments import AssignmentIndex
 from stream_app.audiences import AudienceError, AudienceSet
 from stream_app.broker import faust_broker_options
 from stream_app.catch_up import CatchUp
-from stream_app.changes import iso_ms
+from stream_app.changes import event_digest, iso_ms
 from stream_app.config import Settings
+from stream_app.control import ControlBatches, last_control_causes
 from stream_app.features import FEATURE_NAMES
+from stream_app.http_guard import install as install_quiet_bad_requests
 from stream_app.labels import describe, typical_values
 from stream_app.logs import logging_config
 from stream_app.metrics import CONTENT_TYPE, Metrics
@@ -98,6 +100,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     partitions = partitions or settings.topic_partitions
     tansu = settings.embedded_broker
     install_quiet_seek()  # see stream_app/seek.py: a rebalance could stop commits for good
+    install_quiet_bad_requests()  # stream_app/http_guard.py: no echo, no traceback
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
@@ -212,6 +215,13 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     catch_up = CatchUp(CATCH_UP_MAX_WAIT_S)
     #: Customers whose last changes were sent again while catching up (first_touch).
     restated: set[bytes] = set()
+    #: The customers of the control messages queued here and not processed yet: the
+    #: messages name no customer (stream_app/control.py).
+    batches = ControlBatches()
+    #: While catching up: per partition, the customers whose last change a control message
+    #: caused, by the cause's digest (built at the partition's first control message whose
+    #: batch is not held here, dropped when the catch-up is done; see ``control``).
+    replay_causes: dict[int, dict[int, list[bytes]]] = {}
     #: Offset of the last message processed per input partition (consumer lag).
     processed: dict[Any, int] = {}
     #: Where each input partition's reading started at the last seek to the committed
@@ -293,11 +303,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             await announce_audiences(key, out.audience_changes)
         if out.erase:
             await store(customers, key, None, partition)  # a tombstone
-            index.forget(key)
+            forget_customer(key, partition)
         elif out.state is not None:
             await store(customers, key, out.state, partition)
             if out.excluded:
-                index.forget(key)
+                forget_customer(key, partition)
         if out.vector is not None and out.segment is not None and pipeline.model is not None:
             index.record(key, partition, pipeline.model.spec, out.vector, out.segment)
         if out.sweep_at is not None:
@@ -317,7 +327,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             if not leaving:  # after the state: in the producer, the state's record is first
                 await changes_topic.send(key=key, value=out.change)
             metrics.changes.labels(out.trigger).inc()
-            recent_changes.record(time.time(), key, out.moved, out.trigger)  # the map's list
+            # The map's list; a customer leaving (erasure, consent) is not named in it.
+            recent_changes.record(time.time(), None if leaving else key, out.moved,
+                                  out.trigger)
             if out.flap:
                 metrics.flaps.inc()
             old, new = out.moved if out.moved is not None else (None, UNASSIGNED)
@@ -338,6 +350,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         if catch_up.done.is_set():
             if restated:
                 restated.clear()
+            if replay_causes:
+                replay_causes.clear()
             return False
         if key in restated:
             return False
@@ -346,19 +360,45 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     def control(message: Any) -> Iterator[tuple[bytes, Outcome]]:
         """Work queued by this app on stored customers of the message's partition (see
-        ``schemas/control``): ``(customer key, outcome)`` for each. The cause of a move
-        names the request and the message, so a redelivered message re-sends the changes
-        it made (a crash may have lost them after their state was stored)."""
+        ``schemas/control``): ``(customer key, outcome)`` for each. The message names its
+        batch, whose customers this worker holds (stream_app/control.py). The cause of a
+        move names the request and the message, so a redelivered message re-sends the
+        changes it made (a crash may have lost them after their state was stored): a
+        batch this worker does not hold, read while catching up, re-sends the last
+        changes of the customers whose last change it caused (:func:`caused_by`); after
+        the catch-up it is skipped (the partition's customers are re-judged anyway)."""
         try:
             op = orjson.loads(message.value)
-            name, keys = op["op"], [str(k).encode() for k in op["keys"]]
+            name = op["op"]
             at = int(op["at"]) if name == "sweep" else 0
             version = int(op.get("model", 0))
             definitions = str(op.get("version", ""))
+            keys = (batches.take(message.partition, int(op["batch"]))
+                    if op.get("worker") == batches.worker else None)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.error("ignored an unreadable control message: %s", exc)
             return
         where = f"@{message.partition}/{message.offset}"
+        cause = (f"model:{version}{where}" if name == "rescore" else
+                 f"sweep:{at}{where}" if name == "sweep" else
+                 f"audiences:{definitions}{where}")
+        if keys is None:  # queued before a restart, or by the partition's previous owner
+            replayed = caused_by(message.partition, cause)
+            metrics.control_unknown.labels("replayed" if replayed is not None
+                                           else "skipped").inc()
+            # The work itself is done again by a pass over the partition, which is not
+            # indexed here yet: every customer of it is re-scored (and so scheduled for
+            # its sweeps), or judged by the current audience definitions.
+            if name == "audiences":
+                audiences_wanted.set()
+            else:
+                rescore_wanted.set()
+                metrics.rescore_waiting.set(1)
+            for key in replayed or ():
+                stored = customers.get(key)
+                if stored is not None and first_touch(key):
+                    yield key, pipeline.restate(key.decode(), stored)
+            return
         for key in keys:
             stored = customers.get(key)
             if stored is None:
@@ -366,12 +406,42 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             if first_touch(key):
                 yield key, pipeline.restate(key.decode(), stored)
             if name == "rescore":
-                yield key, pipeline.rescore(key.decode(), stored, f"model:{version}{where}")
+                yield key, pipeline.rescore(key.decode(), stored, cause)
             elif name == "sweep":
-                yield key, pipeline.sweep(key.decode(), stored, at, f"sweep:{at}{where}")
+                yield key, pipeline.sweep(key.decode(), stored, at, cause)
             elif name == "audiences":
-                yield key, pipeline.reevaluate_audiences(key.decode(), stored,
-                                                         f"audiences:{definitions}{where}")
+                yield key, pipeline.reevaluate_audiences(key.decode(), stored, cause)
+
+    def caused_by(partition: int, cause: str) -> list[bytes] | None:
+        """While catching up: the customers of ``partition`` whose last segment or
+        audience change ``cause`` caused (None once caught up). The first call for a
+        partition reads its customers' states once (only after a restart or a rebalance
+        that brought control messages queued elsewhere)."""
+        if catch_up.done.is_set():
+            replay_causes.clear()
+            return None
+        causes = replay_causes.get(partition)
+        if causes is None:
+            causes = replay_causes[partition] = {}
+            for key, stored in stored_customers():
+                if home_and_bucket(key, stored, partitions)[0] == partition:
+                    for digest in last_control_causes(stored):
+                        causes.setdefault(digest, []).append(key)
+        return causes.get(event_digest(cause), [])
+
+    def forget_customer(key: bytes, partition: int) -> None:
+        """Drop an erased customer, or one that withdrew consent, from what the worker
+        keeps in memory: the assignment index (the examples), the map's recent changes,
+        the sweep schedule, pending control batches and the catch-up's sets
+        (docs/privacy.md)."""
+        index.forget(key)
+        recent_changes.forget(key)
+        schedule.forget(partition, key)
+        batches.forget(key)
+        restated.discard(key)
+        for keys in replay_causes.get(partition, {}).values():
+            if key in keys:
+                keys.remove(key)
 
     @app.agent(inputs)
     async def process(stream: faust.StreamT) -> None:
@@ -498,10 +568,17 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         chunks: dict[int, list[bytes]] = defaultdict(list)
 
         async def send(partition: int, keys: list[bytes]) -> None:
-            value = orjson.dumps({**op, "keys": [k.decode() for k in keys]})
-            await control_topic.send(key=keys[0], value=value, partition=partition)
-            sent.inc(len(keys))
-            await pace.sent(len(keys))
+            """One message for ``keys`` (handed over: held until the message is
+            processed); it names the batch, not the customers (stream_app/control.py)."""
+            if partition not in local_partitions():
+                return  # revoked meanwhile: its next owner re-judges its customers
+            n = len(keys)
+            batch = batches.add(partition, keys)
+            value = orjson.dumps({**op, "worker": batches.worker, "batch": batch, "n": n})
+            await control_topic.send(key=f"{batches.worker}:{batch}".encode(), value=value,
+                                     partition=partition)
+            sent.inc(n)
+            await pace.sent(n)
 
         try:
             for partition, key in work:
@@ -510,8 +587,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 chunk = chunks[partition]
                 chunk.append(key)
                 if len(chunk) >= CONTROL_CHUNK:
+                    chunks[partition] = []  # the full list goes with its message
                     await send(partition, chunk)
-                    chunk.clear()
             for partition, chunk in chunks.items():
                 if chunk and not app.should_stop:
                     await send(partition, chunk)
@@ -526,6 +603,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         gone = {tp.partition for tp in revoked}
         indexed.difference_update(gone)
         index.drop_partitions(gone)
+        batches.drop_partitions(gone)  # their messages go to the next owner, who skips them
+        for partition in gone:
+            replay_causes.pop(partition, None)
         for tp in revoked:
             if tp.topic in kinds:
                 processed.pop(tp, None)
@@ -717,7 +797,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     def authorised(request: Request) -> bool:
         if not settings.api_token:
             return True
-        given = request.headers.get("Authorization", "").encode()
+        # aiohttp keeps a header's non-UTF-8 bytes as surrogates: back to the bytes sent
+        # (a plain encode() raised, and answered 500).
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         return hmac.compare_digest(given, bearer)
 
     def unauthorised(view: View) -> Response:
@@ -788,6 +870,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
             try:
                 async with app.http_client.get(f"{url}/segments/_local",
                                                headers=peer_headers) as resp:
+                    if resp.status != 200:  # a 401: the workers' API_TOKENs differ
+                        log.warning("segment sizes from %s unavailable: HTTP %d", url,
+                                    resp.status)
+                        continue
                     views.append(orjson.loads(await resp.read()))
             except Exception as exc:  # a peer that is down only makes the answer partial
                 log.warning("segment sizes from %s unavailable: %s", url, exc)
@@ -835,10 +921,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     @app.page("/segments/{segment_id}")
     async def segment_view(self: View, request: Request, segment_id: str) -> Response:
         model = pipeline.model
-        if model is None or not segment_id.isdigit() or int(segment_id) >= model.k:
+        segment = segment_number(segment_id)
+        if model is None or segment is None or segment >= model.k:
             return json_response(self, {"error": "unknown segment"}, 404)
         sizes, found = await cluster_view()
-        body = segment_explanation(model, int(segment_id), sizes, found)
+        body = segment_explanation(model, segment, sizes, found)
         if not authorised(request):
             body.pop("examples")  # no customer ids without the token
         return json_response(self, body)
@@ -886,6 +973,19 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                                              audience_members(views))["audiences"]})
 
     return app
+
+
+def segment_number(text: str) -> int | None:
+    """The segment id in the path of ``GET /segments/{id}``: at most 9 ASCII digits, else
+    None (a 404). ``str.isdigit`` alone let through digits ``int`` rejects (``"²"``) and
+    numbers past Python's 4,300-digit conversion limit, which answered 500.
+
+    >>> [segment_number(t) for t in ("7", "007", "-1", "1.5", "²", "٣", "9" * 4301, "")]
+    [7, 7, None, None, None, None, None, None]
+    """
+    if not (0 < len(text) <= 9 and text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 def file_stamp(path: str) -> tuple[int, int] | None:

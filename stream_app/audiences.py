@@ -125,14 +125,20 @@ class AudienceError(ValueError):
         for a problem of the whole file.
     problem : str
         What is wrong.
+    line : int or None
+        The line of the file the problem is on (1-based), when the parser tells it (YAML);
+        the message then starts ``source:line:``.
     """
 
-    def __init__(self, source: str, audience: str | None, problem: str) -> None:
-        where = f"{source}: audience {audience!r}: " if audience is not None else f"{source}: "
+    def __init__(self, source: str, audience: str | None, problem: str,
+                 line: int | None = None) -> None:
+        at = source if line is None else f"{source}:{line}"
+        where = f"{at}: audience {audience!r}: " if audience is not None else f"{at}: "
         super().__init__(where + problem)
         self.source = source
         self.audience = audience
         self.problem = problem
+        self.line = line
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +164,12 @@ def compile_condition(text: str) -> CompiledCondition:
     """
     context = rule_engine.Context(type_resolver=ATTRIBUTES, default_value=None,
                                   default_timezone="utc")
+    # A refused builtin gets no type, so that the type checker accepts it wherever it is
+    # (``$now > 1`` would otherwise be "data type mismatch", a DATETIME against a number)
+    # and the check below names it: the one reason such a condition is refused.
+    typed = context.builtins.resolve_type
+    context.builtins.resolve_type = (  # type: ignore[method-assign]
+        lambda name: typed(name) if name in ALLOWED_BUILTINS else DataType.UNDEFINED)
     try:
         rule = rule_engine.Rule(text, context=context)
     except rule_engine.SymbolResolutionError as exc:
@@ -176,12 +188,19 @@ def compile_condition(text: str) -> CompiledCondition:
         raise ValueError("nested too deeply") from None
     refused = sorted(context.symbols - ATTRIBUTES.keys() - ALLOWED_BUILTINS)
     if refused:
-        raise ValueError(f"builtin ${refused[0]} is not allowed: membership must depend only "
-                         "on the customer's attributes")
+        which = (f"builtin ${refused[0]} is" if len(refused) == 1 else
+                 f"builtins {', '.join('$' + name for name in refused)} are")
+        raise ValueError(f"{which} not allowed: membership must depend only on the "
+                         "customer's attributes")
     result_type = rule.statement.expression.result_type
     if result_type != DataType.BOOLEAN:
         raise ValueError(f"is not a true/false expression (its type is {result_type.name})")
     return CompiledCondition(rule, tuple(sorted(context.symbols & ATTRIBUTES.keys())))
+
+
+def _condition_problem(key: str, text: str, exc: ValueError) -> str:
+    """How an invalid condition is reported: ``condition '...': unknown name ...``."""
+    return f"{key} {text!r}: {exc}"
 
 
 def _suggestion(name: str) -> str:
@@ -221,15 +240,15 @@ class Audience:
             enter = compile_condition(self.condition)
         except ValueError as exc:
             raise AudienceError("<audience>", self.name,
-                                f"condition {self.condition!r}: {exc}") from None
+                                _condition_problem("condition", self.condition, exc)) from None
         names = set(enter.names)
         exit_rule = None
         if self.exit_condition is not None:
             try:
                 leave = compile_condition(self.exit_condition)
             except ValueError as exc:
-                raise AudienceError("<audience>", self.name,
-                                    f"exit_condition {self.exit_condition!r}: {exc}") from None
+                raise AudienceError("<audience>", self.name, _condition_problem(
+                    "exit_condition", self.exit_condition, exc)) from None
             names.update(leave.names)
             exit_rule = leave.rule
         object.__setattr__(self, "names", tuple(sorted(names)))
@@ -366,26 +385,7 @@ class AudienceSet:
             When the file cannot be read or parsed, or its definitions are invalid.
         """
         path = Path(path)
-        source = str(path)
-        suffix = path.suffix.lower()
-        if suffix not in YAML_SUFFIXES + JSON_SUFFIXES:
-            raise AudienceError(source, None, f"unknown file type {path.suffix!r} (use one of "
-                                f"{', '.join(YAML_SUFFIXES + JSON_SUFFIXES)})")
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise AudienceError(source, None, f"cannot read the file: {exc.strerror}") from None
-        if suffix in JSON_SUFFIXES:
-            try:
-                document = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise AudienceError(source, None, f"invalid JSON: {exc}") from None
-        else:
-            try:
-                document = yaml.load(raw, Loader=SAFE_YAML_LOADER)  # safe: no Python objects
-            except yaml.YAMLError as exc:
-                raise AudienceError(source, None, f"invalid YAML: {_yaml_problem(exc)}") from None
-        return cls.from_document(document, source)
+        return cls.from_document(_read(path)[0], str(path))
 
     def memberships(self, attributes: Mapping[str, object], current: Sequence[str]) -> list[str]:
         """The audiences (sorted names) a customer is in after judging ``attributes``.
@@ -411,6 +411,139 @@ class AudienceSet:
         """
         before, now = set(current), set(after)
         return sorted(now - before), sorted(before - now)
+
+
+def _read(path: Path) -> tuple[object, bytes]:
+    """The parsed document of a definitions file and its bytes; :class:`AudienceError` when
+    it cannot be read or parsed."""
+    source = str(path)
+    suffix = path.suffix.lower()
+    if suffix not in YAML_SUFFIXES + JSON_SUFFIXES:
+        raise AudienceError(source, None, f"unknown file type {path.suffix!r} (use one of "
+                            f"{', '.join(YAML_SUFFIXES + JSON_SUFFIXES)})")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise AudienceError(source, None, f"cannot read the file: {exc.strerror}") from None
+    if suffix in JSON_SUFFIXES:
+        try:
+            return orjson.loads(raw), raw
+        except orjson.JSONDecodeError as exc:
+            raise AudienceError(source, None, f"invalid JSON: {exc}") from None
+    try:
+        return yaml.load(raw, Loader=SAFE_YAML_LOADER), raw  # safe: no Python objects
+    except yaml.YAMLError as exc:
+        raise AudienceError(source, None, f"invalid YAML: {_yaml_problem(exc)}") from None
+
+
+def _yaml_lines(raw: bytes) -> dict[tuple[int, str | None], int]:
+    """Lines (1-based) of a YAML definitions file: ``(i, key)`` is where the value of
+    ``key`` of the ``i``-th audience starts, ``(i, None)`` where that audience starts.
+    Empty when the file is not laid out as ``audiences: [mapping, ...]``."""
+    try:
+        root = yaml.compose(raw, Loader=SAFE_YAML_LOADER)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[tuple[int, str | None], int] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key, value in root.value:
+        if key.value != "audiences" or not isinstance(value, yaml.SequenceNode):
+            continue
+        for i, entry in enumerate(value.value):
+            lines[(i, None)] = entry.start_mark.line + 1
+            if isinstance(entry, yaml.MappingNode):
+                for k, v in entry.value:
+                    lines[(i, str(k.value))] = v.start_mark.line + 1
+    return lines
+
+
+def check_document(document: object, source: str = "<document>",
+                   lines: Mapping[tuple[int, str | None], int] | None = None
+                   ) -> list[AudienceError]:
+    """Every problem of a definitions document, not only the first: what
+    ``stream-app audiences check`` lists. Empty when :meth:`AudienceSet.from_document`
+    accepts it.
+
+    The file as a whole is judged first (not a mapping, unknown top-level keys, more than
+    256 audiences); then every audience on its own: its entry against the schema, then its
+    ``condition`` and ``exit_condition`` each parsed and type-checked; then names used
+    twice. ``lines`` (from the YAML parser, see :func:`_yaml_lines`) puts the line of each
+    problem into its message.
+
+    >>> for e in check_document({"audiences": [
+    ...         {"name": "a", "condition": "$now > 1"},
+    ...         {"name": "b", "condition": "regoin == 'x'", "exit_condition": "views_7d"},
+    ...         {"name": "a", "condition": "views_7d > 1", "exit_conditon": "x"}]}):
+    ...     print(e)
+    <document>: audience 'a': condition '$now > 1': builtin $now is not allowed: ...
+    <document>: audience 'b': condition "regoin == 'x'": unknown name 'regoin' (did you ...
+    <document>: audience 'b': exit_condition 'views_7d': is not a true/false expression ...
+    <document>: audience 'a': the name is used twice
+    <document>: audience 'a': the entry must not contain {'exit_conditon'} properties
+    """
+    lines = lines or {}
+    try:
+        _validator()(document)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        entries = document.get("audiences") if isinstance(document, dict) else None
+        if not isinstance(entries, list):  # nothing to look into
+            return [AudienceError(source, None, _schema_problem(exc))]
+    else:
+        entries = document["audiences"]  # type: ignore[index]
+    errors: list[AudienceError] = []
+    try:  # the document around the audiences (top-level keys, their number)
+        _validator()({**document, "audiences": []})  # type: ignore[dict-item]
+    except fastjsonschema.JsonSchemaValueException as exc:
+        errors.append(AudienceError(source, None, _schema_problem(exc)))
+    try:
+        _validator()({"audiences": [{"name": "x", "condition": "x"}] * len(entries)})
+    except fastjsonschema.JsonSchemaValueException as exc:
+        errors.append(AudienceError(source, None, _schema_problem(exc)))
+    names: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        label = name if isinstance(name, str) else f"#{i + 1}"
+        if label in names:
+            errors.append(AudienceError(source, label, "the name is used twice",
+                                        lines.get((i, "name"))))
+        names.setdefault(label, i)
+        try:
+            _validator()({"audiences": [entry]})
+        except fastjsonschema.JsonSchemaValueException as exc:
+            key = str(exc.path[3]) if len(exc.path) > 3 else None
+            errors.append(AudienceError(source, label, _schema_problem(exc),
+                                        lines.get((i, key)) or lines.get((i, None))))
+            continue
+        for key in ("condition", "exit_condition"):
+            text = _strip(entry.get(key))
+            if text is None:
+                continue
+            try:
+                compile_condition(text)
+            except ValueError as exc:
+                errors.append(AudienceError(source, label, _condition_problem(key, text, exc),
+                                            lines.get((i, key))))
+    return errors
+
+
+def check_file(path: str | Path) -> tuple[AudienceSet | None, list[AudienceError]]:
+    """Read a definitions file as :meth:`AudienceSet.load` does and list every problem
+    (:func:`check_document`, with YAML line numbers): ``(definitions, [])`` when it
+    loads, ``(None, problems)`` when not."""
+    path = Path(path)
+    try:
+        document, raw = _read(path)
+    except AudienceError as exc:
+        return None, [exc]
+    lines = _yaml_lines(raw) if path.suffix.lower() in YAML_SUFFIXES else {}
+    errors = check_document(document, str(path), lines)
+    if errors:
+        return None, errors
+    try:  # the worker's own path decides, so that check and worker never disagree
+        return AudienceSet.from_document(document, str(path)), []
+    except AudienceError as exc:
+        return None, [exc]
 
 
 def _strip(text: str | None) -> str | None:

@@ -14,7 +14,9 @@ order, possibly of mixed kinds:
 Per customer, in arrival order:
 
 * a click or purchase whose ``event_id`` was already accepted for that customer is a
-  duplicate and is dropped entirely;
+  duplicate and is dropped entirely: a *conflicting duplicate* when its content (the
+  fields the features read, see :func:`_content`) differs from the accepted copy's (the
+  worker sends it to the DLQ as ``conflicting_duplicate``), an honest one otherwise;
 * ``as_of`` is the largest ``ts`` of the accepted clicks and purchases;
 * an accepted click (purchase) older than the newest accepted click (purchase) before it
   minus the allowed lateness is *late* (lateness is judged within each stream: Kafka
@@ -206,6 +208,37 @@ class _Click:
     app: bool
 
 
+def _channel(channel: Any) -> str | None:
+    """A channel as compared: trimmed, lower case, None when absent or blank."""
+    return channel.strip().lower() or None if isinstance(channel, str) else None
+
+
+def _content(doc: dict, kind: str, ts: int, local_hour: int) -> tuple:
+    """What makes two copies of a click or purchase (same ``event_id``) the same event:
+    the fields the features read, normalised (so key order, spacing, ``10`` vs ``10.0``
+    and ``"App"`` vs ``"app"`` do not matter): kind, instant, local hour, event type,
+    channel, session, categories, amount and discount in cents, item count. Fields the
+    features do not read (``order_id``, ``product_id``, ``price``, ``query``,
+    ``currency``) are not content.
+
+    Examples
+    --------
+    >>> a = {"event_id": "p", "ts": 0, "order_id": "o", "amount": 10, "channel": " App"}
+    >>> _content(a, "purchase", 0, 0) == _content({**a, "amount": 10.0, "channel": "app",
+    ...                                            "order_id": "x"}, "purchase", 0, 0)
+    True
+    >>> _content(a, "purchase", 0, 0) == _content({**a, "amount": 9999}, "purchase", 0, 0)
+    False
+    """
+    if kind == "purchase":
+        return (kind, ts, local_hour, "purchase", _channel(doc.get("channel")), None,
+                tuple(sorted(_purchase_categories(doc))), _cents(doc.get("amount")),
+                _cents(doc.get("discount")), _item_count(doc))
+    category = doc.get("category")
+    return (kind, ts, local_hour, str(doc.get("event_type")), _channel(doc.get("channel")),
+            doc.get("session_id") or None, (category,) if category else (), 0, 0, 0)
+
+
 def _purchase_categories(doc: dict) -> frozenset[str]:
     found = set()
     category = doc.get("category")
@@ -252,7 +285,9 @@ class BatchCustomer:
     late : int
         Number of accepted clicks and purchases that were late.
     duplicates : int
-        Number of clicks and purchases dropped as duplicates.
+        Number of clicks and purchases dropped as duplicates (conflicting ones included).
+    conflicts : int
+        Number of those duplicates whose content differed from the accepted copy's.
     excluded : bool
         Consent to segmentation withdrawn (``consent.segmentation: false`` in the newest
         profile update that stated it): everything before it is forgotten, and clicks and
@@ -267,8 +302,9 @@ class BatchCustomer:
     accepted: int = 0
     late: int = 0
     duplicates: int = 0
+    conflicts: int = 0
     excluded: bool = False
-    _seen: set = field(default_factory=set, repr=False)
+    _seen: dict = field(default_factory=dict, repr=False)  # event_id -> _content
     _newest: dict = field(default_factory=dict, repr=False)
     _purchases: list = field(default_factory=list, repr=False)
     _clicks: list = field(default_factory=list, repr=False)
@@ -279,8 +315,10 @@ class BatchCustomer:
         Returns
         -------
         str
-            What happened: ``"accepted"``, ``"late"``, ``"duplicate"`` for clicks and
-            purchases (``"excluded"`` without consent); ``"profile"``, ``"excluded"`` or
+            What happened: ``"accepted"``, ``"late"``, ``"duplicate"`` or
+            ``"conflicting_duplicate"`` (the ``event_id`` again, with other content) for
+            clicks and purchases (``"excluded"`` without consent); ``"profile"``,
+            ``"excluded"`` or
             ``"stale_profile"`` for profile updates.
 
         Examples
@@ -292,6 +330,9 @@ class BatchCustomer:
         >>> c.add({"event_id": "a", "customer_id": "c1", "ts": 10 * 3_600_000,
         ...        "event_type": "search"})
         'duplicate'
+        >>> c.add({"event_id": "a", "customer_id": "c1", "ts": 10 * 3_600_000,
+        ...        "event_type": "add_to_cart"})
+        'conflicting_duplicate'
         >>> c.add({"event_id": "b", "customer_id": "c1", "ts": 8 * 3_600_000,
         ...        "event_type": "search"})
         'late'
@@ -304,10 +345,15 @@ class BatchCustomer:
             return "excluded"
         event_id = doc.get("event_id")
         if event_id is not None:
-            if event_id in self._seen:
+            content = _content(doc, kind, ts, local_hour)
+            seen = self._seen.get(event_id)
+            if seen is not None:
                 self.duplicates += 1
+                if seen != content:
+                    self.conflicts += 1
+                    return "conflicting_duplicate"
                 return "duplicate"
-            self._seen.add(event_id)
+            self._seen[event_id] = content
         self.accepted += 1
         newest = self._newest.get(kind, 0)  # lateness is judged within each stream
         late = ts < newest - self.lateness_ms

@@ -112,8 +112,14 @@ DLQ_VALUE_MAX_BYTES = 512 * 1024
 
 def dead_letter(reason: str, detail: str, topic: str, partition: int, offset: int,
                 timestamp: int | None, key: bytes | None, value: bytes | None,
-                app_id: str) -> bytes:
+                app_id: str, redaction: str | None = None,
+                original_bytes: int | None = None) -> bytes:
     """The DLQ record for a rejected input message: the original bytes and why.
+
+    ``redaction`` says what pseudonymisation did to ``key`` and ``value`` (None: they are
+    as received; ``"pseudonymised"``: ids replaced by pseudonyms; ``"withheld"``: the
+    value left out, ``original_bytes`` long; see
+    :meth:`stream_app.privacy.Pseudonymiser.dead_letter_parts`).
 
     >>> record = dead_letter("invalid_json", "x", "t", 0, 5, None, b"k", b"\\xff", "a")
     >>> orjson.loads(record)["value"], orjson.loads(record)["value_base64"]
@@ -148,6 +154,8 @@ def dead_letter(reason: str, detail: str, topic: str, partition: int, offset: in
         else None,
         "value_bytes": None if value is None else len(value),
         "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
+        "redaction": redaction,
+        "original_bytes": original_bytes,
         "failed_at": iso_ms(time.time() * 1000),
         "app_id": app_id,
     })

@@ -98,6 +98,17 @@ def worker(ctx: click.Context) -> None:
         click.echo(ctx.get_help().replace("Options:", "stream-app options:", 1))
         click.echo("\nFaust worker options (passed through):\n")
     else:
+        # Customer data never reaches the network without a token (docs/security.md).
+        problem = settings.exposure_problem()
+        if problem is not None:
+            click.echo(f"stream-app worker: {problem}", err=True)
+            sys.exit(2)
+        # Faust reads WEB_BIND from the environment too, over the app's setting: an empty
+        # one (the default to Settings) made Faust bind every interface.
+        os.environ["WEB_BIND"] = settings.web_bind
+        if settings.api_open and not settings.api_token:
+            click.echo(f"stream-app worker: API_OPEN=true: customer data is served without "
+                       f"a token on WEB_BIND={settings.web_bind}", err=True)
         setup_logging(settings.log_level, settings.log_format)
         try:
             plan = asyncio.run(prepare_topics(settings))
@@ -165,20 +176,40 @@ def broker(port: int, host: str) -> None:
               type=click.Choice(PROFILES),
               help="Workload: planted customer types, or a realistic retail history (540 days "
                    "ending now, sent whole) of purchases only or with clicks (retail-mixed).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 def generate(customers: int, rate: float, duration: float, seed: int, time_scale: float,
-             max_speed: bool, workload: str) -> None:
+             max_speed: bool, workload: str, no_progress: bool) -> None:
     """Send synthetic traffic: clickstream, purchases and profiles with planted customer
-    types, or (--profile retail, retail-mixed) a realistic retail history."""
+    types, or (--profile retail, retail-mixed) a realistic retail history. A progress bar
+    on stderr shows the messages acknowledged by the broker."""
     from stream_app.generator import make_shop, produce
+    from stream_app.replay import progress_bar
 
     settings = load_settings()
     now = int(time.time() * 1000)
+
+    def send(events: Any, total: int | None) -> int:
+        bar = progress_bar("generate", not no_progress)
+        task = bar.add_task("sent", total=total)
+
+        def sent_so_far(n: int) -> None:
+            if not bar.live.is_started:  # shown once connected: a refused broker is one line
+                bar.start()
+            bar.update(task, completed=n)
+
+        try:
+            return run_kafka(produce(settings.bootstrap_servers, settings.kind_topics, events,
+                                     None if max_speed else rate, on_sent=sent_so_far),
+                             settings)
+        finally:
+            if bar.live.is_started:
+                bar.stop()
+
     if workload != "planted":  # the whole history, ending now (not in the future)
         shop = make_shop(workload, customers, seed, None)
         click.echo(f"sending {shop.total_events} events of {customers} customers "
                    f"({workload}, {shop.span_days:g} days of history)", err=True)
-        sent = asyncio.run(produce(settings.bootstrap_servers, settings.kind_topics,
-                                   shop.events(), None if max_speed else rate))
+        sent = send(shop.events(), shop.total_events)
         click.echo(f"sent {sent} messages for {customers} customers")
         return
     step_ms = max(1, int(1000 * time_scale / rate))
@@ -191,9 +222,7 @@ def generate(customers: int, rate: float, duration: float, seed: int, time_scale
         def clock(i: int) -> int:  # catch up on 30 days of history, then real time
             return min(start + i * step_ms, int(time.time() * 1000))
     planted = make_shop(workload, customers, seed, start, step_ms=step_ms)
-    sent = asyncio.run(produce(settings.bootstrap_servers, settings.kind_topics,
-                               planted.events(total, clock),  # type: ignore[call-arg]
-                               None if max_speed else rate))
+    sent = send(planted.events(total, clock), total)  # type: ignore[call-arg]
     click.echo(f"sent {sent} messages for {customers} customers")
 
 
@@ -204,15 +233,73 @@ def generate(customers: int, rate: float, duration: float, seed: int, time_scale
               help="Send every line to this topic (default: by kind, to the configured inputs).")
 @click.option("--rate", default=None, type=float, help="Events per second (default: flat out).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def replay(file: Path, topic: str | None, rate: float | None, no_progress: bool) -> None:
-    """Backfill: send a JSONL file of historical events into Kafka, with a progress bar."""
+@click.option("--wait", "wait_s", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="After sending, wait for the worker to consume every message; give up "
+                   "after this many seconds in which it consumed none.")
+@click.option("--no-wait", is_flag=True,
+              help="Only send: neither wait for the worker nor report what it rejected.")
+@click.option("--url", default=None,
+              help="A worker's HTTP address, for its model version at the end "
+                   "(default: http://127.0.0.1:$WEB_PORT).")
+def replay(file: Path, topic: str | None, rate: float | None, no_progress: bool,
+           wait_s: float, no_wait: bool, url: str | None) -> None:
+    """Backfill: send a JSONL file of historical events into Kafka, with a progress bar,
+    then wait until the worker (consumer group STREAM_APP_ID) has consumed them and report
+    how many it processed and how many it rejected to the DLQ, by reason.
+
+    Exits 1 when any message was rejected, when the worker did not consume them all
+    (nothing consumed for --wait seconds), or when no broker answers.
+    """
+    from stream_app.replay import WorkerFollow, model_note
     from stream_app.replay import replay as run_replay
 
     settings = load_settings()
-    sent = asyncio.run(run_replay(file, settings.bootstrap_servers, settings.kind_topics, topic,
-                                  rate,
-                                  progress=not no_progress))
-    click.echo(f"replayed {sent} messages from {file}")
+
+    async def run() -> Any:
+        if no_wait:
+            return await run_replay(file, settings.bootstrap_servers, settings.kind_topics,
+                                    topic, rate, progress=not no_progress)
+        async with WorkerFollow(settings.bootstrap_servers, settings.app_id,
+                                settings.dlq_topic) as follow:
+            return await run_replay(file, settings.bootstrap_servers, settings.kind_topics,
+                                    topic, rate, progress=not no_progress, follow=follow,
+                                    wait_idle_s=wait_s)
+
+    sent, report = run_kafka(run(), settings)
+    head = f"replayed {sent.count} messages from {file}"
+    if report is None:
+        click.echo(f"{head} (sent only, --no-wait: what the worker made of them is not "
+                   "checked)")
+        return
+    if not report.complete:
+        click.echo(f"{head}: the worker consumed {report.consumed} of them, then none for "
+                   f"{wait_s:g} s; so far {report.summary()}; DLQ topic {settings.dlq_topic}")
+        raise click.ClickException(
+            f"not confirmed: {sent.count - report.consumed} messages not consumed. Is a "
+            f"worker of consumer group {settings.app_id!r} (STREAM_APP_ID) reading "
+            f"{', '.join(sorted({t for t, _ in sent.offsets}))}?")
+    click.echo(f"{head}: {report.summary()}; DLQ topic {settings.dlq_topic}")
+    click.echo(model_note(url or f"http://127.0.0.1:{settings.web_port}"))
+    if report.rejected_total:
+        sys.exit(1)
+
+
+def run_kafka(coroutine: Any, settings: Settings) -> Any:
+    """``asyncio.run(coroutine)`` for a command that talks to Kafka: no broker answering,
+    or a Kafka error later on, ends the command with one line saying so (status 1), not a
+    traceback."""
+    from aiokafka.errors import KafkaError
+
+    from stream_app.subscribe import BrokerUnreachable
+
+    try:
+        return asyncio.run(coroutine)
+    except BrokerUnreachable as exc:
+        raise click.ClickException(f"{exc}. Check KAFKA_BOOTSTRAP_SERVERS or --bootstrap.") \
+            from None
+    except (KafkaError, OSError) as exc:
+        raise click.ClickException(f"Kafka at {settings.kafka_bootstrap_servers} failed: "
+                                   f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
 
 
 @main.group()
@@ -224,13 +311,17 @@ def audiences() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def audiences_check(file: Path) -> None:
     """Validate an audience definitions FILE (YAML or JSON) as the worker would, and list
-    its audiences with their version; status 2 with the problem if it is invalid."""
-    from stream_app.audiences import AudienceError, AudienceSet, describe
+    its audiences with their version; status 2 with every problem (one line each, naming
+    the audience, and the line in a YAML file) if it is invalid."""
+    from stream_app.audiences import check_file, describe
 
-    try:
-        definitions = AudienceSet.load(file)
-    except AudienceError as exc:
-        click.echo(f"stream-app audiences check: {exc}", err=True)
+    definitions, problems = check_file(file)
+    if definitions is None:
+        for problem in problems:
+            click.echo(f"stream-app audiences check: {problem}", err=True)
+        click.echo(f"stream-app audiences check: {file}: {len(problems)} problem"
+                   f"{'s' if len(problems) != 1 else ''}; the worker would not load it",
+                   err=True)
         sys.exit(2)
     click.echo(describe(definitions))
 
@@ -248,12 +339,8 @@ def forget(customer_ids: tuple[str, ...]) -> None:
     from stream_app.erasure import request_erasure
 
     settings = load_settings()
-    try:
-        sent = asyncio.run(request_erasure(settings.bootstrap_servers, settings.erasure_topic,
-                                           list(customer_ids)))
-    except Exception as exc:  # any Kafka or network failure: say which, exit 1
-        raise click.ClickException(f"could not send the erasure request to "
-                                   f"{settings.kafka_bootstrap_servers}: {exc!r}") from None
+    sent = run_kafka(request_erasure(settings.bootstrap_servers, settings.erasure_topic,
+                                     list(customer_ids)), settings)
     for s in sent:
         click.echo(f"erasure of {s.customer_id} requested: {settings.erasure_topic} "
                    f"partition {s.partition} offset {s.offset} (request {s.request_id})")
@@ -397,17 +484,25 @@ def watch(segments: tuple[int, ...], triggers: tuple[str, ...], from_beginning: 
 @click.option("--url", default=None,
               help="A worker's HTTP address (default: http://127.0.0.1:$WEB_PORT).")
 @click.option("--max-rows", default=50, show_default=True, help="Mismatches to print.")
-def verify(file: Path, url: str | None, max_rows: int) -> None:
+@click.option("--token", default="", envvar="API_TOKEN", show_envvar=True,
+              help="The worker's API token (Authorization: Bearer), when it has one.")
+def verify(file: Path, url: str | None, max_rows: int, token: str) -> None:
     """Compare a running worker's features with a batch recomputation of FILE (JSONL).
 
-    Exits 1 if any customer's feature differs (counts and money exactly, ratios to 1e-9).
+    Exits 1 if any customer's feature differs (counts and money exactly, ratios to 1e-9);
+    2 with one line if the worker cannot be reached or refuses the token (401).
     """
-    from stream_app.verify import run
+    from stream_app.verify import WorkerAccessError, run
 
     settings = load_settings()
     url = url or f"http://127.0.0.1:{settings.web_port}"
-    sys.exit(run(file, url, lateness_ms=int(settings.allowed_lateness_s * 1000),
-                 max_rows=max_rows, token=settings.api_token))
+    try:
+        code = run(file, url, lateness_ms=int(settings.allowed_lateness_s * 1000),
+                   max_rows=max_rows, token=token)
+    except WorkerAccessError as exc:
+        click.echo(f"stream-app verify: {exc}", err=True)
+        sys.exit(exc.status)
+    sys.exit(code)
 
 
 @main.command()
@@ -434,14 +529,21 @@ def verify(file: Path, url: str | None, max_rows: int) -> None:
 @click.option("--clusterers", default=",".join(CLUSTERERS), show_default=True,
               help="--offline: which clusterers, comma-separated.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--token", default="", envvar="API_TOKEN", show_envvar=True,
+              help="Live: the workers' API token (Authorization: Bearer), when they have one "
+                   "(--planted-customers reads customers).")
 def evaluate(urls: tuple[str, ...], window: float, planted_customers: int | None,
              planted_seed: int, offline: bool, customers: int, events: int, workload: str,
-             k: int, seed: int, clusterers: str, as_json: bool) -> None:
+             k: int, seed: int, clusterers: str, as_json: bool, token: str) -> None:
     """Segment quality: homogeneity, separation, silhouette, WCSS vs batch k-means, churn,
-    flap rate, and the adjusted Rand index against the generator's planted types."""
+    flap rate, and the adjusted Rand index against the generator's planted types.
+
+    Live, status 2 with one line if a worker cannot be reached or refuses the token.
+    """
     import orjson
 
     from stream_app import evaluate as ev
+    from stream_app.verify import WorkerAccessError
 
     if offline:
         names = list(_choices(clusterers, CLUSTERERS, "--clusterers"))
@@ -458,7 +560,10 @@ def evaluate(urls: tuple[str, ...], window: float, planted_customers: int | None
     urls = urls or (f"http://127.0.0.1:{settings.web_port}",)
     planted = (planted_customers, planted_seed) if planted_customers else None
     try:
-        report = ev.evaluate_live(list(urls), window, planted)
+        report = ev.evaluate_live(list(urls), window, planted, token=token)
+    except WorkerAccessError as exc:
+        click.echo(f"stream-app evaluate: {exc}", err=True)
+        sys.exit(exc.status)
     except (OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

@@ -15,7 +15,9 @@ these variables before the Faust app is imported, so a worker started as
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -60,6 +62,35 @@ def instant_ms(text: str) -> int:
     return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` (an IP address or a host name) stands for is a
+    loopback one, so that a server bound to it is reachable from this machine only.
+
+    A wildcard (``0.0.0.0``, ``::``), a LAN address, a name resolving to any non-loopback
+    address and a name that does not resolve are not loopback.
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost")]
+    [True, True, True, True, True]
+    >>> [is_loopback(h) for h in ("0.0.0.0", "::", "", "192.168.1.10", "no-such-host.invalid")]
+    [False, False, False, False, False]
+    """
+    name = host.strip()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if not name:
+        return False  # aiohttp binds every interface for an empty host
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass  # a host name
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    addresses = {str(info[4][0]).split("%", 1)[0] for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
 #: Settings whose values are secrets (masked in ``repr``).
 SECRETS = frozenset({"pseudonym_key", "api_token"})
 
@@ -94,12 +125,17 @@ class Settings:
     erasure_topic: str = field(default="customer-erasure", metadata={"env": "ERASURE_TOPIC"})
     #: Secret of the keyed hash that replaces customer ids at ingestion (empty: ids kept).
     pseudonym_key: str = field(default="", metadata={"env": "PSEUDONYM_KEY"})
-    #: Bearer token the customer endpoints require (empty: the API is open, internal only).
+    #: Bearer token the customer endpoints require (empty: they are open, which the worker
+    #: allows only on a loopback ``web_bind`` unless ``api_open``; see :meth:`exposure_problem`).
     api_token: str = field(default="", metadata={"env": "API_TOKEN"})
+    #: Opt-out: serve customer data without a token on a non-loopback address (only behind
+    #: a trusted gateway that authenticates the callers itself).
+    api_open: bool = field(default=False, metadata={"env": "API_OPEN"})
     model_topic: str = field(default="", metadata={"env": "SEGMENT_MODEL_TOPIC"})
     web_port: int = field(default=6066, metadata={"env": "WEB_PORT"})
     web_host: str = field(default="127.0.0.1", metadata={"env": "WEB_HOST"})
-    web_bind: str = field(default="0.0.0.0", metadata={"env": "WEB_BIND"})
+    #: Address the HTTP server binds: loopback by default (docs/security.md).
+    web_bind: str = field(default="127.0.0.1", metadata={"env": "WEB_BIND"})
     segments_k: int = field(default=32, metadata={"env": "SEGMENTS_K"})
     data_dir: str = field(default="./data", metadata={"env": "DATA_DIR"})
     topic_partitions: int = field(default=4, metadata={"env": "TOPIC_PARTITIONS"})
@@ -220,6 +256,31 @@ class Settings:
                              ) from None
         if ts_min > time.time() * 1000:
             raise ValueError(f"EVENT_TS_MIN must be in the past, not {self.event_ts_min!r}")
+
+    def exposure_problem(self) -> str | None:
+        """Why a worker with these settings must not start, as one line: it would serve
+        customer data (``GET /customers/{id}``, segment examples, ids on the map) without a
+        token on an address other machines can reach. None when it may start: a token is
+        set, ``WEB_BIND`` is a loopback address, or ``API_OPEN`` opts out of the check.
+
+        Only the ``worker`` command asks (other commands read ``WEB_BIND`` but serve
+        nothing), so it is not part of :meth:`check`.
+
+        >>> Settings().exposure_problem() is None  # loopback by default
+        True
+        >>> Settings(web_bind="0.0.0.0", api_token="s3cret").exposure_problem() is None
+        True
+        >>> Settings(web_bind="0.0.0.0", api_open=True).exposure_problem() is None
+        True
+        >>> print(Settings(web_bind="0.0.0.0").exposure_problem())  # doctest: +ELLIPSIS
+        API_TOKEN is empty and WEB_BIND=0.0.0.0 is not a loopback address: ... set API_OPEN=true ...
+        """
+        if self.api_token or self.api_open or is_loopback(self.web_bind):
+            return None
+        return (f"API_TOKEN is empty and WEB_BIND={self.web_bind} is not a loopback address: "
+                "refusing to serve customer data without a token to the network; set "
+                "API_TOKEN, or bind WEB_BIND=127.0.0.1, or set API_OPEN=true to serve it "
+                "without a token (only behind a trusted gateway)")
 
     @staticmethod
     def env_names() -> dict[str, str]:

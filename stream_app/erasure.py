@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from stream_app.connectivity import start_client
+
 
 def erasure_request(customer_id: str, request_id: str, ts: int) -> bytes:
     """The value of an erasure request message."""
@@ -38,7 +40,7 @@ async def request_erasure(bootstrap_servers: list[str], topic: str,
     """Send one erasure request per customer and wait until the broker has each."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all",
                                 request_timeout_ms=15_000)
-    await producer.start()
+    await start_client(producer, bootstrap_servers)  # BrokerUnreachable: one clear line
     try:
         sent = []
         for customer_id in customer_ids:

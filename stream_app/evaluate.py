@@ -47,7 +47,7 @@ from stream_app.quality import (
 )
 from stream_app.segmentation import FeatureTransform, SegmentModel
 from stream_app.state import CustomerState
-from stream_app.verify import fetch_customer
+from stream_app.verify import access_error, fetch_customer
 
 #: Targets from the product's quality bar: (measure, comparison, threshold).
 TARGETS = {
@@ -66,17 +66,35 @@ def _meets(measure: str, value: float | None) -> str:
     return f"{'yes' if ok else 'NO'} ({op} {threshold})"
 
 
-def _get(url: str, timeout: float = 10.0) -> Any:
+def _get(url: str, timeout: float = 10.0, token: str = "") -> Any:
+    """``GET url`` decoded, None on 404; :class:`~stream_app.verify.WorkerAccessError`
+    when the worker cannot be reached or answers 401."""
     import urllib.error
     import urllib.request
 
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=timeout) as resp:
             return orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None
-        raise
+        raise access_error(_base(url), exc, token) or exc from None
+    except OSError as exc:
+        raise access_error(_base(url), exc, token) or exc from None
+
+
+def _base(url: str) -> str:
+    """A worker's address from the URL of one of its endpoints.
+
+    >>> _base("http://127.0.0.1:6066/model")
+    'http://127.0.0.1:6066'
+    """
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _scrape(urls: Sequence[str]) -> dict[str, float]:
@@ -85,7 +103,10 @@ def _scrape(urls: Sequence[str]) -> dict[str, float]:
               "stream_app_segment_changes_total", "stream_app_customers")
     totals = dict.fromkeys(wanted, 0.0)
     for url in urls:
-        found = scrape(f"{url}/metrics")
+        try:
+            found = scrape(f"{url}/metrics")
+        except OSError as exc:
+            raise access_error(url, exc) or exc from None
         for name in wanted:
             totals[name] += found.get(name, 0.0)
     return totals
@@ -105,9 +126,13 @@ def _placement(segments: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_live(urls: Sequence[str], window: float = 30.0,
-                  planted: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Quality figures of running workers (see the module docstring)."""
-    model = _get(f"{urls[0]}/model")
+                  planted: tuple[int, int] | None = None, token: str = "") -> dict[str, Any]:
+    """Quality figures of running workers (see the module docstring). ``token`` is the
+    workers' API token (``API_TOKEN``), needed to read customers (``planted``).
+
+    Raises :class:`~stream_app.verify.WorkerAccessError` when a worker cannot be reached,
+    or refuses the token."""
+    model = _get(f"{urls[0]}/model", token=token)
     if model is None:
         raise RuntimeError("the worker has no segment model yet")
     before = _scrape(urls)
@@ -128,7 +153,7 @@ def evaluate_live(urls: Sequence[str], window: float = 30.0,
                                int(after["stream_app_segment_changes_total"])),
         "changes": after["stream_app_segment_changes_total"],
         "customers": after["stream_app_customers"],
-        **_placement(_get(f"{urls[0]}/segments") or {}),
+        **_placement(_get(f"{urls[0]}/segments", token=token) or {}),
     }
     if planted is not None:
         shop = SyntheticShop(planted[0], seed=planted[1], start_ms=0)
@@ -138,7 +163,10 @@ def evaluate_live(urls: Sequence[str], window: float = 30.0,
 
         def segments_of(customer: str) -> tuple[int, int] | None:
             """The customer's segment, and the segment nearest to its features."""
-            doc = fetch_customer(urls[0], customer)
+            try:
+                doc = fetch_customer(urls[0], customer, token=token)
+            except Exception as exc:
+                raise access_error(urls[0], exc, token) or exc from None
             if doc is None or doc["segment"] is None:
                 return None
             raw = transform.vector(doc["features"], doc.get("profile") or {})

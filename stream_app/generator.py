@@ -192,31 +192,42 @@ class SyntheticShop:
         return GeneratedEvent("click", customer.encode(), orjson.dumps(doc), kind, ts)
 
 
+#: Longest interval between two progress reports of :func:`produce` (seconds).
+PROGRESS_EVERY_S = 0.5
+
+
 async def produce(bootstrap_servers: list[str], topics: dict[str, str],
                   events: Iterator[GeneratedEvent], rate: float | None,
                   on_sent: Callable[[int], None] | None = None) -> int:
     """Send ``events`` (kind → topic via ``topics``) at ``rate`` events/s (None: flat out).
 
     Returns the number of messages sent; all are acknowledged when it returns.
+    ``on_sent(n)`` is told the number acknowledged so far every 500 messages and at least
+    every :data:`PROGRESS_EVERY_S` (a progress bar). Raises
+    :class:`~stream_app.subscribe.BrokerUnreachable` when no broker answers.
     """
     from aiokafka import AIOKafkaProducer
 
+    from stream_app.connectivity import start_client
     from stream_app.pacing import Pace
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5,
                                 max_batch_size=256 * 1024)
-    await producer.start()
+    await start_client(producer, bootstrap_servers)  # BrokerUnreachable: one clear line
     pace = Pace(rate)
+    told = time.monotonic()
     try:
         pending = []
         for event in events:
             pending.append(await producer.send(topics[event.kind], event.value, key=event.key))
             await pace.sent()
-            if pace.count % 500 == 0:
+            if pace.count % 500 == 0 or (on_sent and time.monotonic() - told
+                                         >= PROGRESS_EVERY_S):
                 await asyncio.gather(*pending)
                 pending.clear()
                 if on_sent:
                     on_sent(pace.count)
+                    told = time.monotonic()
         await asyncio.gather(*pending)
         if on_sent:
             on_sent(pace.count)

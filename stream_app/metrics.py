@@ -22,12 +22,16 @@ class Metrics:
         p = "stream_app_"
         self.events = Counter(p + "events_consumed_total", "Input messages consumed.",
                               ["topic", "type"], registry=r)
-        self.invalid = Counter(p + "invalid_events_total", "Input messages rejected, by reason.",
+        self.invalid = Counter(p + "invalid_events_total",
+                               "Input messages rejected, by reason (conflicting_duplicate: an "
+                               "event_id already applied, with other content).",
                                ["reason"], registry=r)
         self.dlq = Counter(p + "dlq_messages_total", "Messages written to the dead-letter topic.",
                            registry=r)
         self.duplicates = Counter(p + "duplicate_events_total",
-                                  "Redelivered events dropped by event_id.", registry=r)
+                                  "Redelivered events dropped by event_id (same content; "
+                                  "other content is rejected as conflicting_duplicate).",
+                                  registry=r)
         self.late = Counter(p + "late_events_total",
                             "Events older than every window: counted in lifetime totals only.",
                             registry=r)
@@ -90,6 +94,12 @@ class Metrics:
         self.rescores = Counter(p + "rescore_requests_total",
                                 "Customers queued for re-scoring after a model update.",
                                 registry=r)
+        self.control_unknown = Counter(
+            p + "control_batches_unknown_total",
+            "Control messages whose batch of customers this worker does not hold (queued "
+            "before a restart or by the partition's previous owner), by outcome: replayed "
+            "(read while catching up: the changes they caused are sent again) or skipped.",
+            ["outcome"], registry=r)
         self.rescore_waiting = Gauge(p + "rescore_waiting",
                                      "1 while a model update waits for its re-scoring pass "
                                      "(RESCORE_MIN_INTERVAL_S) or the pass is being queued.",

@@ -22,7 +22,7 @@ from stream_app.config import Settings
 from stream_app.features import HOUR_MS
 from stream_app.privacy import Pseudonymiser
 from stream_app.segmentation import FeatureTransform, SegmentModel
-from stream_app.state import CustomerState, event_digest
+from stream_app.state import CONFLICT, DUPLICATE, CustomerState, event_digest
 from stream_app.validation import Event, EventDecoder, InvalidEvent
 
 UNASSIGNED = -1
@@ -47,6 +47,15 @@ REASONS = 3
 #: Triggers of a customer leaving segmentation: its last changes are sent before the state
 #: is deleted or reduced (a replay would decide the same again, see ``publish`` in app.py).
 LEAVING = frozenset({"erasure", "consent"})
+#: The DLQ reason (and ``stream_app_invalid_events_total`` label) of a click or purchase
+#: whose ``event_id`` the customer's state remembers with other content (see
+#: ``CustomerState.admit``): not applied, as a copy would not be, but not silently either.
+CONFLICTING_DUPLICATE = "conflicting_duplicate"
+CONFLICT_DETAIL = (
+    "event_id already applied for this customer with other content (ts, event_type, "
+    "amount, discount, items, channel, session_id or category); this event was not "
+    "applied: a producer reusing event ids? Send the event again under a new event_id "
+    "if it is a different event")
 
 
 @dataclass(slots=True)
@@ -184,10 +193,13 @@ class CustomerPipeline:
         pseudonyms = self.pseudonyms
 
         def rejected(exc: InvalidEvent, raw: bytes | None) -> Outcome:
+            # With a pseudonym key: no raw id in the key, the value or the detail.
+            dlq_key, dlq_value, detail, redaction = pseudonyms.dead_letter_parts(
+                key, raw, exc.detail)
             return Outcome(reason=exc.reason, dlq=dead_letter(
-                exc.reason, exc.detail, topic, partition, offset, timestamp,
-                None if key is None else pseudonyms.key(key), pseudonyms.redact(raw),
-                self.settings.app_id))
+                exc.reason, detail, topic, partition, offset, timestamp, dlq_key, dlq_value,
+                self.settings.app_id, redaction,
+                None if redaction is None or raw is None else len(raw)))
 
         try:
             events = self.decoder.decode_all(kind, key, value, f"{topic}/{partition}/{offset}")
@@ -197,7 +209,7 @@ class CustomerPipeline:
         state.partition = partition
         outs: list[Outcome] = []
         last: Outcome | None = None  # the latest outcome that changed the state
-        for ev in events:
+        for position, ev in enumerate(events):
             if isinstance(ev, InvalidEvent):  # an element of an array: the DLQ gets the element
                 outs.append(rejected(ev, orjson.dumps(ev.element)))
                 continue
@@ -210,6 +222,10 @@ class CustomerPipeline:
             outs.append(out)
             if self._apply(ev, state, out, first=stored is None and last is None):
                 last = out
+            elif out.reason == CONFLICTING_DUPLICATE:  # a rejection, with the event's JSON
+                raw = (orjson.dumps(orjson.loads(value or b"")[position]) if _is_array(value)
+                       else value)
+                outs[-1] = rejected(InvalidEvent(CONFLICTING_DUPLICATE, CONFLICT_DETAIL), raw)
         if last is not None:
             last.state = state.to_bytes()
             last.keep_time(state)
@@ -241,10 +257,18 @@ class CustomerPipeline:
             if state.excluded:
                 out.excluded = True  # no consent: the behaviour is not kept
                 return False
+            admitted = state.admit(ev.event_id, ev.ts, ev.kind == "purchase", self.lateness_ms,
+                                   ev.content_digest())
+            if admitted == CONFLICT:
+                # The id with other content: a producer reusing ids, not a redelivery. Not
+                # applied (nothing changes, nothing is re-sent); process_message makes it
+                # a dead letter.
+                out.reason = CONFLICTING_DUPLICATE
+                return False
             # The cause of the last changes is recognised by itself: a replay may bring it
             # back later than the lateness that bounds the remembered ids.
             resent = self._resent(state, out, ev.customer_id, ev.event_id, ev.ts)
-            if not state.remember(ev.event_id, ev.ts, ev.kind == "purchase", self.lateness_ms):
+            if admitted == DUPLICATE:
                 out.duplicate = True
                 return False
             if resent:  # applied, no longer remembered: as late as any click that old
@@ -631,6 +655,11 @@ class CustomerPipeline:
             return False
         state.sampled_at = ts
         return True
+
+
+def _is_array(value: bytes | None) -> bool:
+    """Whether a decoded message is a JSON array (its first non-blank byte is ``[``)."""
+    return value is not None and value.lstrip()[:1] == b"["
 
 
 def member_pseudonym(customer_id: str) -> str:

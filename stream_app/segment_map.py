@@ -223,6 +223,20 @@ class RecentChanges:
         moving it ``(old, new)`` (the outcome's ``moved``) because of ``trigger``."""
         self._ring.append((at, customer, moved, trigger))
 
+    def forget(self, customer: bytes) -> None:
+        """Stop naming ``customer`` (erased, or consent withdrawn): its changes stay in the
+        list as moves of nobody in particular.
+
+        >>> ring = RecentChanges()
+        >>> ring.record(1.0, b"c-1", (None, 2), "event"); ring.forget(b"c-1")
+        >>> ring.newest_first()[0]["customer_id"] is None
+        True
+        """
+        if any(entry[1] == customer for entry in self._ring):
+            self._ring = deque(((at, None if key == customer else key, moved, trigger)
+                                for at, key, moved, trigger in self._ring),
+                               maxlen=self._ring.maxlen)
+
     def newest_first(self, customers: bool = True) -> list[dict[str, Any]]:
         """The changes as ``{"t", "customer_id", "previous_segment", "segment",
         "trigger"}``, newest first; without ``customer_id`` unless ``customers``."""

@@ -497,20 +497,11 @@ def _decode(parse: Callable[[bytes], ChangeEvent], record: ConsumerRecord,
 
 
 async def _start(consumer: AIOKafkaConsumer, servers: list[str], timeout_s: float) -> None:
-    """Connect, or raise :class:`BrokerUnreachable` within ``timeout_s``."""
-    from aiokafka.errors import KafkaConnectionError, KafkaError
+    """Connect, or raise :class:`BrokerUnreachable` within ``timeout_s`` (the Kafka
+    client's own connection errors held back: the exception says it in one line)."""
+    from stream_app.connectivity import start_client
 
-    try:
-        await asyncio.wait_for(consumer.start(), timeout_s)
-    except asyncio.TimeoutError:
-        reason = f"no answer within {timeout_s:g} s"
-    except KafkaConnectionError:
-        reason = "connection refused or closed"
-    except (KafkaError, OSError) as exc:
-        reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    else:
-        return
-    raise BrokerUnreachable(f"cannot reach Kafka at {','.join(servers)}: {reason}")
+    await start_client(consumer, servers, timeout_s)
 
 
 async def _follow(consumer: AIOKafkaConsumer, source: _Source, progress: _Progress,

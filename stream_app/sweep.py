@@ -64,6 +64,22 @@ class SweepSchedule:
             due |= days.pop(day)
         return sorted(due)
 
+    def forget(self, partition: int, key: bytes) -> None:
+        """Unschedule ``key`` (erased, or consent withdrawn): the schedule keeps no
+        customer that is gone.
+
+        >>> s = SweepSchedule(); s.schedule(0, b"c1", clock=0); s.forget(0, b"c1")
+        >>> s.pending()
+        0
+        """
+        days = self._due.get(partition)
+        if not days:
+            return
+        for day in [d for d, keys in days.items() if key in keys]:
+            days[day].discard(key)
+            if not days[day]:
+                del days[day]
+
     def drop_partition(self, partition: int) -> None:
         """Forget a partition this worker no longer owns."""
         self._due.pop(partition, None)

@@ -34,6 +34,8 @@ from .batch import DEFAULT_LATENESS_MS, FEATURE_NAMES, BatchCustomer, parse_ts, 
 
 __all__ = [
     "Mismatch",
+    "WorkerAccessError",
+    "access_error",
     "compare",
     "fetch_customer",
     "format_ts",
@@ -229,6 +231,51 @@ def fetch_customer(url: str, customer_id: str, timeout: float = 10.0,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+class WorkerAccessError(RuntimeError):
+    """The worker's HTTP API cannot be used at all (nothing answers, or it wants another
+    token): one line to show, and the command's exit status (2: nothing was checked)."""
+
+    status = 2
+
+
+def access_error(url: str, exc: BaseException, token: str = "") -> WorkerAccessError | None:
+    """The :class:`WorkerAccessError` that ``exc``, raised by a request to the worker at
+    ``url``, amounts to; None for an error about one customer (a 500, say).
+
+    >>> import urllib.error
+    >>> def refused(code: int) -> urllib.error.HTTPError:
+    ...     return urllib.error.HTTPError("u", code, "x", {}, None)  # type: ignore[arg-type]
+    >>> print(access_error("http://w:6066", refused(401)))
+    the worker at http://w:6066 needs an API token (401 Unauthorized): pass --token or set API_TOKEN
+    >>> print(access_error("http://w:6066", refused(401), token="t"))
+    the worker at http://w:6066 refused the API token (401 Unauthorized): check --token or API_TOKEN
+    >>> print(access_error("http://w:6066", urllib.error.URLError(ConnectionRefusedError(
+    ...     111, "Connection refused"))))
+    cannot reach the worker at http://w:6066: connection refused. Is a worker running there? (--url)
+    >>> access_error("http://w:6066", refused(500)) is None
+    True
+    """
+    if isinstance(exc, urllib.error.HTTPError):
+        if exc.code != 401:
+            return None
+        if token:
+            return WorkerAccessError(f"the worker at {url} refused the API token (401 "
+                                     "Unauthorized): check --token or API_TOKEN")
+        return WorkerAccessError(f"the worker at {url} needs an API token (401 "
+                                 "Unauthorized): pass --token or set API_TOKEN")
+    if isinstance(exc, (urllib.error.URLError, OSError)):
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):
+            text = "no answer in time"
+        elif isinstance(reason, OSError) and reason.strerror:
+            text = reason.strerror.lower()
+        else:
+            text = str(reason)
+        return WorkerAccessError(f"cannot reach the worker at {url}: {text}. Is a worker "
+                                 "running there? (--url)")
+    return None
+
+
 def _render(mismatches: list[Mismatch], max_rows: int, console: Any) -> None:
     from rich.table import Table
 
@@ -265,6 +312,12 @@ def run(path: str | Path, url: str, lateness_ms: int = DEFAULT_LATENESS_MS,
     -------
     int
         0 when every feature of every customer matches, 1 otherwise.
+
+    Raises
+    ------
+    WorkerAccessError
+        When the worker does not answer, or answers 401 (no token, or a refused one):
+        nothing could be compared, so no table of mismatches either.
     """
     if console is None:
         from rich.console import Console
@@ -278,8 +331,18 @@ def run(path: str | Path, url: str, lateness_ms: int = DEFAULT_LATENESS_MS,
         except Exception as exc:  # reported as a mismatch, not a crash
             return exc
 
+    documents = [fetch(customer) for customer in customers[:1]]
+    # The first answer alone first: a worker that cannot be used stops the run here,
+    # before thousands of requests that would all fail the same way.
+    if documents and isinstance(documents[0], Exception):
+        problem = access_error(url, documents[0], token)
+        if problem is not None:
+            raise problem
     with ThreadPoolExecutor(max_workers=16) as pool:
-        documents = list(pool.map(fetch, customers))
+        documents += pool.map(fetch, customers[1:])
+    for doc in documents:  # a worker restarted with a token meanwhile, say
+        if isinstance(doc, urllib.error.HTTPError) and doc.code == 401:
+            raise access_error(url, doc, token) or WorkerAccessError(str(doc))
 
     mismatches: list[Mismatch] = []
     features = 0

@@ -236,6 +236,48 @@ def test_duplicates_are_dropped_entirely():
     assert c.duplicates == 2 and c.accepted == 2
 
 
+def test_a_conflicting_duplicate_is_told_apart_by_the_same_rule_as_the_worker():
+    """A copy with other content is a ``conflicting_duplicate`` for the batch exactly when
+    the worker dead-letters it (same canonical content: normalised numbers, channel and
+    ts, fields the features do not read ignored), and neither applies it."""
+    from stream_app.config import Settings
+    from stream_app.pipeline import CustomerPipeline
+
+    first = [purchase("p1", BASE, 10.0, channel="app", items=[{"category": "x", "quantity": 2}]),
+             click("v1", BASE + MIN, "search", session_id="s")]
+    copies = [
+        purchase("p1", BASE, 10, channel=" App", items=[{"quantity": 2.0, "category": "x"}],
+                 currency="EUR"),
+        {**purchase("p1", BASE, 10.0, channel="app", items=[{"category": "x", "quantity": 2}]),
+         "order_id": "other"},
+        click("v1", "2024-10-04T00:01:00Z", "search", session_id="s", product_id="p"),
+        purchase("p1", BASE, 9999.0, channel="app", items=[{"category": "x", "quantity": 2}]),
+        purchase("p1", BASE, 10.0, channel="web", items=[{"category": "x", "quantity": 2}]),
+        purchase("p1", BASE, 10.0, channel="app", items=[{"category": "x", "quantity": 3}]),
+        click("v1", BASE + MIN, "page_view", session_id="s"),
+        click("v1", "2024-10-04T02:01:00+02:00", "search", session_id="s"),  # other hour
+    ]
+    c = one(first)
+    batch = [c.add(doc) for doc in copies]
+    assert batch == ["duplicate"] * 3 + ["conflicting_duplicate"] * 5
+    assert c.duplicates == 8 and c.conflicts == 5
+    pipeline = CustomerPipeline(Settings())
+    stored = None
+    for offset, doc in enumerate(first):
+        (out,) = pipeline.process_message(event_kind(doc), b"c", orjson.dumps(doc), stored,
+                                          "in", 0, offset)
+        stored = out.state
+    streamed = []
+    for doc in copies:
+        (out,) = pipeline.process_message(event_kind(doc), b"c", orjson.dumps(doc), stored,
+                                          "in", 0, 9)
+        assert out.state is None
+        streamed.append(out.reason or ("duplicate" if out.duplicate else "applied"))
+    assert streamed == batch
+    f = c.features()
+    assert (f["orders_total"], f["revenue_total"], f["searches_7d"]) == (1, 10.0, 1)
+
+
 def test_event_ids_are_per_customer():
     out = recompute([purchase("p1", BASE, cid="a"), purchase("p1", BASE, cid="b")])
     assert out["a"].features()["orders_total"] == 1

@@ -57,6 +57,8 @@ def test_bad_input_goes_to_the_dlq_with_reasons(make_worker, broker):
         (c, b"bad", click("x" * 5000, "bad"), "schema_violation"),
         (c, b"bad", click("t14", "bad", query="q" * 30_000), "oversized"),
         (c, b"bad", nested, "invalid_json"),
+        # The event_id of g3 (below, sent before it) with other content: a producer bug.
+        (p, b"good-1", purchase("g3", discount=5.0, amount=9999.0), "conflicting_duplicate"),
     ]
     good = [
         (c, b"good-1", click("g1"), None),
@@ -131,3 +133,39 @@ def test_a_json_array_message_is_processed_element_by_element(make_worker, broke
     assert status == 200
     f = body["features"]
     assert (f["views_24h"], f["searches_7d"], f["app_share_30d"]) == (3, 1, 0.25)
+
+
+def test_a_conflicting_duplicate_is_a_dead_letter_and_changes_no_feature(make_worker, broker):
+    """A producer reusing an event_id for other content: the copy goes to the DLQ as
+    ``conflicting_duplicate`` and is counted under that reason, not as a duplicate; an
+    honest redelivery (re-serialised) is a duplicate; the features are the first copy's."""
+    worker = make_worker().start()
+    c, p = worker.topics["click"], worker.topics["purchase"]
+    original = purchase("d1", "dup-1", amount=10.0, channel="app")
+    honest = orjson.dumps(dict(reversed(orjson.loads(original).items())),
+                          option=orjson.OPT_INDENT_2)
+    conflicting = purchase("d1", "dup-1", amount=9999.0, channel="app")
+    produce(broker.bootstrap_servers, [(p, b"dup-1", original), (c, b"dup-1", click("d2", "dup-1")),
+                                       (p, b"dup-1", honest), (p, b"dup-1", conflicting)])
+    wait_for(lambda: metric_sum(worker.metrics(), "stream_app_events_consumed_total") == 4,
+             90, "every message to be consumed")
+
+    (record,) = consume_all(broker.bootstrap_servers, worker.topics["dlq"], 1)
+    letter = orjson.loads(record.value)
+    assert not list(Draft7Validator(load_schema("dead-letter.schema.json")).iter_errors(letter))
+    assert letter["reason"] == "conflicting_duplicate" and "event_id" in letter["detail"]
+    assert "dup-1" not in letter["detail"] and "9999" not in letter["detail"]
+    assert base64.b64decode(letter["value_base64"]) == conflicting
+    assert (letter["topic"], letter["key"]) == (p, "dup-1")
+    m = worker.metrics()
+    assert metric_sum(m, "stream_app_invalid_events_total", reason="conflicting_duplicate") == 1
+    assert metric_sum(m, "stream_app_invalid_events_total") == 1
+    assert metric_sum(m, "stream_app_dlq_messages_total") == 1
+    assert metric_sum(m, "stream_app_duplicate_events_total") == 1  # the honest copy only
+    assert metric_sum(m, "stream_app_events_consumed_total", type="invalid") == 1
+
+    status, body = worker.get("/customers/dup-1")
+    assert status == 200
+    f = body["features"]
+    assert (f["orders_total"], f["revenue_total"], f["views_24h"]) == (1, 10.0, 1)
+    assert f["app_share_30d"] == 0.5

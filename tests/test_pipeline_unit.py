@@ -7,6 +7,7 @@ send. Segment-change messages are parsed with orjson (format: stream_app.changes
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import random
 
@@ -22,7 +23,7 @@ from stream_app.features import DAY_MS, FEATURE_NAMES, HOUR_MS
 from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome, member_pseudonym
 from stream_app.schemas import load_schema
 from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel
-from stream_app.state import CustomerState
+from stream_app.state import CONFLICT, DUPLICATE, MAX_ORDER_IDS, NEW, CustomerState
 
 D = 20_000  # a UTC day number (2024-10-04)
 T0 = D * DAY_MS + 10 * HOUR_MS
@@ -528,7 +529,8 @@ def test_late_purchase_changes_only_lifetime_totals(model):
     assert after["orders_30d"] == 2 and after["revenue_30d"] == 15.0
     assert c.state.segment == segment and c.state.window.as_of == T0 + 4 * HOUR_MS
     # Its copy is a duplicate; an older late purchase moves first_order_ts.
-    assert c.buy(T0 + HOUR_MS, 3, 25.0).duplicate is True
+    assert c.buy(T0 + HOUR_MS, 3, 25.0, discount=5.0, channel="app",
+                 items=[{"category": "b", "quantity": 7}]).duplicate is True
     assert c.buy(T0 - 5 * DAY_MS, 4, 1.0).late is True
     assert c.features["first_order_ts"] == T0 - 5 * DAY_MS
     assert c.features["orders_total"] == 4 and c.features["orders_90d"] == 2
@@ -835,3 +837,163 @@ def test_a_customer_of_a_retired_segment_moves_at_its_next_event(model):
     assert change["previous_segment"] == left and change["segment"] == 2
     assert change["previous_segment_label"] == model.labels[left]
     assert change["segment_label"] == "its successor" and c.state.segment == 2
+
+
+# -- conflicting duplicates: the same event_id with other content ----------------------------------
+
+DEAD_LETTER_SCHEMA = Draft7Validator(load_schema("dead-letter.schema.json"))
+#: A customer state as the previous version wrote it (``CustomerState.to_bytes`` before content
+#: digests were kept): clicks ``old-c1`` (T0) and ``old-c2`` (T0 + 2 min), purchase ``old-o1``
+#: (T0 + 1 min, 10.00), no ``"es"``/``"os"``.
+OLD_STATE = (
+    b'{"w":{"a":1728036120000,"nc":1728036120000,"no":1728036060000,'
+    b'"d":[[20000,1,1000,0,1,1,1,0,3,0,0]],"h":[[480010,1]],"s":{},"c":{},"o":1,"r":1000,'
+    b'"f":1728036060000,"l":1728036060000},"p":{},"pt":0,"s":null,"v":0,'
+    b'"e":[[6907031968830680960,1728036000000],[8921622769544625857,1728036120000]],'
+    b'"o":[681330543785125820],"t":1728036000000,"c":0,"l":null,"n":0,"q":[null,0],'
+    b'"lc":null,"pp":0}')
+
+
+def test_an_honest_redelivery_is_a_duplicate_however_it_is_serialised(model):
+    """Same event_id, same content: a duplicate, not a dead letter, whatever the key order,
+    spacing, number spelling, channel case or fields the worker does not read; and the
+    state remembers the content it was applied with (so other content is told apart)."""
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    order = {"event_id": "c1-o1", "customer_id": "c1", "ts": "2024-10-04T12:00:00+02:00",
+             "order_id": "A-1", "amount": 10.0, "discount": 1.5, "channel": "app",
+             "items": [{"product_id": "p1", "category": "shoes", "price": 5.0, "quantity": 2}]}
+    click = {"event_id": "c1-c1", "customer_id": "c1", "ts": T0 + MIN_MS,
+             "event_type": "product_view", "session_id": "s1", "category": "shoes"}
+    assert c.send("purchase", orjson.dumps(order)).state is not None
+    assert c.send("click", orjson.dumps(click)).state is not None
+    before = c.stored
+    copies = [
+        ("purchase", orjson.dumps(dict(reversed(order.items())))),  # other key order
+        ("purchase", orjson.dumps(order, option=orjson.OPT_INDENT_2)),  # other spacing
+        ("purchase", b'{"amount": 10, "discount": 1.50, "channel": " App ", "ts": '
+                     b'"2024-10-04T12:00:00.000+02:00", "event_id": "c1-o1", "customer_id": '
+                     b'"c1", "order_id": "A-1", "items": [{"quantity": 2.0, "category": '
+                     b'"shoes"}]}'),  # 10 for 10.0, 2.0 for 2, " App " for "app"
+        ("purchase", orjson.dumps({**order, "order_id": "A-1-retry", "currency": "EUR"})),
+        ("click", orjson.dumps({**click, "ts": "2024-10-04T10:01:00Z", "price": 3.0,
+                                "product_id": "p9"})),  # the same instant and hour, as ISO
+    ]
+    for kind, value in copies:
+        out = c.send(kind, value)
+        assert out.duplicate is True, value
+        assert out.dlq is None and out.reason is None and out.state is None, value
+    assert c.stored == before
+    # The remembered content: another amount or event type under these ids is a conflict.
+    state = c.state
+    other_order = pipeline.decoder.decode("purchase", b"c1", orjson.dumps({**order, "amount": 11}))
+    assert state.admit("c1-o1", other_order.ts, True, HOUR_MS,
+                       other_order.content_digest()) == CONFLICT
+    same_click = pipeline.decoder.decode("click", b"c1", copies[-1][1])
+    assert state.admit("c1-c1", same_click.ts, False, HOUR_MS,
+                       same_click.content_digest()) == DUPLICATE
+
+
+def test_a_conflicting_duplicate_goes_to_the_dlq_and_changes_nothing(model):
+    """Same event_id, other content (a producer reusing ids): not applied, a dead letter
+    with reason conflicting_duplicate, not counted as a duplicate; the state stays as it
+    was and a true copy afterwards is still an honest duplicate."""
+    pipeline = CustomerPipeline(settings(app_id="unit-app"))
+    pipeline.use_model(model)
+    c = Customer(pipeline)
+    c.buy(T0, 1, 10.0)
+    c.click(T0 + MIN_MS, 1, "add_to_cart", session_id="s1")
+    before, features = c.stored, c.features
+    conflicting = purchase_msg("c1", T0, 1, 9999.0)
+    for kind, value in (("purchase", conflicting),
+                        ("click", click_msg("c1", T0 + MIN_MS, 1, "search", session_id="s1"))):
+        out = c.send(kind, value)
+        assert out.reason == "conflicting_duplicate" and out.dlq is not None
+        assert out.duplicate is False and out.late is False
+        assert out.state is None and out.change is None and out.sample is None
+        assert out.event_type is None  # counted as consumed with type="invalid"
+        record = orjson.loads(out.dlq)
+        assert not list(DEAD_LETTER_SCHEMA.iter_errors(record)), record
+        assert record["reason"] == "conflicting_duplicate" and record["app_id"] == "unit-app"
+        assert base64.b64decode(record["value_base64"]) == value
+        assert record["topic"] == TOPICS[kind] and record["offset"] == c.offset
+        # The detail says what the event_id is for, not whose or what: no customer data.
+        assert "event_id" in record["detail"]
+        for secret in ("c1", "9999", "search", "s1"):
+            assert secret not in record["detail"], secret
+    assert c.stored == before and c.features == features
+    assert features["revenue_total"] == 10.0 and features["add_to_cart_7d"] == 1
+    # The remembered content is still the first copy's: a true copy is an honest one.
+    again = c.buy(T0, 1, 10.0)
+    assert again.duplicate is True and again.dlq is None
+    assert c.send("purchase", conflicting).reason == "conflicting_duplicate"
+
+
+def test_a_conflicting_copy_in_a_json_array_is_a_dead_letter_of_its_own(model):
+    """In a collector's batch the conflicting element goes to the DLQ as its own JSON; the
+    others are applied and the state is written once."""
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    first = purchase_msg("c1", T0, 1, 10.0)
+    conflicting = purchase_msg("c1", T0, 1, 9999.0)
+    batch = b"[" + b",".join([first, purchase_msg("c1", T0 + MIN_MS, 2, 5.0), conflicting,
+                              first]) + b"]"
+    outs = pipeline.process_message("purchase", b"c1", batch, None, "purchases", 0, 3)
+    assert [o.reason for o in outs] == [None, None, "conflicting_duplicate", None]
+    assert outs[3].duplicate and not outs[2].duplicate
+    record = orjson.loads(outs[2].dlq)
+    assert orjson.loads(record["value"]) == orjson.loads(conflicting)
+    stored = next(o.state for o in outs if o.state is not None)
+    window = CustomerState.from_bytes(stored).window
+    assert (window.orders_total, window.features()["revenue_total"]) == (2, 15.0)
+
+
+def test_a_state_stored_without_digests_loads_and_its_copies_count_as_honest(model):
+    """A state written by the previous version (ids without content digests) loads; a copy
+    of an id remembered there cannot be compared, and counts as an honest redelivery (as
+    before); ids remembered from then on have their digest, and a conflict is caught."""
+    pipeline = CustomerPipeline(settings())
+    pipeline.use_model(model)
+    state = CustomerState.from_bytes(OLD_STATE)
+    assert state.window.orders_total == 1 and len(state.recent) == 2 and len(state.orders) == 1
+    c = Customer(pipeline)
+    c.stored = OLD_STATE
+    old_order = {"event_id": "old-o1", "customer_id": "c1", "ts": T0 + MIN_MS, "order_id": "o1"}
+    for amount in (10.0, 9999.0):  # the same or other content: nothing to compare with
+        out = c.send("purchase", orjson.dumps({**old_order, "amount": amount}))
+        assert out.duplicate is True and out.dlq is None and out.state is None
+    out = c.send("click", orjson.dumps({"event_id": "old-c2", "customer_id": "c1",
+                                        "ts": T0 + 2 * MIN_MS, "event_type": "page_view"}))
+    assert out.duplicate is True and out.dlq is None  # it was a search: still honest
+    assert c.stored == OLD_STATE
+    # New events are remembered with their content, next to the old ids.
+    assert c.buy(T0 + 3 * MIN_MS, 2, 20.0).state is not None
+    assert c.click(T0 + 4 * MIN_MS, 3).state is not None
+    assert c.buy(T0 + 3 * MIN_MS, 2, 25.0).reason == "conflicting_duplicate"
+    assert c.click(T0 + 4 * MIN_MS, 3, "search").reason == "conflicting_duplicate"
+    assert c.send("purchase", orjson.dumps({**old_order, "amount": 9999.0})).duplicate
+    assert c.features["orders_total"] == 2 and c.features["revenue_total"] == 30.0
+
+
+def test_content_digests_follow_their_ids_when_the_memory_is_trimmed():
+    """Digests stay with their ids as old click ids fall out of the lateness and the oldest
+    purchase ids out of the bounded memory, also when a list began without digests."""
+    s = CustomerState.from_bytes(OLD_STATE)  # click ids at T0, T0 + 2 min, no digests
+    # A click an hour and a half later: both old click ids leave the lateness.
+    assert s.admit("new-c1", T0 + 90 * MIN_MS, False, HOUR_MS, "click-01") == NEW
+    assert s.admit("new-c2", T0 + 91 * MIN_MS, False, HOUR_MS, "click-02") == NEW
+    assert len(s.recent) == 2 and len(s.recent_sums) == 16
+    assert s.admit("new-c1", T0 + 90 * MIN_MS, False, HOUR_MS, "click-01") == DUPLICATE
+    assert s.admit("new-c2", T0 + 91 * MIN_MS, False, HOUR_MS, "click-01") == CONFLICT
+    for i in range(MAX_ORDER_IDS):
+        assert s.admit(f"o-{i}", T0, True, HOUR_MS, f"buy-{i:04d}") == NEW
+    # The old purchase id (no digest) was the oldest: forgotten, the 1000 newest kept.
+    assert len(s.orders) == MAX_ORDER_IDS and len(s.order_sums) == 8 * MAX_ORDER_IDS
+    r = CustomerState.from_bytes(s.to_bytes())
+    assert r.admit("o-0", T0, True, HOUR_MS, "buy-0000") == DUPLICATE
+    assert r.admit("o-999", T0, True, HOUR_MS, "buy-0998") == CONFLICT
+    assert r.admit("o-1000", T0, True, HOUR_MS, "buy-1000") == NEW
+    assert r.admit("o-1", T0, True, HOUR_MS, "buy-0001") == DUPLICATE
+    assert r.admit("o-1", T0, True, HOUR_MS, "buy-0002") == CONFLICT
+    assert r.admit("o-0", T0, True, HOUR_MS, "buy-0000") == NEW  # forgotten

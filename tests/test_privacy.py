@@ -6,6 +6,8 @@ are in tests/test_privacy_integration.py.
 
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 
@@ -104,6 +106,51 @@ def test_with_a_key_no_raw_id_reaches_state_changes_samples_or_dead_letters(mode
                                     c.stored, "clickstream", 0, 99)
     assert len(outs) == 2 and all(o.dlq is not None for o in outs)
     assert all(raw_id.encode() not in o.dlq for o in outs)
+
+
+def test_with_a_key_dead_letters_name_no_raw_id_in_any_field_or_encoding(model):
+    """Ids in event, session, order and request ids, nested fields, object keys, the detail
+    and arrays are pseudonymised; a value that is not JSON is withheld (its size kept)."""
+    pipeline = CustomerPipeline(settings(pseudonym_key=SECRET))
+    pipeline.use_model(model)
+    p = Pseudonymiser(SECRET)
+    raw_id, other = "c11-0000042", "c11-0000777"
+    c = Customer(pipeline, raw_id)
+    hostile = {"event_id": f"{raw_id}-e17", "customer_id": raw_id, "ts": f"at {raw_id}",
+               "event_type": "page_view", "session_id": f"s-{raw_id}",
+               "meta": {"ref": f"https://shop/?u={raw_id}", raw_id: [f"x{raw_id}y", 3],
+                        "customer_id": other, "order_id": 99},
+               "query": f"{other} and {raw_id}"}
+    outs = [c.send("click", orjson.dumps(hostile)),
+            c.send("purchase", orjson.dumps({**hostile, "order_id": f"o-{raw_id}",
+                                             "amount": -1})),
+            c.send("click", b"not json " + raw_id.encode() + b" \xff"),
+            c.send("click", orjson.dumps(f"just {raw_id}"))]
+    outs += pipeline.process_message("click", raw_id.encode(),
+                                     orjson.dumps([hostile, {"customer_id": raw_id}]),
+                                     c.stored, "clickstream", 0, 99)
+    dead = [orjson.loads(o.dlq) for o in outs if o.dlq is not None]
+    assert len(dead) == 6
+    for record, out in zip(dead, [o for o in outs if o.dlq is not None]):
+        assert raw_id.encode() not in out.dlq and other.encode() not in out.dlq, record
+        for field in ("key_base64", "value_base64"):
+            if record[field] is not None:
+                decoded = base64.b64decode(record[field])
+                assert raw_id.encode() not in decoded and other.encode() not in decoded
+        assert record["key"] == p.pseudonym(raw_id)
+    first = orjson.loads(dead[0]["value"])
+    assert dead[0]["redaction"] == "pseudonymised" and dead[0]["reason"] == "invalid_timestamp"
+    assert first["event_id"] == p.pseudonym(f"{raw_id}-e17")
+    assert first["session_id"] == p.pseudonym(f"s-{raw_id}")
+    assert first["meta"]["customer_id"] == p.pseudonym(other)
+    assert first["meta"]["order_id"] == p.pseudonym("99")
+    assert first["query"] == f"{p.pseudonym(other)} and {p.pseudonym(raw_id)}"
+    assert first["meta"][p.pseudonym(raw_id)] == [f"x{p.pseudonym(raw_id)}y", 3]
+    assert p.pseudonym(raw_id) in dead[0]["detail"]  # the ts detail quotes the value
+    garbage = dead[2]
+    assert garbage["reason"] == "invalid_json" and garbage["redaction"] == "withheld"
+    assert garbage["value"] is None and garbage["value_base64"] is None
+    assert garbage["original_bytes"] == len(b"not json " + raw_id.encode() + b" \xff")
 
 
 def test_without_a_key_ids_are_kept(model):
