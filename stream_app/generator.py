@@ -129,9 +129,11 @@ class SyntheticShop:
         rng = self.rng
         hour = datetime.fromtimestamp(ts / 1000, SHOP_ZONE).hour
         night = hour in NIGHT
+        # Only types that have customers (a shop of three customers lacks some types).
+        kinds = [t for t in TYPES if self.by_type[t]]
         weights = [PERSONAS[t].weight * (1.0 if PERSONAS[t].night == night else 0.08)
-                   for t in TYPES]
-        kind = rng.choices(TYPES, weights)[0]
+                   for t in kinds]
+        kind = rng.choices(kinds, weights)[0]
         customer = rng.choice(self.by_type[kind])
         out = []
         if self.profiles and customer not in self._profiled:
