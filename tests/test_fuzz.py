@@ -809,7 +809,11 @@ def judge(message: Message, outs: list[Outcome], skew_ms: int, now_ms: int,
             assert MIN_TS_MS <= ms <= now_ms + skew_ms
             if message.kind != "profile":
                 name, content = content_of(message.kind, doc)
-                seen.setdefault(name, content)
+                # Accepted as new, the worker remembers this content for the id: a click
+                # id is remembered only within the lateness of the newest click, so an
+                # earlier click with the id may have been forgotten (an honest copy has
+                # the same content anyway).
+                seen[name] = content
         assert status in allowed, (message.family, status, sorted(allowed), message.value[:300]
                                    if message.value else None, message.key)
         statuses.append(status)
