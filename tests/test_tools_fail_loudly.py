@@ -20,12 +20,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
 
 from stream_app.broker import free_port
 from stream_app.generator import SyntheticShop
-from stream_app.replay import kind_of
+from stream_app.replay import read_lines
 from stream_app.validation import EventDecoder, InvalidEvent
 from tests.conftest import wait_for
 
@@ -64,18 +63,13 @@ BAD_LINES = [
 ]
 
 
-def expected_reasons(lines: list[bytes]) -> Counter[str]:
+def expected_reasons(path: Path) -> Counter[str]:
+    """The DLQ reasons of the lines of ``path``, read as ``replay`` reads them."""
     decoder = EventDecoder()
     reasons: Counter[str] = Counter()
-    for value in lines:
+    for key, value, kind in read_lines(path):
         try:
-            doc = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            doc = None
-        customer = doc.get("customer_id") if isinstance(doc, dict) else None
-        key = customer.encode() if isinstance(customer, str) else None
-        try:
-            decoder.decode_all(kind_of(doc), key, value, "test")
+            decoder.decode_all(kind, key, value, "test")
         except InvalidEvent as exc:
             reasons[exc.reason] += 1
     return reasons
@@ -113,7 +107,7 @@ def test_replay_reports_what_the_worker_rejected_and_why(make_worker, tmp_path: 
     worker = make_worker().start()
     good = history(40, 300)
     mixed = write(tmp_path / "mixed.jsonl", good[:150] + BAD_LINES + good[150:])
-    reasons = expected_reasons(BAD_LINES)
+    reasons = expected_reasons(write(tmp_path / "bad.jsonl", BAD_LINES))
     assert sum(reasons.values()) == len(BAD_LINES) and len(reasons) >= 3
 
     result = cli("replay", str(mixed), "--no-progress", "--url", worker.url, "--wait", "60",
