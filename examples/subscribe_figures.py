@@ -24,8 +24,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream_app import subscribe
-from stream_app.changes import SegmentChange
 from stream_app.config import Settings
+from stream_app.core.changes import SegmentChange
 
 #: Tansu holds a JoinGroup for half the session timeout: a short one joins faster.
 GROUP_OPTIONS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}

@@ -51,8 +51,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from stream_app import SegmentChangeEvent, subscribe
-from stream_app.changes import iso_ms
 from stream_app.config import Settings
+from stream_app.core.changes import iso_ms
 
 log = logging.getLogger("trigger_service")
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import orjson
 import yaml
 
-from stream_app.audiences import AudienceSet, compile_condition
-from stream_app.batch import recompute
-from stream_app.generator import SyntheticShop
+from stream_app.core.audiences import AudienceSet, compile_condition
+from stream_app.tools.batch import recompute
+from stream_app.tools.generator import SyntheticShop
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "audiences.yaml"
 

@@ -1,12 +1,12 @@
 """stream-app: live behavioural micro-segmentation of customers on Kafka.
 
-For the services downstream, the subscription API (:mod:`stream_app.subscribe`):
+For the services downstream, the subscription API (:mod:`stream_app.client.subscribe`):
 ``subscribe`` and ``subscribe_audiences`` iterate over :class:`SegmentChangeEvent` and
 :class:`AudienceChangeEvent`. Importing them costs no Kafka client: aiokafka is loaded
 when a subscription starts.
 """
 
-from stream_app.subscribe import (
+from stream_app.client.subscribe import (
     AudienceChangeEvent,
     BrokerUnreachable,
     ChangeReason,

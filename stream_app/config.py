@@ -94,7 +94,7 @@ def is_loopback(host: str) -> bool:
 #: Settings whose values are secrets (masked in ``repr``).
 SECRETS = frozenset({"pseudonym_key", "api_token"})
 
-#: River clusterers the learner can run (see :mod:`stream_app.segmentation`).
+#: River clusterers the learner can run (see :mod:`stream_app.model.segmentation`).
 CLUSTERERS = ("kmeans", "streamkmeans", "clustream")
 
 
@@ -198,7 +198,7 @@ class Settings:
     #: ``GET /ready`` answers 503 while the worker's input lag exceeds this many messages.
     ready_max_lag: int = field(default=10_000, metadata={"env": "READY_MAX_LAG"})
     #: Seconds a stop (SIGTERM) may take; then the worker exits with status 75 without the
-    #: final commit (the broker is unreachable, say). See :mod:`stream_app.connectivity`.
+    #: final commit (the broker is unreachable, say). See :mod:`stream_app.worker.connectivity`.
     shutdown_timeout_s: float = field(default=20.0, metadata={"env": "SHUTDOWN_TIMEOUT_S"})
 
     @classmethod

@@ -24,7 +24,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_app.broker import EmbeddedBroker, free_port
+from stream_app.worker.broker import EmbeddedBroker, free_port
 
 _ids = itertools.count()
 
@@ -116,7 +116,7 @@ class Worker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stream_app.cli", "worker"], env=self.env,
+            [sys.executable, "-m", "stream_app.tools.cli", "worker"], env=self.env,
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         if wait_ready:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_app.assignments import AssignmentIndex
-from stream_app.segmentation import SegmentModel
+from stream_app.model.assignments import AssignmentIndex
+from stream_app.model.segmentation import SegmentModel
 
 SPEC = "a:id,b:id,c:id"
 

@@ -1,6 +1,6 @@
 """Audience definitions, conditions, membership and the audience-change message (no broker).
 
-The pure module ``stream_app.audiences``: what a definitions file may say and how a bad one
+The pure module ``stream_app.core.audiences``: what a definitions file may say and how a bad one
 is reported, how conditions decide with null values, that membership does not flap, and
 that the message of ``audience-changes`` keeps its contract.
 """
@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
-from stream_app.audiences import (
+from stream_app.core.audiences import (
     ACTIONS,
     ATTRIBUTES,
     TRIGGERS,
@@ -28,11 +28,11 @@ from stream_app.audiences import (
     AudienceSet,
     describe,
 )
-from stream_app.batch import recompute
-from stream_app.features import FEATURE_NAMES
-from stream_app.generator import SyntheticShop
-from stream_app.schemas import load_schema
-from stream_app.validation import PROFILE_FIELDS
+from stream_app.core.features import FEATURE_NAMES
+from stream_app.core.schemas import load_schema
+from stream_app.core.validation import PROFILE_FIELDS
+from stream_app.tools.batch import recompute
+from stream_app.tools.generator import SyntheticShop
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "audiences.yaml"
 CHANGE_SCHEMA = Draft7Validator(load_schema("audience-change.schema.json"))

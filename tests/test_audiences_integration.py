@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 from jsonschema import Draft7Validator, FormatChecker
 
-from stream_app.schemas import load_schema
+from stream_app.core.schemas import load_schema
 from tests.conftest import consume_all, metric_sum, produce, wait_for
 from tests.test_pipeline_unit import click_msg, purchase_msg
 
@@ -192,7 +192,7 @@ def test_audiences_check_validates_a_file_as_the_worker_does(tmp_path: Path):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(SECOND)
     bad.write_text(BROKEN)
-    cli = [sys.executable, "-m", "stream_app.cli", "audiences", "check"]
+    cli = [sys.executable, "-m", "stream_app.tools.cli", "audiences", "check"]
     ok = subprocess.run([*cli, str(good)], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.splitlines()

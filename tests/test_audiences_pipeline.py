@@ -11,10 +11,10 @@ from __future__ import annotations
 import orjson
 from jsonschema import Draft7Validator, FormatChecker
 
-from stream_app.audiences import AudienceSet
-from stream_app.pipeline import LEAVING, CustomerPipeline, Outcome
-from stream_app.schemas import load_schema
-from stream_app.state import CustomerState
+from stream_app.core.audiences import AudienceSet
+from stream_app.core.pipeline import LEAVING, CustomerPipeline, Outcome
+from stream_app.core.schemas import load_schema
+from stream_app.core.state import CustomerState
 from tests.test_pipeline_unit import MIN_MS, T0, Customer, browser_and_buyer, learn_model, settings
 from tests.test_privacy import erase
 

@@ -8,14 +8,14 @@ import time
 
 import orjson
 
-from stream_app.generator import SyntheticShop
+from stream_app.tools.generator import SyntheticShop
 from tests.conftest import metric_sum, produce, wait_for
 
 STEP_MS = 400_000
 
 
 def cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stream_app.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "stream_app.tools.cli", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

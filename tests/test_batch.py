@@ -1,4 +1,4 @@
-"""Hand-computed checks of the batch recomputation (stream_app.batch) and of verify.compare.
+"""Hand-computed checks of the batch recomputation (stream_app.tools.batch) and of verify.compare.
 
 Times are built around day D = 20_000 (2024-10-04T00:00:00Z = 1_728_000_000_000 ms) so that
 window edges fall exactly on UTC day and hour boundaries.
@@ -15,7 +15,7 @@ import orjson
 import pytest
 from rich.console import Console
 
-from stream_app.batch import (
+from stream_app.tools.batch import (
     DAY_MS,
     FEATURE_NAMES,
     HOUR_MS,
@@ -24,7 +24,7 @@ from stream_app.batch import (
     parse_ts,
     recompute,
 )
-from stream_app.verify import ABSENT, Mismatch, compare, format_ts, load_events, run
+from stream_app.tools.verify import ABSENT, Mismatch, compare, format_ts, load_events, run
 
 D = 20_000
 BASE = D * DAY_MS  # 2024-10-04T00:00:00Z
@@ -241,7 +241,7 @@ def test_a_conflicting_duplicate_is_told_apart_by_the_same_rule_as_the_worker():
     the worker dead-letters it (same canonical content: normalised numbers, channel and
     ts, fields the features do not read ignored), and neither applies it."""
     from stream_app.config import Settings
-    from stream_app.pipeline import CustomerPipeline
+    from stream_app.core.pipeline import CustomerPipeline
 
     first = [purchase("p1", BASE, 10.0, channel="app", items=[{"category": "x", "quantity": 2}]),
              click("v1", BASE + MIN, "search", session_id="s")]

@@ -16,7 +16,7 @@ MODE_FIELDS = {"events", "seconds", "events_per_s", "cpu_seconds", "peak_rss_mb"
 def test_bench_small_run_writes_complete_results(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     run = subprocess.run(
-        [sys.executable, "-m", "stream_app.cli", "bench", "--events", "3000",
+        [sys.executable, "-m", "stream_app.tools.cli", "bench", "--events", "3000",
          "--customers", "300", "--latency-seconds", "5", "--out", str(out)],
         capture_output=True, text=True, timeout=400,
     )
@@ -48,7 +48,7 @@ def test_bench_json_array_workload_counts_events(tmp_path: Path) -> None:
     """Messages of up to 5 events of one customer: every mode reads every event."""
     out = tmp_path / "arrays.json"
     run = subprocess.run(
-        [sys.executable, "-m", "stream_app.cli", "bench", "--events", "3000",
+        [sys.executable, "-m", "stream_app.tools.cli", "bench", "--events", "3000",
          "--customers", "300", "--events-per-message", "5", "--latency-seconds", "3",
          "--modes", "ceiling,direct,naive,app", "--out", str(out)],
         capture_output=True, text=True, timeout=400,
@@ -67,7 +67,7 @@ def test_bench_json_array_workload_counts_events(tmp_path: Path) -> None:
 def test_bench_sweep_measures_every_point_on_both_stores(tmp_path: Path) -> None:
     out = tmp_path / "sweep.json"
     run = subprocess.run(
-        [sys.executable, "-m", "stream_app.cli", "bench", "--sweep",
+        [sys.executable, "-m", "stream_app.tools.cli", "bench", "--sweep",
          "--sweep-customers", "150,300", "--sweep-k", "4", "--sweep-events-per-customer", "3",
          "--sweep-stores", "memory,rocksdb", "--events", "900", "--customers", "150",
          "--out", str(out)],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stream_app.config import CLUSTERERS, Settings
-from stream_app.segmentation import river_clusterer
+from stream_app.model.segmentation import river_clusterer
 
 
 def test_settings_read_typed_values_from_the_environment():
@@ -30,8 +30,8 @@ def test_bad_settings_name_the_variable(name, value):
 
 
 def test_event_ts_min_is_an_iso_date_or_date_time_utc_unless_zoned():
-    from stream_app.pipeline import CustomerPipeline
-    from stream_app.validation import MIN_TS_MS
+    from stream_app.core.pipeline import CustomerPipeline
+    from stream_app.core.validation import MIN_TS_MS
 
     default = Settings.from_env({})
     assert default.event_ts_min == "1980-01-01"

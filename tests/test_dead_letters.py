@@ -9,7 +9,7 @@ import time
 import orjson
 from jsonschema import Draft7Validator
 
-from stream_app.schemas import load_schema
+from stream_app.core.schemas import load_schema
 from tests.conftest import consume_all, metric_sum, produce, wait_for
 
 NOW = int(time.time() * 1000)

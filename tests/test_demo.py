@@ -7,14 +7,14 @@ import subprocess
 import sys
 import time
 
-from stream_app.broker import free_port, port_open
+from stream_app.worker.broker import free_port, port_open
 
 
 def test_demo_shows_segment_changes_within_30_seconds():
     port, web_port = free_port(), free_port()
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream_app.cli", "demo", "--plain", "--duration", "40",
+        [sys.executable, "-m", "stream_app.tools.cli", "demo", "--plain", "--duration", "40",
          "--port", str(port), "--web-port", str(web_port), "--customers", "500"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

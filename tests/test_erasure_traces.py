@@ -18,8 +18,8 @@ import time
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stream_app.erasure import erasure_request
-from stream_app.privacy import Pseudonymiser
+from stream_app.client.erasure import erasure_request
+from stream_app.core.privacy import Pseudonymiser
 from tests.conftest import http, metric_sum, produce, wait_for
 from tests.test_privacy_integration import shop_events, topic_records
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from stream_app.config import Settings
-from stream_app.evaluate import simulate
+from stream_app.tools.evaluate import simulate
 from tests.conftest import metric_sum, wait_for
 
 CUSTOMERS = 400
@@ -22,7 +22,7 @@ TIME_SCALE = 129_600  # 60 days of event time across the run
 
 
 def cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stream_app.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "stream_app.tools.cli", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

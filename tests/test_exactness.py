@@ -13,9 +13,9 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 
-from stream_app.batch import recompute
-from stream_app.generator import SyntheticShop
-from stream_app.verify import compare
+from stream_app.tools.batch import recompute
+from stream_app.tools.generator import SyntheticShop
+from stream_app.tools.verify import compare
 from tests.conftest import metric_sum, produce, wait_for
 
 CUSTOMERS = 5000

@@ -1,6 +1,6 @@
-"""Tests of stream_app.features.FeatureWindow and stream_app.state.CustomerState.
+"""Tests of stream_app.core.features.FeatureWindow and stream_app.core.state.CustomerState.
 
-Window semantics under test (module docstring of stream_app.features): features are
+Window semantics under test (module docstring of stream_app.core.features): features are
 evaluated at a time ``T`` (``as_of``, the newest event time seen, or a later ``at``); a
 window of N days covers the UTC day of ``T`` and the N-1 days before it; ``views_24h``
 covers the UTC hour of ``T`` and the 23 hours before it. An event more than the allowed
@@ -9,7 +9,7 @@ is *late*: a late purchase counts only in the lifetime totals (``orders_total``,
 ``revenue_total``, ``first_order_ts``, ``last_order_ts``), a late click changes nothing, and
 neither touches a window. Other out-of-order events land in their own bucket.
 
-De-duplication (stream_app.state): purchases are remembered by the digests of the newest
+De-duplication (stream_app.core.state): purchases are remembered by the digests of the newest
 ``MAX_ORDER_IDS`` purchases; clicks among the recent click ids with
 ``ts >= max(newest click, ts) - lateness`` (at most ``MAX_RECENT_IDS``).
 """
@@ -23,7 +23,7 @@ import random
 import orjson
 import pytest
 
-from stream_app.features import (
+from stream_app.core.features import (
     ALLOWED_LATENESS_MS,
     DAY_MS,
     FEATURE_NAMES,
@@ -31,8 +31,8 @@ from stream_app.features import (
     RETENTION_DAYS,
     FeatureWindow,
 )
-from stream_app.state import MAX_ORDER_IDS, MAX_RECENT_IDS, CustomerState, event_digest
-from stream_app.validation import Event
+from stream_app.core.state import MAX_ORDER_IDS, MAX_RECENT_IDS, CustomerState, event_digest
+from stream_app.core.validation import Event
 
 D = 20_000  # a UTC day number (2024-10-04)
 MIN_MS = 60_000

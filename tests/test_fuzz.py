@@ -28,18 +28,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
-from stream_app.batch import _content as batch_content
-from stream_app.batch import parse_ts as batch_parse_ts
-from stream_app.batch import recompute
-from stream_app.changes import DLQ_VALUE_MAX_BYTES
 from stream_app.config import Settings
-from stream_app.generator import SyntheticShop
-from stream_app.pipeline import CONFLICTING_DUPLICATE, CustomerPipeline, Outcome
-from stream_app.schemas import load_schema
-from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel
-from stream_app.state import CustomerState
-from stream_app.validation import MIN_TS_MS, REASONS, SCHEMA_FILES, SCHEMA_MIN_TS_MS
-from stream_app.verify import compare
+from stream_app.core.changes import DLQ_VALUE_MAX_BYTES
+from stream_app.core.pipeline import CONFLICTING_DUPLICATE, CustomerPipeline, Outcome
+from stream_app.core.schemas import load_schema
+from stream_app.core.state import CustomerState
+from stream_app.core.validation import MIN_TS_MS, REASONS, SCHEMA_FILES, SCHEMA_MIN_TS_MS
+from stream_app.model.segmentation import FeatureTransform, SegmentLearner, SegmentModel
+from stream_app.tools.batch import _content as batch_content
+from stream_app.tools.batch import parse_ts as batch_parse_ts
+from stream_app.tools.batch import recompute
+from stream_app.tools.generator import SyntheticShop
+from stream_app.tools.verify import compare
 from tests.conftest import consume_all, http, metric_sum, produce, wait_for
 
 T = TypeVar("T")

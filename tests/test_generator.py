@@ -1,4 +1,4 @@
-"""Tests of the retail workload of stream_app.generator (RetailShop, make_shop) and of
+"""Tests of the retail workload of stream_app.tools.generator (RetailShop, make_shop) and of
 ``stream-app generate --profile``; pure: no broker (the sender is replaced).
 
 The distribution checks are on 5,000 customers of one seed: loose bounds on what any
@@ -17,7 +17,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from stream_app.generator import (
+from stream_app.core.validation import Event, EventDecoder
+from stream_app.tools.generator import (
     PROFILES,
     RETAIL_TYPES,
     GeneratedEvent,
@@ -25,7 +26,6 @@ from stream_app.generator import (
     SyntheticShop,
     make_shop,
 )
-from stream_app.validation import Event, EventDecoder
 
 START = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 DAY = 86_400_000
@@ -201,8 +201,8 @@ def test_make_shop_profiles():
 
 
 def test_generate_command_sends_the_retail_history_ending_now(monkeypatch):
-    from stream_app import generator
-    from stream_app.cli import main
+    from stream_app.tools import generator
+    from stream_app.tools.cli import main
 
     sent: list[tuple[list[GeneratedEvent], float | None]] = []
 

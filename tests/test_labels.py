@@ -1,10 +1,10 @@
-"""Segment labels (stream_app.labels): distinct, canonical, stable, in marketer words."""
+"""Segment labels (stream_app.model.labels): distinct, canonical, stable, in marketer words."""
 
 import numpy as np
 import pytest
 
-from stream_app.features import FEATURE_NAMES
-from stream_app.labels import (
+from stream_app.core.features import FEATURE_NAMES
+from stream_app.model.labels import (
     COMPARATIVES,
     MAX_WORDS,
     PRIORITY,

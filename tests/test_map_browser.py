@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_app.generator import SyntheticShop
+from stream_app.tools.generator import SyntheticShop
 from tests.conftest import http, produce, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")

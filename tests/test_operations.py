@@ -24,8 +24,8 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from stream_app.broker import free_port
-from stream_app.generator import SyntheticShop
+from stream_app.tools.generator import SyntheticShop
+from stream_app.worker.broker import free_port
 from tests.conftest import http, metric_sum, produce, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,8 +78,8 @@ def test_compose_file_is_valid_for_docker_compose():
 
 
 def test_compose_services_agree_with_the_app_configuration():
-    from stream_app.cli import main
     from stream_app.config import Settings
+    from stream_app.tools.cli import main
 
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]

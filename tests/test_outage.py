@@ -5,7 +5,7 @@ port and advertises the proxy's, so workers reach it only through the proxy, and
 cuts every connection (the broker and its in-memory data stay up) and restores them.
 (Restarting the embedded broker would not be an outage: it keeps data in memory only.)
 
-What a worker does (see :mod:`stream_app.connectivity`): it keeps running, logs that Kafka
+What a worker does (see :mod:`stream_app.worker.connectivity`): it keeps running, logs that Kafka
 is unreachable and, when it answers again, that it is back; it then resumes from its last
 committed offsets by itself, and the features are exact. SIGTERM during an outage exits
 with status 75 after ``SHUTDOWN_TIMEOUT_S``. Without a broker at start-up: status 2.
@@ -21,10 +21,10 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from stream_app.batch import recompute
-from stream_app.broker import EmbeddedBroker, free_port
-from stream_app.generator import SyntheticShop
-from stream_app.verify import compare
+from stream_app.tools.batch import recompute
+from stream_app.tools.generator import SyntheticShop
+from stream_app.tools.verify import compare
+from stream_app.worker.broker import EmbeddedBroker, free_port
 from tests.conftest import metric_sum, produce, wait_for
 from tests.faultproxy import CutMode, FaultProxy
 
@@ -152,8 +152,8 @@ def test_worker_against_a_black_holed_broker_fails_fast_with_a_clear_message(mak
     worker = make_worker()
     proxy.cut("blackhole")  # connections are accepted and never answered
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "stream_app.cli", "worker"], env=worker.env,
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run([sys.executable, "-m", "stream_app.tools.cli", "worker"],
+                            env=worker.env, capture_output=True, text=True, timeout=180)
     took = time.monotonic() - started
     print(f"start-up against a black hole: exit status {result.returncode} after {took:.1f} s")
     assert result.returncode == 2, result.stderr[-3000:]

@@ -8,9 +8,9 @@ import time
 import orjson
 from jsonschema import Draft7Validator, FormatChecker
 
-from stream_app.changes import iso_ms
-from stream_app.generator import TYPES, SyntheticShop
-from stream_app.schemas import load_schema
+from stream_app.core.changes import iso_ms
+from stream_app.core.schemas import load_schema
+from stream_app.tools.generator import TYPES, SyntheticShop
 from tests.conftest import consume_all, metric_sum, produce, wait_for
 
 CUSTOMERS = 300

@@ -1,8 +1,8 @@
-"""Unit tests of stream_app.pipeline.CustomerPipeline, without a broker.
+"""Unit tests of stream_app.core.pipeline.CustomerPipeline, without a broker.
 
 The pipeline turns one raw input message and the customer's stored state into an
 ``Outcome``: the state to store, and a segment change / learner sample / dead letter to
-send. Segment-change messages are parsed with orjson (format: stream_app.changes).
+send. Segment-change messages are parsed with orjson (format: stream_app.core.changes).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import orjson
 import pytest
 from jsonschema import Draft7Validator, FormatChecker
 
-from stream_app.audiences import AudienceSet
-from stream_app.changes import iso_ms
 from stream_app.config import Settings
-from stream_app.features import DAY_MS, FEATURE_NAMES, HOUR_MS
-from stream_app.pipeline import UNASSIGNED, CustomerPipeline, Outcome, member_pseudonym
-from stream_app.schemas import load_schema
-from stream_app.segmentation import FeatureTransform, SegmentLearner, SegmentModel
-from stream_app.state import CONFLICT, DUPLICATE, MAX_ORDER_IDS, NEW, CustomerState
+from stream_app.core.audiences import AudienceSet
+from stream_app.core.changes import iso_ms
+from stream_app.core.features import DAY_MS, FEATURE_NAMES, HOUR_MS
+from stream_app.core.pipeline import UNASSIGNED, CustomerPipeline, Outcome, member_pseudonym
+from stream_app.core.schemas import load_schema
+from stream_app.core.state import CONFLICT, DUPLICATE, MAX_ORDER_IDS, NEW, CustomerState
+from stream_app.model.segmentation import FeatureTransform, SegmentLearner, SegmentModel
 
 D = 20_000  # a UTC day number (2024-10-04)
 T0 = D * DAY_MS + 10 * HOUR_MS

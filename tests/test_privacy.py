@@ -11,12 +11,12 @@ import base64
 import orjson
 import pytest
 
-from stream_app.batch import recompute
 from stream_app.config import Settings
-from stream_app.pipeline import EXCLUDED, UNASSIGNED, CustomerPipeline, member_pseudonym
-from stream_app.privacy import Pseudonymiser
-from stream_app.quality import CustomerSample
-from stream_app.state import CustomerState
+from stream_app.core.pipeline import EXCLUDED, UNASSIGNED, CustomerPipeline, member_pseudonym
+from stream_app.core.privacy import Pseudonymiser
+from stream_app.core.state import CustomerState
+from stream_app.model.quality import CustomerSample
+from stream_app.tools.batch import recompute
 from tests.test_pipeline_unit import (
     MIN_MS,
     T0,

@@ -8,8 +8,8 @@ import time
 
 import orjson
 
-from stream_app.generator import SyntheticShop
-from stream_app.privacy import Pseudonymiser
+from stream_app.core.privacy import Pseudonymiser
+from stream_app.tools.generator import SyntheticShop
 from tests.conftest import consume_all, http, metric_sum, produce, wait_for
 
 STEP_MS = 600_000
@@ -92,7 +92,7 @@ def test_erasure_removes_the_customer_everywhere_and_the_api_needs_a_token(make_
 
     # -- erasure through the CLI (a message on the erasure topic) ------------------------
     env = {**worker.env}
-    result = subprocess.run([sys.executable, "-m", "stream_app.cli", "forget", victim,
+    result = subprocess.run([sys.executable, "-m", "stream_app.tools.cli", "forget", victim,
                              "unknown-customer"], env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr

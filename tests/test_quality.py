@@ -1,4 +1,4 @@
-"""Tests of stream_app.quality: hand-computed cases and brute-force cross-checks."""
+"""Tests of stream_app.model.quality: hand-computed cases and brute-force cross-checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.quality import (
+from stream_app.model.quality import (
     CustomerSample,
     adjusted_rand_index,
     assign,

@@ -35,7 +35,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_app.generator import SyntheticShop
+from stream_app.tools.generator import SyntheticShop
 from tests.conftest import Worker, metric_sum, produce, wait_for
 from tests.test_exactness import check_against_batch
 

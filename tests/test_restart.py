@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from stream_app.generator import SyntheticShop
+from stream_app.tools.generator import SyntheticShop
 from tests.conftest import metric_sum, produce, wait_for
 
 STEP_MS = 600_000

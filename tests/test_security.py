@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_app.config import Settings
-from stream_app.generator import SyntheticShop
-from stream_app.http_guard import BAD_REQUEST_BODY
+from stream_app.tools.generator import SyntheticShop
+from stream_app.worker.http_guard import BAD_REQUEST_BODY
 from tests.conftest import Worker, http, metric_sum, produce, wait_for
 
 TOKEN = "t0k-" + "s" * 28

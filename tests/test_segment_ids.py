@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from stream_app.config import Settings
-from stream_app.pipeline import FLAP_EVALUATIONS, CustomerPipeline
-from stream_app.quality import assign, match_centres
-from stream_app.segmentation import FeatureTransform, SegmentLearner
+from stream_app.core.pipeline import FLAP_EVALUATIONS, CustomerPipeline
+from stream_app.model.quality import assign, match_centres
+from stream_app.model.segmentation import FeatureTransform, SegmentLearner
 
 SPEC = "orders_90d,views_7d,app_share_30d"
 BLOBS = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]])
@@ -139,7 +139,7 @@ def test_a_customer_from_a_model_with_more_segments_is_reassigned_without_error(
     doc = {"event_id": "e0", "customer_id": "c", "ts": 1_767_225_600_000,
            "event_type": "page_view", "channel": "app"}
     out = pipeline.process("click", b"c", orjson.dumps(doc), None, "t", 0, 0)
-    from stream_app.state import CustomerState
+    from stream_app.core.state import CustomerState
     state = CustomerState.from_bytes(out.state)
     app_segment = state.segment
     # It just left the app segment for segment 7, which the new model does not have.

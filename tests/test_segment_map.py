@@ -9,7 +9,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from stream_app.segment_map import (
+from stream_app.web.segment_map import (
     HISTORY_INTERVAL_S,
     HISTORY_SPAN_S,
     RECENT_CHANGES,

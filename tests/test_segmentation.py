@@ -1,5 +1,5 @@
-"""Tests of stream_app.segmentation (FeatureTransform, SegmentLearner, SegmentModel) and
-stream_app.labels.segment_labels."""
+"""Tests of stream_app.model.segmentation (FeatureTransform, SegmentLearner, SegmentModel) and
+stream_app.model.labels.segment_labels."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_app.labels import segment_labels
-from stream_app.quality import assign
-from stream_app.segmentation import (
+from stream_app.model.labels import segment_labels
+from stream_app.model.quality import assign
+from stream_app.model.segmentation import (
     UNDEFINED_DEFAULTS,
     FeatureTransform,
     SegmentLearner,

@@ -24,7 +24,7 @@ def test_short_soak_reports_samples_and_holds_its_checks(tmp_path: Path) -> None
     every sample and summary figure is there, the counts add up, every check passes."""
     out = tmp_path / "soak.json"
     run = subprocess.run(
-        [sys.executable, "-m", "stream_app.cli", "soak", "--minutes", "0.5", "--rate", "250",
+        [sys.executable, "-m", "stream_app.tools.cli", "soak", "--minutes", "0.5", "--rate", "250",
          "--warm-events", "3000", "--customers", "300", "--sample-seconds", "3",
          "--invalid-share", "0.02", "--out", str(out)],
         capture_output=True, text=True, timeout=220,

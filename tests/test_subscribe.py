@@ -1,4 +1,4 @@
-"""Subscribing to changes on a real broker and a real worker: ``stream_app.subscribe``,
+"""Subscribing to changes on a real broker and a real worker: ``stream_app.client.subscribe``,
 ``stream-app watch`` and the example trigger service (``examples/trigger_service.py``).
 
 One worker is fed generated shop traffic until its segment changes settle; the tests read
@@ -40,10 +40,10 @@ from stream_app import (
     subscribe,
     subscribe_audiences,
 )
-from stream_app.audiences import AudienceChange
-from stream_app.broker import EmbeddedBroker, free_port
-from stream_app.changes import SegmentChange
-from stream_app.generator import SyntheticShop
+from stream_app.core.audiences import AudienceChange
+from stream_app.core.changes import SegmentChange
+from stream_app.tools.generator import SyntheticShop
+from stream_app.worker.broker import EmbeddedBroker, free_port
 from tests.conftest import Worker, consume_all, metric_sum, produce, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -502,7 +502,7 @@ class SilentListener:
 # -- stream-app watch ------------------------------------------------------------------
 
 def watch(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stream_app.cli", "watch", *args],
+    return subprocess.run([sys.executable, "-m", "stream_app.tools.cli", "watch", *args],
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -562,7 +562,7 @@ def test_watch_audiences_with_filters(published):
 
 def test_watch_stops_on_ctrl_c_with_status_0(published):
     process = subprocess.Popen(
-        [sys.executable, "-m", "stream_app.cli", "watch", "--bootstrap", published.bootstrap,
+        [sys.executable, "-m", "stream_app.tools.cli", "watch", "--bootstrap", published.bootstrap,
          "--segment-changes-topic", published.frozen_changes, "--from-beginning"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -582,7 +582,7 @@ def test_watch_stops_on_ctrl_c_with_status_0(published):
 
 STUBBORN = """
 import asyncio
-from stream_app.cli import stop_on_signals
+from stream_app.tools.cli import stop_on_signals
 
 async def main() -> None:
     stop_on_signals(asyncio.current_task(), {grace}, "stubborn")

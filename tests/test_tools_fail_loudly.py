@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.broker import free_port
-from stream_app.generator import SyntheticShop
-from stream_app.replay import read_lines
-from stream_app.validation import EventDecoder, InvalidEvent
+from stream_app.core.validation import EventDecoder, InvalidEvent
+from stream_app.tools.generator import SyntheticShop
+from stream_app.tools.replay import read_lines
+from stream_app.worker.broker import free_port
 from tests.conftest import wait_for
 
 TOKEN = "tok-loud-7d1c"
@@ -33,7 +33,7 @@ STEP_MS = 400_000
 
 
 def cli(*args: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stream_app.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "stream_app.tools.cli", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -190,7 +190,7 @@ def test_audiences_check_lists_every_problem(tmp_path: Path) -> None:
         "    condition: views_7d >= 10\n"
         "  - name: lapsed\n"
         "    condition: views_7d >\n")
-    result = subprocess.run([sys.executable, "-m", "stream_app.cli", "audiences", "check",
+    result = subprocess.run([sys.executable, "-m", "stream_app.tools.cli", "audiences", "check",
                              str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.splitlines()

@@ -11,7 +11,7 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_app.config import Settings
-from stream_app.topics import changelog_topics, existing_topics
+from stream_app.worker.topics import changelog_topics, existing_topics
 from tests.conftest import produce, wait_for
 
 
@@ -51,8 +51,8 @@ def test_worker_refuses_inputs_that_are_not_co_partitioned(make_worker, broker):
     worker = make_worker()
     t = worker.topics
     create_topics(broker.bootstrap_servers, {t["click"]: 6, t["purchase"]: 3})
-    result = subprocess.run([sys.executable, "-m", "stream_app.cli", "worker"], env=worker.env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "stream_app.tools.cli", "worker"],
+                            env=worker.env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "not co-partitioned" in result.stderr
     assert f"{t['click']} has 6" in result.stderr and f"{t['purchase']} has 3" in result.stderr
@@ -62,7 +62,7 @@ def test_worker_without_a_broker_fails_fast_with_a_clear_message(make_worker):
     worker = make_worker()
     env = {**worker.env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "stream_app.cli", "worker"], env=env,
+    result = subprocess.run([sys.executable, "-m", "stream_app.tools.cli", "worker"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "cannot reach Kafka at 127.0.0.1:1" in result.stderr

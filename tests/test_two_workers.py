@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from stream_app.generator import SyntheticShop
+from stream_app.tools.generator import SyntheticShop
 from tests.conftest import metric_sum, produce, wait_for
 
 CUSTOMERS = 120

@@ -1,4 +1,4 @@
-"""Tests of stream_app.validation: EventDecoder and parse_ts.
+"""Tests of stream_app.core.validation: EventDecoder and parse_ts.
 
 Expected values are computed by hand from the documented semantics (epoch milliseconds in
 UTC, local hour from the ISO offset, money in integer cents), not copied from the code.
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_app.schemas import load_schema
-from stream_app.validation import (
+from stream_app.core.schemas import load_schema
+from stream_app.core.validation import (
     MIN_TS_MS,
     REASONS,
     SCHEMA_FILES,
@@ -231,7 +231,7 @@ def test_purchase_without_items_counts_one_item(decoder):
 
 
 def test_purchase_items_of_quantity_zero_count_no_item(decoder):
-    """As stream_app.batch counts them (it counted one before: cart abandonment differed)."""
+    """As stream_app.tools.batch counts them (it counted one before: cart abandonment differed)."""
     doc = {"event_id": "p0", "customer_id": "c1", "ts": "2025-01-01T10:00:00Z",
            "order_id": "o0", "amount": 0, "items": [{"quantity": 0}, {"quantity": 0}]}
     assert decoder.decode("purchase", b"c1", dumps(doc)).quantity == 0
@@ -260,8 +260,8 @@ def test_profile_event_id_derived_when_absent(decoder):
 
 def test_distinct_profile_updates_with_same_ts_are_not_duplicates():
     from stream_app.config import Settings
-    from stream_app.pipeline import CustomerPipeline
-    from stream_app.state import CustomerState
+    from stream_app.core.pipeline import CustomerPipeline
+    from stream_app.core.state import CustomerState
 
     pipeline = CustomerPipeline(Settings())
     first = pipeline.process("profile", b"c1", dumps(profile(age=30)), None,

@@ -1,0 +1,1 @@
+"""Segmentation numerics: of stream_app only config (for now); no faust, aiokafka or asyncio."""

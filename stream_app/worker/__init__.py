@@ -1,0 +1,1 @@
+"""The Faust worker (the only Faust importer): may import config, client, web, core, model."""

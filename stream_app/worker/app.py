@@ -1,0 +1,1098 @@
+"""The Faust wiring: topics, tables, agents, tasks and web views, in one place.
+
+Data flow (every arrow is a Kafka topic; ``p`` is the customer's partition)::
+
+    clickstream ──────┐
+    purchases ────────┼──▶ agent ``process`` ──▶ table ``customers`` (feature window, segment)
+    customer-profiles ┤      │  (CustomerPipeline)   segment sizes (counted, see sizes.py)
+    customer-erasure ─┤      │                       (erasure: deleted, tombstone)
+    control ──────────┘      ├──▶ segment-changes   (customer moved, left, or was erased)
+         ▲              ├──▶ stream-app-dlq          (bad input, with reason)
+         │              └──▶ <app>-model-samples    (sampled vectors, 1 partition)
+         │                          │
+         │              agent ``learn`` (one worker: River StandardScaler | KMeans)
+         │                          │
+         │                          ▼
+         │              <app>-segment-model (versioned JSON snapshots)
+         │                          │
+         │        task ``follow_model`` on every worker: apply newest snapshot
+         ├───────── task ``rescore``: after a model moved, re-score the local customers
+         │                         it would move (AssignmentIndex; all, for a first model)
+         └───────── timer ``sweep``: after event time passed midnight, re-evaluate
+
+The agents are thin: they move bytes between Kafka, the tables and
+:class:`~stream_app.core.pipeline.CustomerPipeline`, and count what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import faust
+import orjson
+from faust.exceptions import NotReady
+from faust.web import Request, Response, View
+from prometheus_client import Counter
+
+from stream_app.config import Settings
+from stream_app.core.audiences import AudienceError, AudienceSet
+from stream_app.core.changes import event_digest, iso_ms
+from stream_app.core.features import FEATURE_NAMES
+from stream_app.core.pipeline import EXCLUDED, LEAVING, UNASSIGNED, CustomerPipeline, Outcome
+from stream_app.core.state import CustomerState
+from stream_app.model.assignments import AssignmentIndex
+from stream_app.model.labels import describe, typical_values
+from stream_app.model.segmentation import (
+    FeatureTransform,
+    SegmentLearner,
+    SegmentModel,
+    learner_for,
+)
+from stream_app.web.segment_map import (
+    RecentChanges,
+    SizeHistory,
+    map_document,
+    map_page,
+    merge_changes,
+    parse_since,
+    project_segments,
+)
+from stream_app.worker.broker import faust_broker_options
+from stream_app.worker.catch_up import CatchUp
+from stream_app.worker.control import ControlBatches, last_control_causes
+from stream_app.worker.http_guard import install as install_quiet_bad_requests
+from stream_app.worker.logs import logging_config
+from stream_app.worker.metrics import CONTENT_TYPE, Metrics
+from stream_app.worker.model_feed import ModelFeed
+from stream_app.worker.pacing import Pace
+from stream_app.worker.seek import install as install_quiet_seek
+from stream_app.worker.sizes import SegmentSizes, home_and_bucket, summary, summed
+from stream_app.worker.sweep import SweepSchedule
+
+log = logging.getLogger("stream_app")
+
+#: Customers per control message (a re-scoring or sweep pass sends one message per chunk of
+#: a partition's customers, not one per customer; small enough that the events queued
+#: behind one wait ~25 ms).
+CONTROL_CHUNK = 64
+#: Samples the learner takes at once (or what arrived within the wait), learned in a thread.
+LEARN_BATCH = 256
+LEARN_BATCH_WAIT_S = 0.5
+EXAMPLES = 5
+#: Re-judgement passes wait after a rebalance until the assigned partitions are read up to
+#: where they ended at the assignment (stream_app/worker/catch_up.py), at most this long; the
+#: positions are looked at every CATCH_UP_POLL_S.
+CATCH_UP_MAX_WAIT_S = 30.0
+CATCH_UP_POLL_S = 0.2
+CATCH_UP_ENDS_WAIT_S = 10.0  # for the end offsets, at each rebalance
+QUALITY_GAUGES = ("wcss_ratio", "homogeneity", "separation_min", "separation_mean",
+                  "silhouette")
+JSON = "application/json"
+NUMPY_AND_INT_KEYS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
+    """Build the worker's Faust app; ``partitions`` is the resolved input partition count."""
+    partitions = partitions or settings.topic_partitions
+    tansu = settings.embedded_broker
+    install_quiet_seek()  # see stream_app/worker/seek.py: a rebalance could stop commits for good
+    install_quiet_bad_requests()  # stream_app/worker/http_guard.py: no echo, no traceback
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+        store=settings.table_store,
+        datadir=settings.data_dir,
+        topic_partitions=partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_disable_leader=True,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_port=settings.web_port,
+        web_host=settings.web_host,
+        web_bind=settings.web_bind,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        # Faust's repaired Cython fast paths (stream iterator, conductor): 7 % less CPU per
+        # event in the naive benchmark agent (README, Performance).
+        cython_optimizations=True,
+        broker_commit_interval=settings.commit_interval_s,
+        logging_config=logging_config(settings.log_level, settings.log_format),
+        # Faust's own pages would show table contents (customers) and internals without
+        # authentication: the worker serves only the views declared below.
+        web_tables_enabled=False, web_router_enabled=False, web_graph_enabled=False,
+        web_stats_enabled=False,
+        **faust_broker_options(tansu, settings.single_record_batches),
+    )
+    metrics = Metrics()
+    pipeline = CustomerPipeline(settings)
+
+    # -- topics ---------------------------------------------------------------------------
+    kinds = {topic: kind for kind, topic in settings.consumed_topics.items()}
+    inputs = app.topic(*kinds)
+    control_topic = app.topic(settings.control_topic)
+    changes_topic = app.topic(settings.segment_changes_topic)
+    audience_topic = app.topic(settings.audience_changes_topic)
+    dlq_topic = app.topic(settings.dlq_topic)
+    samples_topic = app.topic(settings.samples_topic)
+    model_topic = app.topic(settings.segment_model_topic)
+
+    # -- tables ---------------------------------------------------------------------------
+    customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes,
+                          options=settings.table_options())
+    #: Customers per segment and partition: counted from ``customers`` after every
+    #: rebalance, adjusted by each move (stream_app/worker/sizes.py).
+    sizes = SegmentSizes()
+    #: Members per audience and partition, counted the same way.
+    audience_sizes: SegmentSizes[str] = SegmentSizes()
+
+    # -- the model every worker applies ---------------------------------------------------
+    rescore_wanted = asyncio.Event()
+    rescored_any = False
+
+    def on_model(model: SegmentModel) -> None:
+        nonlocal rescored_any
+        pipeline.use_model(model)
+        metrics.model_version.set(model.version)
+        metrics.model_created.set(model.created_at)
+        metrics.model_updates.inc()
+        for measure in QUALITY_GAUGES:
+            value = model.quality.get(measure)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                metrics.quality.labels(measure).set(value)
+        if model.rescore or not rescored_any:  # and the first model this worker applies
+            rescored_any = True
+            rescore_wanted.set()
+            metrics.rescore_waiting.set(1)
+
+    # -- the audience definitions every worker applies -----------------------------------
+    audiences_wanted = asyncio.Event()  # a pass over the local customers is due
+    audiences_stamp: tuple[int, int] | None = None  # (mtime, size) of the file read last
+
+    def apply_audiences(definitions: AudienceSet) -> None:
+        pipeline.use_audiences(definitions)
+        metrics.audiences_defined.set(len(definitions))
+        log.info("audience definitions %s applied: %d audiences from %s",
+                 definitions.version, len(definitions), definitions.source)
+
+    if settings.audiences_file:  # AudienceError: the worker does not start
+        audiences_stamp = file_stamp(settings.audiences_file)
+        apply_audiences(AudienceSet.load(settings.audiences_file))
+
+        @app.timer(interval=settings.audiences_reload_s)
+        async def reload_audiences() -> None:
+            """Apply the definitions file when it changed (without a restart); a file that
+            does not load leaves the applied definitions in place."""
+            nonlocal audiences_stamp
+            stamp = file_stamp(settings.audiences_file)
+            if stamp == audiences_stamp:
+                return
+            audiences_stamp = stamp
+            try:
+                definitions = AudienceSet.load(settings.audiences_file)
+            except (AudienceError, OSError) as exc:
+                metrics.audience_reloads.labels("rejected").inc()
+                log.error("audience definitions not reloaded (%s stay applied): %s",
+                          pipeline.audiences.version, exc)
+                return
+            metrics.audience_reloads.labels("applied").inc()
+            if definitions.version != pipeline.audiences.version:  # not only touched
+                apply_audiences(definitions)
+                audiences_wanted.set()
+
+    schedule = SweepSchedule()
+    #: Local customers' vectors and segments at their last evaluation, and the partitions
+    #: whose customers are all in it (a full pass since they were assigned here).
+    index = AssignmentIndex()
+    indexed: set[int] = set()
+    #: Whether the records the partitions held at their assignment are read: only then
+    #: does the worker queue re-judgements itself (re-scoring, sweeps, audience passes), so
+    #: that the replay after a crash re-sends what the crash lost before anything newer
+    #: about the same customers is decided (stream_app/worker/catch_up.py).
+    catch_up = CatchUp(CATCH_UP_MAX_WAIT_S)
+    #: Customers whose last changes were sent again while catching up (first_touch).
+    restated: set[bytes] = set()
+    #: The customers of the control messages queued here and not processed yet: the
+    #: messages name no customer (stream_app/worker/control.py).
+    batches = ControlBatches()
+    #: While catching up: per partition, the customers whose last change a control message
+    #: caused, by the cause's digest (built at the partition's first control message whose
+    #: batch is not held here, dropped when the catch-up is done; see ``control``).
+    replay_causes: dict[int, dict[int, list[bytes]]] = {}
+    #: Offset of the last message processed per input partition (consumer lag).
+    processed: dict[Any, int] = {}
+    #: Where each input partition's reading started at the last seek to the committed
+    #: offsets (reported by stream_app/worker/seek.py): its position until a message is processed.
+    #: Not asked of the consumer thread: its calls share two method workers with the
+    #: fetches, and a position that waits for its reset (asked with a timeout, which
+    #: cancels only the caller) would hold one; /ready and the catch-up ask often.
+    seeked: dict[Any, int] = {}
+
+    def on_seek(starts: dict[Any, int]) -> None:
+        seeked.update(starts)
+        catch_up.reached(starts, time.monotonic())
+
+    app.on_seek = on_seek  # type: ignore[attr-defined]
+    feed = ModelFeed(settings.bootstrap_servers, settings.segment_model_topic, on_model)
+    app.model_feed = feed  # type: ignore[attr-defined]
+
+    @app.task
+    async def follow_model() -> None:
+        await feed.run()
+
+    # -- agents ---------------------------------------------------------------------------
+    async def store(table: Any, key: Any, value: Any, partition: int) -> None:
+        """``table[key] = value`` (None: delete), its changelog record handed to the
+        producer before this returns.
+
+        Faust's own ``table[key] = value`` queues the record in a buffer that a commit may
+        pass (its flush gives up after 0.1 s), so an offset could be committed whose state
+        never reached the changelog (tests/test_recovery.py, a worker stopped mid-stream).
+        Sent here, the record is in the producer before the event is done, and every commit
+        flushes the producer first."""
+        if value is None:
+            table.data.pop(key, None)
+        else:
+            table.data[key] = value
+        await table.changelog_topic.send(
+            key=key, value=value, partition=partition, key_serializer=table.key_serializer,
+            value_serializer=table.value_serializer if value is not None else "raw",
+            callback=table._on_changelog_sent)
+
+    async def announce(key: bytes, change: bytes) -> None:
+        """Send a segment change and wait until the broker has it."""
+        await (await changes_topic.send(key=key, value=change))
+
+    async def announce_audiences(key: bytes, changes: list[tuple[str, str, bytes]]) -> None:
+        """Send audience changes and wait until the broker has them."""
+        sent = [await audience_topic.send(key=key, value=change) for _, _, change in changes]
+        for (name, action, _), done in zip(changes, sent):
+            await done
+            metrics.audience_changes.labels(name, action).inc()
+
+    async def publish(out: Outcome, message: Any, key: bytes | None,
+                      own_event: bool = True) -> None:
+        """Store, schedule, count and send what processing ``message`` gave for customer
+        ``key`` (table key; ``own_event``: the message's own customer, not one of a control
+        message)."""
+        partition = message.partition
+        if out.dlq is not None:
+            metrics.invalid.labels(out.reason).inc()
+            await dlq_topic.send(key=key, value=out.dlq)
+            metrics.dlq.inc()
+            return
+        if out.duplicate:
+            metrics.duplicates.inc()
+        if out.late:
+            metrics.late.inc()
+        if out.excluded and out.event_type != "profile":  # a click or purchase
+            metrics.excluded.inc()
+        if out.event_type == "erasure":
+            metrics.erasures.labels("erased" if out.erase else "unknown").inc()
+        # A change decided by the model goes to the producer after the state that decided
+        # it (a replay after a crash finds the event applied and re-sends the change, see
+        # CustomerPipeline); a customer leaving (erasure, consent) is announced first, as a
+        # replay decides the same again.
+        leaving = out.change is not None and out.trigger in LEAVING
+        if leaving:
+            await announce(key, out.change)
+        if out.audience_changes and out.audience_trigger in LEAVING:
+            await announce_audiences(key, out.audience_changes)
+        if out.erase:
+            await store(customers, key, None, partition)  # a tombstone
+            forget_customer(key, partition)
+        elif out.state is not None:
+            await store(customers, key, out.state, partition)
+            if out.excluded:
+                forget_customer(key, partition)
+        if out.vector is not None and out.segment is not None and pipeline.model is not None:
+            index.record(key, partition, pipeline.model.spec, out.vector, out.segment)
+        if out.sweep_at is not None:
+            schedule.schedule_at(partition, key, out.sweep_at)
+        if out.moved is not None:
+            sizes.move(partition, *out.moved)
+        if out.audience_moves is not None:
+            for name, action in out.audience_moves:
+                if action == "enter":
+                    audience_sizes.move(partition, None, name)
+                else:
+                    audience_sizes.move(partition, name, None)
+        if out.sample is not None:
+            await samples_topic.send(value=out.sample)
+            metrics.samples_sent.inc()
+        if out.change is not None:
+            if not leaving:  # after the state: in the producer, the state's record is first
+                await changes_topic.send(key=key, value=out.change)
+            metrics.changes.labels(out.trigger).inc()
+            # The map's list; a customer leaving (erasure, consent) is not named in it.
+            recent_changes.record(time.time(), None if leaving else key, out.moved,
+                                  out.trigger)
+            if out.flap:
+                metrics.flaps.inc()
+            old, new = out.moved if out.moved is not None else (None, UNASSIGNED)
+            if old is not None and old >= 0 and new is not None and new >= 0:
+                metrics.moves.inc()
+            if message.timestamp and own_event:
+                metrics.latency.observe(max(0.0, time.time() - message.timestamp))
+        if out.audience_changes and out.audience_trigger not in LEAVING:
+            for name, action, change in out.audience_changes:  # after the state, as above
+                await audience_topic.send(key=key, value=change)
+                metrics.audience_changes.labels(name, action).inc()
+
+    def first_touch(key: bytes) -> bool:
+        """Whether to send ``key``'s last changes again before its message: its first one
+        while the worker reads what its partitions held at their assignment
+        (CustomerPipeline.restate: a crash may have lost them, and the replay re-sends
+        them only while they are the customer's last)."""
+        if catch_up.done.is_set():
+            if restated:
+                restated.clear()
+            if replay_causes:
+                replay_causes.clear()
+            return False
+        if key in restated:
+            return False
+        restated.add(key)
+        return True
+
+    def control(message: Any) -> Iterator[tuple[bytes, Outcome]]:
+        """Work queued by this app on stored customers of the message's partition (see
+        ``schemas/control``): ``(customer key, outcome)`` for each. The message names its
+        batch, whose customers this worker holds (stream_app/worker/control.py). The cause of a
+        move names the request and the message, so a redelivered message re-sends the
+        changes it made (a crash may have lost them after their state was stored): a
+        batch this worker does not hold, read while catching up, re-sends the last
+        changes of the customers whose last change it caused (:func:`caused_by`); after
+        the catch-up it is skipped (the partition's customers are re-judged anyway)."""
+        try:
+            op = orjson.loads(message.value)
+            name = op["op"]
+            at = int(op["at"]) if name == "sweep" else 0
+            version = int(op.get("model", 0))
+            definitions = str(op.get("version", ""))
+            keys = (batches.take(message.partition, int(op["batch"]))
+                    if op.get("worker") == batches.worker else None)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.error("ignored an unreadable control message: %s", exc)
+            return
+        where = f"@{message.partition}/{message.offset}"
+        cause = (f"model:{version}{where}" if name == "rescore" else
+                 f"sweep:{at}{where}" if name == "sweep" else
+                 f"audiences:{definitions}{where}")
+        if keys is None:  # queued before a restart, or by the partition's previous owner
+            replayed = caused_by(message.partition, cause)
+            metrics.control_unknown.labels("replayed" if replayed is not None
+                                           else "skipped").inc()
+            # The work itself is done again by a pass over the partition, which is not
+            # indexed here yet: every customer of it is re-scored (and so scheduled for
+            # its sweeps), or judged by the current audience definitions.
+            if name == "audiences":
+                audiences_wanted.set()
+            else:
+                rescore_wanted.set()
+                metrics.rescore_waiting.set(1)
+            for key in replayed or ():
+                stored = customers.get(key)
+                if stored is not None and first_touch(key):
+                    yield key, pipeline.restate(key.decode(), stored)
+            return
+        for key in keys:
+            stored = customers.get(key)
+            if stored is None:
+                continue
+            if first_touch(key):
+                yield key, pipeline.restate(key.decode(), stored)
+            if name == "rescore":
+                yield key, pipeline.rescore(key.decode(), stored, cause)
+            elif name == "sweep":
+                yield key, pipeline.sweep(key.decode(), stored, at, cause)
+            elif name == "audiences":
+                yield key, pipeline.reevaluate_audiences(key.decode(), stored, cause)
+
+    def caused_by(partition: int, cause: str) -> list[bytes] | None:
+        """While catching up: the customers of ``partition`` whose last segment or
+        audience change ``cause`` caused (None once caught up). The first call for a
+        partition reads its customers' states once (only after a restart or a rebalance
+        that brought control messages queued elsewhere)."""
+        if catch_up.done.is_set():
+            replay_causes.clear()
+            return None
+        causes = replay_causes.get(partition)
+        if causes is None:
+            causes = replay_causes[partition] = {}
+            for key, stored in stored_customers():
+                if home_and_bucket(key, stored, partitions)[0] == partition:
+                    for digest in last_control_causes(stored):
+                        causes.setdefault(digest, []).append(key)
+        return causes.get(event_digest(cause), [])
+
+    def forget_customer(key: bytes, partition: int) -> None:
+        """Drop an erased customer, or one that withdrew consent, from what the worker
+        keeps in memory: the assignment index (the examples), the map's recent changes,
+        the sweep schedule, pending control batches and the catch-up's sets
+        (docs/privacy.md)."""
+        index.forget(key)
+        recent_changes.forget(key)
+        schedule.forget(partition, key)
+        batches.forget(key)
+        restated.discard(key)
+        for keys in replay_causes.get(partition, {}).values():
+            if key in keys:
+                keys.remove(key)
+
+    @app.agent(inputs)
+    async def process(stream: faust.StreamT) -> None:
+        """Every input message, in partition order: update the customer, emit changes.
+
+        Not before the worker knows the newest model: a redelivered event that caused a
+        customer's last change re-sends it only with a model (and an event evaluated
+        without one gets no segment until the first re-scoring)."""
+        observe = metrics.processing.observe
+        await feed.caught_up.wait()
+        async for event in stream.events():
+            started = time.perf_counter()
+            message = event.message
+            processed[message.tp] = message.offset
+            kind = kinds[message.topic]
+            key = message.key
+            if kind == "control":
+                for customer, out in control(message):
+                    await publish(out, message, customer, own_event=False)
+                observe(time.perf_counter() - started)
+                continue
+            customer = pipeline.customer_key(key) if key else None  # pseudonymised
+            stored = customers.get(customer) if customer else None
+            if stored is not None and first_touch(customer):
+                await publish(pipeline.restate(customer.decode(errors="replace"), stored),
+                              message, customer, own_event=False)
+            for out in pipeline.process_message(kind, key, message.value, stored,
+                                                message.topic, message.partition,
+                                                message.offset,
+                                                _timestamp_ms(message.timestamp)):
+                metrics.events.labels(message.topic, out.event_type or "invalid").inc()
+                if out.event_ts is not None and kind in ("click", "purchase"):
+                    schedule.observe(message.partition, out.event_ts)
+                await publish(out, message, customer)
+            observe(time.perf_counter() - started)
+
+    learner: SegmentLearner | None = None
+    version = 0  # newest model version this worker published or applied
+    unpublished = 0  # samples learned since the last publish
+
+    def current_learner() -> SegmentLearner:
+        """The learner, rebuilt from the newest snapshot if another worker published one."""
+        nonlocal learner, version
+        latest = feed.latest
+        transform = FeatureTransform(settings.segment_features)
+        if latest is not None and latest.version > version and latest.spec == transform.spec:
+            learner = learner_for(settings, latest)
+            version = latest.version
+        elif learner is None:
+            learner = learner_for(settings)
+        return learner
+
+    #: The learner is used by one thread at a time: learning runs in a worker thread, so
+    #: River's updates and the NumPy refinements never hold up the event loop (the
+    #: ``process`` agent's latency); snapshots wait for the batch being learned.
+    learning = asyncio.Lock()
+
+    async def publish_model() -> None:
+        nonlocal version, unpublished
+        async with learning:
+            if learner is None or not learner.ready:
+                return
+            if not unpublished:
+                # No sample since the last version: a backlog was drained (or traffic
+                # paused). Refine once on everything learned since the last refinement,
+                # so a history replayed in seconds ends with the model a live run has.
+                if not learner.learned_since_refinement:
+                    return
+                await asyncio.to_thread(learner.refine)
+            version = max(version, feed.latest.version if feed.latest else 0) + 1
+            unpublished = 0
+            # Quality figures of the snapshot are NumPy work on the sample: off the loop too.
+            snapshot = await asyncio.to_thread(learner.snapshot, version)
+        await model_topic.send(value=snapshot.to_json())
+
+    def learn_batch(values: list[bytes]) -> tuple[int, bool]:
+        """Learn ``values`` (in a worker thread): how many were learned, and whether the
+        warm-up ended with them."""
+        model = current_learner()
+        warming, learned = not model.ready, 0
+        for value in values:
+            try:
+                sample = orjson.loads(value)
+                if "forget" in sample:  # erased, or consent withdrawn
+                    model.forget(str(sample["forget"]))
+                    continue
+                if sample["spec"] != model.transform.spec:
+                    continue
+                model.learn_one(sample["x"], sample.get("member"))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("learner skipped an unreadable sample: %s", exc)
+                continue
+            learned += 1
+        return learned, warming and model.ready
+
+    @app.agent(samples_topic)
+    async def learn(stream: faust.StreamT) -> None:
+        """The single learner (the samples topic has one partition, so one worker)."""
+        nonlocal unpublished
+        await feed.caught_up.wait()
+        async for values in stream.take(LEARN_BATCH, within=LEARN_BATCH_WAIT_S):
+            async with learning:
+                learned, warmed = await asyncio.to_thread(learn_batch, values)
+                unpublished += learned
+            metrics.samples_learned.inc(learned)
+            if warmed:  # the warm-up just ended: publish the first model now
+                await publish_model()
+
+    @app.timer(interval=settings.model_publish_interval)
+    async def publish_model_periodically() -> None:
+        await publish_model()
+
+    # -- background tasks -----------------------------------------------------------------
+    def local_partitions() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives()
+                if tp.topic == settings.clickstream_topic}
+
+    async def queue_control(op: dict[str, Any], work: Iterable[tuple[int, bytes]],
+                            rate: float, sent: Counter) -> None:
+        """Queue ``op`` for customers ``(partition, key)``: one control message per chunk
+        of a partition's customers, at most ``rate`` customers a second, counted in
+        ``sent``."""
+        pace = Pace(rate)
+        chunks: dict[int, list[bytes]] = defaultdict(list)
+
+        async def send(partition: int, keys: list[bytes]) -> None:
+            """One message for ``keys`` (handed over: held until the message is
+            processed); it names the batch, not the customers (stream_app/worker/control.py)."""
+            if partition not in local_partitions():
+                return  # revoked meanwhile: its next owner re-judges its customers
+            n = len(keys)
+            batch = batches.add(partition, keys)
+            value = orjson.dumps({**op, "worker": batches.worker, "batch": batch, "n": n})
+            await control_topic.send(key=f"{batches.worker}:{batch}".encode(), value=value,
+                                     partition=partition)
+            sent.inc(n)
+            await pace.sent(n)
+
+        try:
+            for partition, key in work:
+                if app.should_stop:
+                    return  # shutting down: a restarted worker re-scores and re-sweeps anyway
+                chunk = chunks[partition]
+                chunk.append(key)
+                if len(chunk) >= CONTROL_CHUNK:
+                    chunks[partition] = []  # the full list goes with its message
+                    await send(partition, chunk)
+            for partition, chunk in chunks.items():
+                if chunk and not app.should_stop:
+                    await send(partition, chunk)
+        except NotReady:
+            if not app.should_stop:  # the producer stopped before this task did
+                raise
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        catch_up.rebalancing()
+        restated.clear()
+        gone = {tp.partition for tp in revoked}
+        indexed.difference_update(gone)
+        index.drop_partitions(gone)
+        batches.drop_partitions(gone)  # their messages go to the next owner, who skips them
+        for partition in gone:
+            replay_causes.pop(partition, None)
+        for tp in revoked:
+            if tp.topic in kinds:
+                processed.pop(tp, None)
+                seeked.pop(tp, None)
+                with contextlib.suppress(KeyError):  # KeyError: never measured
+                    metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+    def stored_customers() -> Iterator[tuple[bytes, bytes]]:
+        """``(key, state)`` of every stored customer: the keys are listed up front and each
+        state is read when its turn comes (a list of every state would stay for a pass)."""
+        for key in list(customers.keys()):
+            stored = customers.get(key)
+            if stored is not None:
+                yield key, stored
+
+    def customers_of(homes: set[int], wanted: Callable[[bytes], bool] | None = None
+                     ) -> Iterator[tuple[int, bytes]]:
+        """``(input partition, key)`` of the stored customers of the partitions ``homes``
+        whose state ``wanted`` accepts (default: all)."""
+        for key, stored in stored_customers():
+            if wanted is None or wanted(stored):
+                home = home_and_bucket(key, stored, partitions)[0]
+                if home in homes:
+                    yield home, key
+
+    def rescore_work(model: SegmentModel) -> Iterator[tuple[int, bytes]]:
+        """Customers to re-score with ``model``: those the index says it would move, and
+        every customer of a partition not fully indexed yet (just assigned here)."""
+        mine = local_partitions()
+        fresh = mine - indexed
+        movers = index.movers(model, settings.segment_rejudge_margin, mine & indexed)
+        metrics.rescore_checked.inc(len(index))
+        indexed.update(fresh)
+        yield from movers
+        if fresh:
+            yield from customers_of(fresh)
+
+    @app.task
+    async def rescore() -> None:
+        """After a model update marked for it: re-score the local customers it would move,
+        rate-limited, at most one pass per RESCORE_MIN_INTERVAL_S (with the newest model)."""
+        while True:
+            await rescore_wanted.wait()
+            await catch_up.wait()
+            started = time.monotonic()
+            rescore_wanted.clear()
+            if pipeline.model is not None:
+                await queue_control({"op": "rescore", "model": pipeline.model.version},
+                                    rescore_work(pipeline.model),
+                                    settings.rescore_rate, metrics.rescores)
+            if not rescore_wanted.is_set():
+                metrics.rescore_waiting.set(0)
+            await asyncio.sleep(max(0.0, settings.rescore_min_interval_s
+                                    - (time.monotonic() - started)))
+
+    @app.timer(interval=settings.sweep_interval_s)
+    async def sweep() -> None:
+        """Queue customers whose windows slid because their partition's event time passed
+        a UTC midnight (one re-evaluation per active customer per event-time day); not
+        while the records held at the assignment are being read (the next tick does)."""
+        if not catch_up.done.is_set():
+            return
+        mine = local_partitions()
+        for partition in [p for p in schedule.watermarks if p not in mine]:
+            schedule.drop_partition(partition)
+        for p in sorted(mine):
+            if p in schedule.watermarks:  # one pass per partition: its own watermark
+                work = ((p, key) for key in schedule.pop_due(p))
+                await queue_control({"op": "sweep", "at": schedule.watermarks[p]}, work,
+                                    settings.sweep_rate, metrics.sweeps)
+        metrics.sweep_pending.set(schedule.pending())
+
+    def audience_work(version: str) -> Iterator[tuple[int, bytes]]:
+        """Local customers last judged by other audience definitions than ``version``."""
+        defined = bool(pipeline.audiences)
+        return customers_of(local_partitions(), lambda stored: CustomerState.audiences_outdated(
+            stored, version, defined))
+
+    @app.task
+    async def judge_audiences_again() -> None:
+        """After the definitions changed, and after a rebalance that brought customers
+        judged by other definitions: queue those local customers, rate-limited
+        (RESCORE_RATE)."""
+        while True:
+            await audiences_wanted.wait()
+            await catch_up.wait()
+            audiences_wanted.clear()
+            version = pipeline.audiences.version
+            await queue_control({"op": "audiences", "version": version}, audience_work(version),
+                                settings.rescore_rate, metrics.audience_reevaluations)
+
+    def assigned_inputs() -> list[Any]:
+        return [tp for tp in app.assignor.assigned_actives() if tp.topic in kinds]
+
+    @app.on_rebalance_complete.connect
+    async def note_assignment_ends(app: faust.App, **kwargs: Any) -> None:
+        """The end offsets of the assigned input and control partitions, to be read up to
+        before re-judgements are queued (an unreachable broker: not waited for)."""
+        try:
+            ends = await asyncio.wait_for(app.consumer.highwaters(*assigned_inputs()),
+                                          CATCH_UP_ENDS_WAIT_S)
+        except Exception as exc:  # any failure: do not hold the passes back
+            log.warning("end offsets of the assigned partitions unknown (%r): re-judgements "
+                        "do not wait for their records", exc)
+            ends = {}
+        catch_up.assigned(ends, time.monotonic())
+
+    @app.task
+    async def follow_catch_up() -> None:
+        """Tell ``catch_up`` the positions of the partitions it waits for."""
+        while True:
+            await asyncio.sleep(CATCH_UP_POLL_S)
+            if catch_up.done.is_set():
+                continue
+            catch_up.reached({tp: processed[tp] + 1 for tp in catch_up.pending()
+                              if tp in processed}, time.monotonic())
+
+    def local_sizes() -> dict[int, dict[int, int]]:
+        return sizes.local(local_partitions())
+
+    @app.on_rebalance_complete.connect
+    async def count_segments(app: faust.App, **kwargs: Any) -> None:
+        """Count the owned partitions' customers per segment and audience (tables
+        recovered, streams not resumed yet), and see whether any of them was judged by
+        other audience definitions (elsewhere); yields to the event loop every few
+        thousand customers."""
+        counted, members, outdated = [], [], False
+        mine, version = local_partitions(), pipeline.audiences.version
+        defined = bool(pipeline.audiences)
+        for n, (key, stored) in enumerate(stored_customers()):
+            home, bucket, audiences = summary(key, stored, partitions)
+            counted.append((home, bucket))
+            members.extend((home, name) for name in audiences)
+            outdated = outdated or (home in mine and CustomerState.audiences_outdated(
+                stored, version, defined))
+            if n % 4096 == 4095:
+                await asyncio.sleep(0)
+        sizes.recount(counted, local_partitions())
+        audience_sizes.recount(members, local_partitions())
+        if settings.audiences_file and outdated:
+            audiences_wanted.set()
+
+    async def refresh_gauges() -> None:
+        """Customers, segment sizes and input lag, as of now."""
+        totals = summed(local_sizes())
+        metrics.customers.set(sum(totals.values()))
+        live = pipeline.model.active_ids if pipeline.model else []
+        metrics.segment_size.clear()  # retired segments go
+        for segment in live:
+            metrics.segment_size.labels(str(segment)).set(totals.get(segment, 0))
+        members = summed(audience_sizes.local(local_partitions()))
+        metrics.audience_members.clear()  # audiences no longer defined go
+        for audience in pipeline.audiences.audiences:
+            metrics.audience_members.labels(audience.name).set(members.get(audience.name, 0))
+        await input_lag()
+
+    async def input_lag() -> int:
+        """Set each owned input partition's lag gauge; the sum over them."""
+        total = 0
+        for tp in assigned_inputs():
+            try:
+                high = app.consumer.highwater(tp)
+                done = processed.get(tp)
+                # Nothing processed since the assignment: where the seek put it.
+                position = done + 1 if done is not None else seeked.get(tp)
+            except Exception as exc:  # not fetched yet, or being revoked
+                log.debug("no lag for %s: %r", tp, exc)
+                continue
+            if high is None or position is None:
+                continue
+            lag = max(0, high - position)
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            total += lag
+        return total
+
+    @app.timer(interval=5.0)
+    async def update_gauges() -> None:
+        await refresh_gauges()
+
+    # -- web ------------------------------------------------------------------------------
+    def json_response(view: View, body: Any, status: int = 200) -> Response:
+        return view.bytes(orjson.dumps(body, option=NUMPY_AND_INT_KEYS),
+                          content_type=JSON, status=status)
+
+    # Views that name customers need the bearer token when API_TOKEN is set.
+    bearer = f"Bearer {settings.api_token}".encode()
+    peer_headers = {"Authorization": bearer.decode()} if settings.api_token else {}
+
+    def authorised(request: Request) -> bool:
+        if not settings.api_token:
+            return True
+        # aiohttp keeps a header's non-UTF-8 bytes as surrogates: back to the bytes sent
+        # (a plain encode() raised, and answered 500).
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(given, bearer)
+
+    def unauthorised(view: View) -> Response:
+        return view.bytes(orjson.dumps({"error": "this endpoint needs a bearer token"}),
+                          content_type=JSON, status=401,
+                          headers={"WWW-Authenticate": 'Bearer realm="stream-app"'})
+
+    @app.page("/health")
+    async def health(self: View, request: Request) -> Response:
+        return json_response(self, {"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(self: View, request: Request) -> Response:
+        lag = await input_lag()
+        checks = {
+            "partitions_assigned": bool(local_partitions()),
+            "model_loaded": pipeline.model is not None,
+            "model_feed_caught_up": feed.caught_up.is_set(),
+            "lag_ok": lag <= settings.ready_max_lag,
+        }
+        ok = all(checks.values())
+        return json_response(self, {"ready": ok, **checks, "lag": lag}, 200 if ok else 503)
+
+    @app.page("/metrics")
+    async def metrics_view(self: View, request: Request) -> Response:
+        await refresh_gauges()
+        return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
+
+    @app.page("/customers/{customer_id}")
+    @app.table_route(table=customers, match_info="customer_id")
+    async def customer_view(self: View, request: Request, customer_id: str) -> Response:
+        """Routed by the id to the worker owning its partition, looked up by pseudonym."""
+        if not authorised(request):
+            return unauthorised(self)
+        key = pipeline.customer_key(customer_id.encode())
+        stored = customers.get(key)
+        if stored is None:
+            return json_response(self, {"error": "unknown customer"}, 404)
+        return json_response(self, customer_document(key.decode(), stored, pipeline.model))
+
+    @app.page("/model")
+    async def model_view(self: View, request: Request) -> Response:
+        model = pipeline.model
+        if model is None:
+            return json_response(self, {"error": "no model yet"}, 404)
+        # The snapshot as published (schemas/segment-model), plus the number of ids (K,
+        # retired ones included), of live segments, and a readable time.
+        return json_response(self, {**model.to_dict(), "k": model.k,
+                                    "segments": len(model.active_ids),
+                                    "created": iso_ms(model.created_at * 1000)})
+
+    def local_view() -> dict[str, Any]:
+        return {"sizes": local_sizes(),
+                "examples": {seg: [key.decode() for key in keys]
+                             for seg, keys in index.members(EXAMPLES).items()},
+                "audiences": audience_sizes.local(local_partitions()),
+                "recent": recent_changes.newest_first()}
+
+    async def peer_views() -> list[dict[str, Any]]:
+        """:func:`local_view` of every worker, this one first (a peer that does not answer
+        is left out)."""
+        views = [local_view()]
+        me = str(app.conf.canonical_url).rstrip("/")
+        for host in app.router.tables_metadata():
+            url = str(host).rstrip("/")
+            if url == me:
+                continue
+            try:
+                async with app.http_client.get(f"{url}/segments/_local",
+                                               headers=peer_headers) as resp:
+                    if resp.status != 200:  # a 401: the workers' API_TOKENs differ
+                        log.warning("segment sizes from %s unavailable: HTTP %d", url,
+                                    resp.status)
+                        continue
+                    views.append(orjson.loads(await resp.read()))
+            except Exception as exc:  # a peer that is down only makes the answer partial
+                log.warning("segment sizes from %s unavailable: %s", url, exc)
+        return views
+
+    async def cluster_view(views: list[dict[str, Any]] | None = None
+                           ) -> tuple[dict[int, dict[int, int]], dict[int, list[str]]]:
+        """Segment sizes per partition and example customers, from every worker (or from
+        the ``views`` of :func:`peer_views`)."""
+        views = await peer_views() if views is None else views
+        sizes: dict[int, dict[int, int]] = {}
+        found: dict[int, list[str]] = {}
+        for view in views:
+            for p, per_segment in view["sizes"].items():
+                sizes.setdefault(int(p), {int(k): v for k, v in per_segment.items()})
+            for seg, ids in view["examples"].items():
+                found.setdefault(int(seg), []).extend(ids)
+        return sizes, found
+
+    @app.page("/segments/_local")
+    async def local_segments(self: View, request: Request) -> Response:
+        if not authorised(request):  # the examples name customers
+            return unauthorised(self)
+        return json_response(self, local_view())
+
+    def audience_members(views: list[dict[str, Any]]) -> dict[str, int]:
+        """Members per audience in the workers' ``views`` (:func:`peer_views`)."""
+        per_partition: dict[int, dict[str, int]] = {}
+        for view in views:  # a partition reported twice (during a rebalance) counts once
+            for p, per_audience in view.get("audiences", {}).items():
+                per_partition.setdefault(int(p), per_audience)
+        return summed(per_partition)
+
+    @app.page("/audiences")
+    async def audiences_view(self: View, request: Request) -> Response:
+        """The applied audience definitions and their members, from every worker."""
+        members = audience_members(await peer_views())
+        return json_response(self, audiences_document(pipeline.audiences, members))
+
+    @app.page("/segments")
+    async def segments_view(self: View, request: Request) -> Response:
+        sizes, _ = await cluster_view()
+        return json_response(self, segments_document(pipeline.model, sizes))
+
+    @app.page("/segments/{segment_id}")
+    async def segment_view(self: View, request: Request, segment_id: str) -> Response:
+        model = pipeline.model
+        segment = segment_number(segment_id)
+        if model is None or segment is None or segment >= model.k:
+            return json_response(self, {"error": "unknown segment"}, 404)
+        sizes, found = await cluster_view()
+        body = segment_explanation(model, segment, sizes, found)
+        if not authorised(request):
+            body.pop("examples")  # no customer ids without the token
+        return json_response(self, body)
+
+    # -- the live segment map: GET / (a page for people) and GET /map/data (what it shows) --
+    recent_changes = RecentChanges()  # the last changes this worker published
+    size_history = SizeHistory()  # cluster-wide segment sizes, every 10 s for an hour
+    page = map_page()
+
+    @app.timer(interval=2.0)
+    async def sample_segment_sizes() -> None:
+        """Add the cluster-wide segment sizes to the map's history when a point is due
+        (the first as soon as there is a model)."""
+        now, model = time.time(), pipeline.model
+        if model is None or not size_history.due(now):
+            return
+        sizes, _ = await cluster_view()
+        size_history.add(now, {s["id"]: s["size"]
+                               for s in segments_document(model, sizes)["segments"]})
+
+    @app.page("/")
+    async def segment_map(self: View, request: Request) -> Response:
+        return self.html(page.html, headers={
+            "Content-Security-Policy": page.content_security_policy,
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-cache"})
+
+    @app.page("/map/data")
+    async def segment_map_data(self: View, request: Request) -> Response:
+        """Segments with sizes and map positions, the size history after ``?since=``
+        (epoch seconds) and the latest changes, from every worker; customer ids only
+        with the token."""
+        views = await peer_views()
+        sizes, _ = await cluster_view(views)
+        model, allowed = pipeline.model, authorised(request)
+        return json_response(self, map_document(
+            segments_document(model, sizes),
+            project_segments(model.centres, model.active) if model is not None else None,
+            model.features if model is not None else (),
+            size_history.since(parse_since(request.query.get("since"))),
+            merge_changes((view.get("recent", ()) for view in views), customers=allowed),
+            now=time.time(), model_created=model.created_at if model is not None else None,
+            authorised=allowed, token_required=bool(settings.api_token),
+        ) | {"audiences": audiences_document(pipeline.audiences,
+                                             audience_members(views))["audiences"]})
+
+    return app
+
+
+def segment_number(text: str) -> int | None:
+    """The segment id in the path of ``GET /segments/{id}``: at most 9 ASCII digits, else
+    None (a 404). ``str.isdigit`` alone let through digits ``int`` rejects (``"²"``) and
+    numbers past Python's 4,300-digit conversion limit, which answered 500.
+
+    >>> [segment_number(t) for t in ("7", "007", "-1", "1.5", "²", "٣", "9" * 4301, "")]
+    [7, 7, None, None, None, None, None, None]
+    """
+    if not (0 < len(text) <= 9 and text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
+def file_stamp(path: str) -> tuple[int, int] | None:
+    """``(mtime in ns, size)`` of a file, None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _timestamp_ms(timestamp: float | None) -> int | None:
+    return None if timestamp is None else int(timestamp * 1000)
+
+
+def customer_document(customer_id: str, stored: bytes, model: SegmentModel | None
+                      ) -> dict[str, Any]:
+    """The body of ``GET /customers/{id}``."""
+    state = CustomerState.from_bytes(stored)
+    features = state.window.features(state.clock)
+    for name in ("first_order_ts", "last_order_ts"):
+        if features[name] is not None:
+            features[name] = iso_ms(features[name])
+    segment = state.segment
+    label = (model.labels[segment] if model is not None and segment is not None
+             and 0 <= segment < model.k else None)
+    return {
+        "customer_id": customer_id,
+        "as_of": iso_ms(state.clock) if state.clock else None,
+        "segment": segment,
+        "segment_label": label,
+        "model_version": state.model_version,
+        "features": {name: features[name] for name in FEATURE_NAMES},
+        "profile": state.profile,
+        "audiences": state.audiences,
+        "consent": {"segmentation": not state.excluded},
+    }
+
+
+def segment_explanation(model: SegmentModel, segment: int, sizes: dict[int, dict[int, int]],
+                        examples: dict[int, list[str]]) -> dict[str, Any]:
+    """The body of ``GET /segments/{id}``: what distinguishes the segment, and who is in it."""
+    centre_units = model.centres_in_feature_units()[segment]
+    population = FeatureTransform(model.spec).inverse(model.mean[None, :])[0]
+    size = sum(per_segment.get(segment, 0) for per_segment in sizes.values())
+    return {
+        "id": segment,
+        "label": model.labels[segment],
+        "active": model.is_active(segment),
+        "size": size,
+        "model_version": model.version,
+        "typical": typical_values(model.features, centre_units),
+        "centre": {n: round(float(v), 4) for n, v in zip(model.features, centre_units)},
+        "distinguishing": [
+            {"feature": name, "z": round(z, 3), "word": word,
+             "segment_value": round(float(centre_units[model.features.index(name)]), 4),
+             "population_value": round(float(population[model.features.index(name)]), 4)}
+            for name, z, word in describe(model.features,
+                                          model.z_scores(model.centres[segment]))
+        ],
+        "examples": examples.get(segment, [])[:EXAMPLES],
+    }
+
+
+def audiences_document(definitions: AudienceSet, members: dict[str, int]) -> dict[str, Any]:
+    """The body of ``GET /audiences``: each audience's definition and member count."""
+    return {
+        "version": definitions.version,
+        "source": definitions.source,
+        "audiences": [
+            {"name": a.name, "description": a.description, "condition": a.condition,
+             "exit_condition": a.exit_condition, "members": members.get(a.name, 0)}
+            for a in definitions.audiences],
+    }
+
+
+def segments_document(model: SegmentModel | None, sizes: dict[int, dict[int, int]]
+                      ) -> dict[str, Any]:
+    """The body of ``GET /segments``: every active segment with label, size, typical
+    values and centre, and the retired segment ids with their last label."""
+    totals = summed(sizes)
+    segments = []
+    retired = []
+    if model is not None:
+        centres = model.centres_in_feature_units()
+        for i in range(model.k):
+            if not model.active[i]:
+                retired.append({"id": i, "label": model.labels[i], "size": totals.get(i, 0)})
+                continue
+            segments.append({
+                "id": i,
+                "label": model.labels[i],
+                "size": totals.get(i, 0),
+                "typical": typical_values(model.features, centres[i]),
+                "centre": {n: round(float(v), 4) for n, v in zip(model.features, centres[i])},
+            })
+    return {
+        "model_version": model.version if model else 0,
+        "customers": sum(totals.values()),
+        "unassigned": totals.get(UNASSIGNED, 0),
+        "excluded": totals.get(EXCLUDED, 0),
+        "partitions_reporting": sorted(sizes),
+        "segments": segments,
+        "retired": retired,
+    }
