@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP) ops-tools
 	$(BIN)/ruff check stream_app tests ops examples
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # Throughput and latency against its own embedded broker; writes bench-results.json.
@@ -48,8 +49,10 @@ ops-tools:
 	  || echo "make ops-tools: could not install prometheus, docker-compose, chromium and" \
 	          "chromium-driver (Debian packages)"
 
+# Style, and the layers of stream_app (the contracts in pyproject.toml, [tool.importlinter]).
 lint: $(STAMP)
 	$(BIN)/ruff check stream_app tests ops examples
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
