@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Where `make docs` builds the site (never committed: build/ is in .gitignore).
+SITE   ?= build/site
 
-.PHONY: demo test lint bench bench-sweep soak install ops-tools clean
+.PHONY: demo test lint docs bench bench-sweep soak install ops-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +20,9 @@ demo: $(STAMP)
 	$(BIN)/stream-app demo
 
 test: $(STAMP) ops-tools
-	$(BIN)/ruff check stream_app tests ops examples
+	$(BIN)/ruff check stream_app tests ops examples docs
 	$(BIN)/lint-imports
+	$(BIN)/mkdocs build --strict --quiet --site-dir $(SITE)
 	$(BIN)/python -m pytest
 
 # Throughput and latency against its own embedded broker; writes bench-results.json.
@@ -49,10 +52,17 @@ ops-tools:
 	  || echo "make ops-tools: could not install prometheus, docker-compose, chromium and" \
 	          "chromium-driver (Debian packages)"
 
-# Style, and the layers of stream_app (the contracts in pyproject.toml, [tool.importlinter]).
-lint: $(STAMP)
-	$(BIN)/ruff check stream_app tests ops examples
+# Style, the layers of stream_app (the contracts in pyproject.toml, [tool.importlinter])
+# and the docs site.
+lint: $(STAMP) docs
+	$(BIN)/ruff check stream_app tests ops examples docs
 	$(BIN)/lint-imports
 
+# The docs site (mkdocs.yml, docs/): strict, so a broken link or anchor, a page missing
+# from the nav or a setting without a description fails; the configuration table is
+# generated from stream_app/config.py (docs/hooks/configuration.py).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet --site-dir $(SITE)
+
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache $(SITE)

@@ -1,4 +1,4 @@
-"""What a subscription costs: the figures of the README's *Subscribing to changes*.
+"""What a subscription costs: the figures of docs/subscribing.md.
 
 ``latency``: follow the live segment changes (e.g. of ``make demo``) with
 :func:`stream_app.subscribe` and report the time from each change's ``emitted_at`` (the

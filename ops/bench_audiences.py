@@ -1,4 +1,4 @@
-"""Cost of judging audiences (README, *Audiences*, Cost).
+"""Cost of judging audiences (docs/audiences.md, Cost).
 
 Prints the µs per customer update of ``AudienceSet.memberships`` with 1, 10 and 50
 audiences (the five of ``examples/audiences.yaml``, cycled), judged on the features of

@@ -1,7 +1,7 @@
 """Render the Grafana dashboard's panels to one PNG from a Prometheus that scraped a run.
 
 Every panel's queries (``ops/grafana/dashboards/stream-app.json``) are run as range queries
-against ``--prometheus`` and drawn with matplotlib, in the dashboard's order: the README's
+against ``--prometheus`` and drawn with matplotlib, in the dashboard's order: docs/operations.md's
 picture shows what the dashboard shows, from real metrics, without a Grafana server.
 
     pip install -e '.[docs]'

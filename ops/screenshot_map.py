@@ -1,7 +1,7 @@
 """Take a screenshot of a worker's live segment map (``GET /``) in headless Chromium.
 
-The README's picture: start ``make demo`` (its web port is 6066, or the one it prints),
-let it run a few minutes so the size history has points, then
+The picture in docs/segment-map.md: start ``make demo`` (its web port is 6066, or the one
+it prints), let it run a few minutes so the size history has points, then
 
     python ops/screenshot_map.py --url http://127.0.0.1:6066/ --out docs/segment-map.png
 

@@ -102,7 +102,7 @@ def test_offline_comparison_runs_the_whole_loop_per_clusterer():
         assert sum(row["changes"].values()) == round(row["changes_per_event"] * 8000)
     kmeans = rows[0]
     assert kmeans["wcss_ratio"] <= 1.15 and kmeans["ari_planted"] >= 0.8
-    # The simulation is deterministic for a seed (it is the basis of the README's table).
+    # The simulation is deterministic for a seed (the basis of docs/segmentation.md's table).
     again = cli(*args[:-2], "kmeans", "--json", env={**os.environ, "SEGMENT_MARGIN": "0.4"},
                 timeout=600)
     assert again.returncode == 0, again.stderr
@@ -145,7 +145,7 @@ def test_a_fast_backfill_of_a_retail_history_places_every_buyer(make_worker):
 def test_a_retail_history_is_segmented_close_to_batch_k_means(profile):
     """The whole loop on a realistic shop (purchases only, or with clicks): every buyer
     placed, segments named apart and none below the minimum share, the partition close to
-    batch k-means in the model's space and in plain RFM terms. The README's figures are
+    batch k-means in the model's space and in plain RFM terms. docs/segmentation.md's figures are
     the same simulation on 5,000 customers at K = 32; here 600 at K = 8, with bounds
     a little looser than what was measured (printed on failure)."""
     settings = dataclasses.replace(Settings(), segments_k=8, learn_sample_rate=1e12,

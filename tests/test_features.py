@@ -1053,7 +1053,7 @@ def test_customer_state_with_duplicates_matches_brute_force(seed):
 
 
 def _check_memory_bounds(w: FeatureWindow) -> None:
-    """At most 90 day buckets and 24 hour buckets (README: per-customer memory)."""
+    """At most 90 day buckets and 24 hour buckets (docs/features.md: per-customer memory)."""
     today, hour = w.as_of // DAY_MS, w.as_of // HOUR_MS
     assert all(today - RETENTION_DAYS < d <= today for d in w.days), sorted(w.days)[:3]
     assert all(hour - 24 < h <= hour for h in w.hours), sorted(w.hours)[:3]

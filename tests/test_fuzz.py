@@ -3,7 +3,7 @@ the DLQ with a documented reason or is accepted by a documented rule, and good e
 around the bad ones are processed exactly.
 
 The generators below mutate valid click, purchase and profile events, mostly one defect
-per element, and say what the documented rules (the README's rejection reasons, the JSON
+per element, and say what the documented rules (docs/interfaces.md's rejection reasons, the JSON
 Schemas in ``schemas/``) expect of each element. The same mutation functions draw their
 choices from Hypothesis (the property test, no broker) or from a seeded ``random.Random``
 (the broker test, reproducible run to run).
@@ -48,7 +48,7 @@ ACCEPTED = "accepted"
 KINDS = ("click", "purchase", "profile")
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
-#: Nesting depth orjson parses (deeper is ``invalid_json``, README "Rejection reasons").
+#: Nesting depth orjson parses (deeper is ``invalid_json``; docs/interfaces.md, rejection reasons).
 MAX_DEPTH = 1024
 #: The schemas' bounds of an epoch-millisecond ``ts`` (2000-01-01 and 2100-01-01).
 SCHEMA_MAX_TS = 4_102_444_800_000

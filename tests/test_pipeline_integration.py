@@ -78,7 +78,8 @@ def test_generated_traffic_is_segmented_end_to_end(make_worker, broker):
     purity = sum(max(c.values()) for c in by_segment.values()) / CUSTOMERS
     # Measured 0.78-0.95 across runs (a segment learned from the first events can hold two
     # types until the model separates them; the margin keeps some customers in the segment
-    # they were first given, README *held*). Four equal types at random would give ~0.3.
+    # they were first given, docs/segmentation.md *held*). Four equal types at random would
+    # give ~0.3.
     assert purity >= 0.7, dict(by_segment)
     # Every planted type is what at least one segment is mostly made of. (With K = 8 a type
     # spreads over two or three segments; which one holds most of it can be shared with a

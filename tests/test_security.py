@@ -153,7 +153,7 @@ def test_an_oversize_request_line_gets_a_400_without_echo_or_traceback(api_worke
     assert "Traceback" not in log and "Error handling request" not in log
 
 
-# Routes of the worker (README, HTTP) and Faust's own pages, which are turned off.
+# Routes of the worker (docs/interfaces.md, HTTP) and Faust's own pages, which are turned off.
 ROUTES = ("/health", "/ready", "/metrics", "/model", "/segments", "/segments/{}",
           "/segments/_local", "/customers/{}", "/map/data", "/", "/audiences",
           "/table/{}", "/router/{}", "/graph/", "/stats/", "/{}", "/customers/{}/{}")

@@ -57,7 +57,7 @@ audiences:
   - name: browsers
     condition: views_7d >= 5
 """
-#: Tansu holds a JoinGroup for half the session timeout (README, the embedded broker).
+#: Tansu holds a JoinGroup for half the session timeout (docs/embedded-broker.md).
 GROUP_OPTIONS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 _names = itertools.count()
 
