@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from stream_app.model.options import CLUSTERERS
+
 #: Default clustering vector: feature name, transform applied before online scaling, and
 #: weight. Recency, frequency and monetary value (RFM, lifetime and 90 days: the retail
 #: baseline) count fully; the behavioural traits (price sensitivity, browsing, searching,
@@ -95,9 +97,6 @@ def is_loopback(host: str) -> bool:
 
 #: Settings whose values are secrets (masked in ``repr``).
 SECRETS = frozenset({"pseudonym_key", "api_token"})
-
-#: River clusterers the learner can run (see :mod:`stream_app.model.segmentation`).
-CLUSTERERS = ("kmeans", "streamkmeans", "clustream")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from stream_app.core.audiences import AudienceSet
 from stream_app.core.pipeline import LEAVING, CustomerPipeline, Outcome
 from stream_app.core.schemas import load_schema
 from stream_app.core.state import CustomerState
+from stream_app.worker.options import pipeline_options
 from tests.test_pipeline_unit import MIN_MS, T0, Customer, browser_and_buyer, learn_model, settings
 from tests.test_privacy import erase
 
@@ -33,7 +34,7 @@ LAPSED = {"name": "lapsed", "condition": "days_since_last_order > 30"}
 
 
 def pipeline_with(*audiences: dict[str, str], model=None) -> CustomerPipeline:
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_audiences(definitions(*audiences))
     if model is not None:
         pipeline.use_model(model)
@@ -49,7 +50,7 @@ def messages(out: Outcome) -> list[dict]:
 
 
 def test_without_definitions_nothing_is_judged_or_stored():
-    c = Customer(CustomerPipeline(settings()))
+    c = Customer(CustomerPipeline(pipeline_options(settings())))
     for n in range(3):
         out = c.click(T0 + n * MIN_MS, n)
         assert out.audience_changes is None

@@ -25,6 +25,7 @@ from stream_app.tools.batch import (
     recompute,
 )
 from stream_app.tools.verify import ABSENT, Mismatch, compare, format_ts, load_events, run
+from stream_app.worker.options import pipeline_options
 
 D = 20_000
 BASE = D * DAY_MS  # 2024-10-04T00:00:00Z
@@ -261,7 +262,7 @@ def test_a_conflicting_duplicate_is_told_apart_by_the_same_rule_as_the_worker():
     batch = [c.add(doc) for doc in copies]
     assert batch == ["duplicate"] * 3 + ["conflicting_duplicate"] * 5
     assert c.duplicates == 8 and c.conflicts == 5
-    pipeline = CustomerPipeline(Settings())
+    pipeline = CustomerPipeline(pipeline_options(Settings()))
     stored = None
     for offset, doc in enumerate(first):
         (out,) = pipeline.process_message(event_kind(doc), b"c", orjson.dumps(doc), stored,

@@ -6,6 +6,7 @@ import pytest
 
 from stream_app.config import CLUSTERERS, Settings
 from stream_app.model.segmentation import river_clusterer
+from stream_app.worker.options import pipeline_options
 
 
 def test_settings_read_typed_values_from_the_environment():
@@ -43,7 +44,7 @@ def test_event_ts_min_is_an_iso_date_or_date_time_utc_unless_zoned():
     zoned = Settings.from_env({"EVENT_TS_MIN": "1990-01-01T01:00:00+02:00"})
     assert zoned.event_ts_min_ms == jan_1_1990_ms - 3_600_000
     # The worker's decoder takes the setting.
-    assert CustomerPipeline(zoned).decoder.min_ts_ms == jan_1_1990_ms - 3_600_000
+    assert CustomerPipeline(pipeline_options(zoned)).decoder.min_ts_ms == jan_1_1990_ms - 3_600_000
 
 
 def test_bad_event_ts_min_says_what_is_expected():

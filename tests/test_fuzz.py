@@ -40,6 +40,7 @@ from stream_app.tools.batch import parse_ts as batch_parse_ts
 from stream_app.tools.batch import recompute
 from stream_app.tools.generator import SyntheticShop
 from stream_app.tools.verify import compare
+from stream_app.worker.options import pipeline_options
 from tests.conftest import consume_all, http, metric_sum, produce, wait_for
 
 T = TypeVar("T")
@@ -848,7 +849,7 @@ POOL = ("c-1", "ü-2", "客户-3", "😀", "a b", "x" * 128, "\u0000nul", "c-8")
 
 def test_ten_thousand_hostile_messages_are_rejected_with_a_reason_or_accepted_by_rule():
     settings_ = dataclasses.replace(Settings(), segment_min_events=1, segment_confirmations=1)
-    pipeline = CustomerPipeline(settings_)
+    pipeline = CustomerPipeline(pipeline_options(settings_))
     pipeline.use_model(learned_model(settings_))
     skew_ms = int(settings_.max_future_skew_s * 1000)
     # Each customer of the pool also exists already (a stored state from one good click).
@@ -942,7 +943,8 @@ def test_a_worker_rejects_thousands_of_hostile_messages_and_keeps_good_customers
 
     # What the documented rules say of each hostile message, from a local pipeline (its
     # outcomes checked against the rules as in the property test).
-    local = CustomerPipeline(dataclasses.replace(Settings(), max_message_bytes=WORKER_MAX_BYTES))
+    local = CustomerPipeline(pipeline_options(
+        dataclasses.replace(Settings(), max_message_bytes=WORKER_MAX_BYTES)))
     expected_reasons: collections.Counter[str] = collections.Counter()
     accepted_hostile = 0
     for message in hostile:

@@ -24,6 +24,7 @@ from stream_app.core.pipeline import UNASSIGNED, CustomerPipeline, Outcome, memb
 from stream_app.core.schemas import load_schema
 from stream_app.core.state import CONFLICT, DUPLICATE, MAX_ORDER_IDS, NEW, CustomerState
 from stream_app.model.segmentation import FeatureTransform, SegmentLearner, SegmentModel
+from stream_app.worker.options import pipeline_options
 
 D = 20_000  # a UTC day number (2024-10-04)
 T0 = D * DAY_MS + 10 * HOUR_MS
@@ -164,7 +165,7 @@ def buyer_customer(pipeline: CustomerPipeline, model: SegmentModel) -> Customer:
 
 def test_click_creates_state_and_a_first_segment_change(model):
     browser, _ = browser_and_buyer(model)
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     out = c.click(T0, 1, channel="App")
@@ -194,7 +195,7 @@ def test_click_creates_state_and_a_first_segment_change(model):
 
 def test_segment_change_id_is_deterministic(model):
     def first_change(value: bytes) -> dict:
-        pipeline = CustomerPipeline(settings())
+        pipeline = CustomerPipeline(pipeline_options(settings()))
         pipeline.use_model(model)
         return change_of(pipeline.process("click", b"c1", value, None, "clickstream", 3, 77))
 
@@ -207,7 +208,7 @@ def test_segment_change_id_is_deterministic(model):
 
 
 def test_without_a_model_no_change(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     c = Customer(pipeline)
     out = c.click(T0, 1)
     assert out.state is not None and out.change is None and out.trigger is None
@@ -224,7 +225,7 @@ def test_without_a_model_no_change(model):
 
 
 def test_profile_only_customer_gets_no_segment(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     out = c.profile(T0, age=40, income=1000.0)
@@ -249,7 +250,7 @@ def income_model_and_pipeline() -> tuple[SegmentModel, CustomerPipeline]:
     spec = "income:log1p,views_7d:log1p"
     model = learn_model(spec=spec, vectors=[
         {"income": 20_000 if i % 2 else 300_000, "views_7d": i % 5} for i in range(40)])
-    pipeline = CustomerPipeline(settings(segment_features=spec))
+    pipeline = CustomerPipeline(pipeline_options(settings(segment_features=spec)))
     pipeline.use_model(model)
     return model, pipeline
 
@@ -279,7 +280,7 @@ def test_a_profile_update_can_move_a_customer():
 
 
 def test_samples_for_the_learner(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     assert c.profile(T0 - MIN_MS, income=1).sample is None  # a profile alone says nothing
@@ -306,7 +307,7 @@ def test_samples_for_the_learner(model):
 
 def test_a_one_time_buyer_is_placed_at_its_purchase(model):
     """One purchase places a customer whatever SEGMENT_MIN_EVENTS asks of clicks."""
-    pipeline = CustomerPipeline(settings(segment_min_events=3))
+    pipeline = CustomerPipeline(pipeline_options(settings(segment_min_events=3)))
     pipeline.use_model(model)
     browser = Customer(pipeline, "browser")
     assert browser.click(T0, 1).segment is None and browser.click(T0, 2).segment is None
@@ -339,7 +340,7 @@ def test_a_one_time_buyer_is_placed_at_its_purchase(model):
     (b"c1", click_msg("c1", "2024-10-04 10:00", 1), "invalid_timestamp"),
 ])
 def test_invalid_input_goes_to_the_dead_letter_queue(model, key, value, reason):
-    pipeline = CustomerPipeline(settings(app_id="unit-app"))
+    pipeline = CustomerPipeline(pipeline_options(settings(app_id="unit-app")))
     pipeline.use_model(model)
     stored = Customer(pipeline)
     stored.click(T0 - MIN_MS, 0)
@@ -357,7 +358,7 @@ def test_invalid_input_goes_to_the_dead_letter_queue(model, key, value, reason):
 
 
 def test_duplicate_event_gives_no_state(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     first = change_of(c.buy(T0, 1, 12.5))  # the last change: nothing moves after it
@@ -389,7 +390,7 @@ def test_a_replay_moves_nobody_before_the_cause_of_the_last_change_comes_again(m
     not move the customer, or the change the crash lost (the last one) would never be
     sent again: only the redelivered cause of the last change re-sends it."""
     browser, buyer = browser_and_buyer(model)
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     assert change_of(c.click(T0, 1))["segment"] == browser
@@ -413,7 +414,7 @@ def test_a_replay_moves_nobody_before_the_cause_of_the_last_change_comes_again(m
 def test_the_cause_of_the_last_change_is_recognised_after_the_lateness(model):
     """The ids of clicks are remembered for the allowed lateness only; the cause of the
     last change is recognised however late it is redelivered."""
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     first = change_of(c.click(T0, 1))
@@ -429,7 +430,7 @@ def test_restate_sends_the_last_changes_again_whatever_comes_first(model):
     segment change and audience changes: an event on another topic may come before the
     replayed cause of a change a crash lost, and move the customer first."""
     browser, _ = browser_and_buyer(model)
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     pipeline.use_audiences(AudienceSet.from_document(
         {"audiences": [{"name": "viewers", "condition": "views_7d >= 1"}]}, source="test"))
@@ -466,7 +467,7 @@ def test_the_profile_update_applied_last_again_changes_nothing():
 
 def test_replaying_the_same_events_leaves_features_unchanged(model):
     rng = random.Random(9)
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     messages = []
@@ -508,7 +509,7 @@ def _ts(message: tuple[str, bytes]) -> int:
 
 
 def test_late_purchase_changes_only_lifetime_totals(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     c.buy(T0, 1, 10.0, channel="app", items=[{"category": "a", "quantity": 2}])
@@ -538,7 +539,7 @@ def test_late_purchase_changes_only_lifetime_totals(model):
 
 def test_lateness_is_judged_per_stream(model):
     """A worker may read a customer's clicks behind its purchases (two topics)."""
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     c.buy(T0 + 5 * HOUR_MS, 1)
@@ -552,7 +553,7 @@ def test_lateness_is_judged_per_stream(model):
 
 
 def test_late_click_changes_nothing_and_within_lateness_lands(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     c.click(T0 + 2 * HOUR_MS, 1)
@@ -564,7 +565,7 @@ def test_late_click_changes_nothing_and_within_lateness_lands(model):
     assert out.late is False
     assert c.features["views_7d"] == 2 and c.features["sessions_7d"] == 1
     # The allowed lateness is a setting.
-    lax = Customer(CustomerPipeline(settings(allowed_lateness_s=3 * 86_400.0)))
+    lax = Customer(CustomerPipeline(pipeline_options(settings(allowed_lateness_s=3 * 86_400.0))))
     lax.click(T0 + 2 * HOUR_MS, 1)
     assert lax.click(T0 - 2 * DAY_MS, 2).late is False
     assert lax.click(T0 - 3 * DAY_MS, 3).late is True
@@ -576,7 +577,7 @@ def test_late_click_changes_nothing_and_within_lateness_lands(model):
 
 def test_sweep_slides_windows_and_moves_an_inactive_buyer(model):
     browser, buyer = browser_and_buyer(model)
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = buyer_customer(pipeline, model)
     as_of = c.state.window.as_of
@@ -613,7 +614,7 @@ def test_sweep_slides_windows_and_moves_an_inactive_buyer(model):
 
 
 def test_sweeps_follow_the_windows_then_the_recency_of_the_last_order(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = buyer_customer(pipeline, model)
     day = c.state.window.as_of // DAY_MS
@@ -636,7 +637,7 @@ def test_sweeps_follow_the_windows_then_the_recency_of_the_last_order(model):
 
 
 def test_event_after_a_sweep_is_evaluated_at_the_later_clock(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = buyer_customer(pipeline, model)
     as_of = c.state.window.as_of
@@ -657,7 +658,7 @@ def moved_model(model: SegmentModel, version: int, centres: np.ndarray) -> Segme
 
 def test_rescore_after_a_model_update(model):
     browser, buyer = browser_and_buyer(model)
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     c.click(T0, 1)
@@ -692,7 +693,7 @@ def test_rescore_after_a_model_update(model):
 
 def test_use_model_ignores_older_versions(model):
     browser, buyer = browser_and_buyer(model)
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     v5 = moved_model(model, 5, model.centres)
     pipeline.use_model(v5)
     pipeline.use_model(model)  # version 1
@@ -710,7 +711,7 @@ def test_use_model_ignores_older_versions(model):
 
 def test_model_with_another_feature_spec(model):
     """A model's own features are used, whatever SEGMENT_FEATURES says."""
-    pipeline = CustomerPipeline(dataclasses.replace(Settings()))
+    pipeline = CustomerPipeline(pipeline_options(dataclasses.replace(Settings())))
     pipeline.use_model(model)
     c = Customer(pipeline)
     c.buy(T0, 1)
@@ -722,7 +723,7 @@ def test_model_with_another_feature_spec(model):
 def test_margin_prevents_a_move_to_a_slightly_closer_centre(model):
     margin = settings().segment_margin
     assert margin == 0.15
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     c.click(T0, 1)
@@ -743,7 +744,7 @@ def test_margin_prevents_a_move_to_a_slightly_closer_centre(model):
     out = c.rescore()
     assert out.change is None and c.state.segment == current
     # Without a margin the customer would move.
-    no_margin = CustomerPipeline(settings(segment_rejudge_margin=0.0))
+    no_margin = CustomerPipeline(pipeline_options(settings(segment_rejudge_margin=0.0)))
     no_margin.use_model(v2)
     assert change_of(no_margin.rescore("c1", c.stored))["segment"] == other
     # Closer by more than the margin: 0.8 < 0.85 x 1.0.
@@ -755,7 +756,7 @@ def test_margin_prevents_a_move_to_a_slightly_closer_centre(model):
 
 
 def test_samples_name_the_customer_by_pseudonym_only(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline, "customer-42")
     c.click(T0, 1)
@@ -770,7 +771,7 @@ def test_a_json_array_message_is_its_events_in_order_with_one_state_write(model)
     """A collector's batch of one customer's events: each element is judged on its own, the
     good ones give exactly what they give as single messages, and the state is written
     once (on the last outcome that changed it)."""
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     one_by_one = Customer(pipeline, "c1")
     events = [click_msg("c1", T0 + i * MIN_MS, i, "search" if i % 2 else "page_view")
@@ -805,7 +806,7 @@ def test_a_json_array_message_is_its_events_in_order_with_one_state_write(model)
 def test_a_1990s_history_is_processed_and_a_seconds_timestamp_is_dead_lettered(model):
     """A shop backfilling its 1990s orders gets them counted (EVENT_TS_MIN defaults to
     1980); a ts sent in seconds still goes to the DLQ, saying which bound and why."""
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline, "old")
     out = c.buy("1995-06-15T12:00:00Z", 1, 30.0)
@@ -822,7 +823,8 @@ def test_a_1990s_history_is_processed_and_a_seconds_timestamp_is_dead_lettered(m
 def test_a_customer_of_a_retired_segment_moves_at_its_next_event(model):
     """A retired segment id keeps its row and label but holds nobody: its members move
     at their next evaluation, whatever the margin and the confirmations ask of moves."""
-    pipeline = CustomerPipeline(settings(segment_confirmations=3, segment_margin=0.9))
+    pipeline = CustomerPipeline(pipeline_options(settings(segment_confirmations=3,
+                                                          segment_margin=0.9)))
     pipeline.use_model(model)
     c = Customer(pipeline)
     c.click(T0, 1)
@@ -858,7 +860,7 @@ def test_an_honest_redelivery_is_a_duplicate_however_it_is_serialised(model):
     """Same event_id, same content: a duplicate, not a dead letter, whatever the key order,
     spacing, number spelling, channel case or fields the worker does not read; and the
     state remembers the content it was applied with (so other content is told apart)."""
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline)
     order = {"event_id": "c1-o1", "customer_id": "c1", "ts": "2024-10-04T12:00:00+02:00",
@@ -899,7 +901,7 @@ def test_a_conflicting_duplicate_goes_to_the_dlq_and_changes_nothing(model):
     """Same event_id, other content (a producer reusing ids): not applied, a dead letter
     with reason conflicting_duplicate, not counted as a duplicate; the state stays as it
     was and a true copy afterwards is still an honest duplicate."""
-    pipeline = CustomerPipeline(settings(app_id="unit-app"))
+    pipeline = CustomerPipeline(pipeline_options(settings(app_id="unit-app")))
     pipeline.use_model(model)
     c = Customer(pipeline)
     c.buy(T0, 1, 10.0)
@@ -933,7 +935,7 @@ def test_a_conflicting_duplicate_goes_to_the_dlq_and_changes_nothing(model):
 def test_a_conflicting_copy_in_a_json_array_is_a_dead_letter_of_its_own(model):
     """In a collector's batch the conflicting element goes to the DLQ as its own JSON; the
     others are applied and the state is written once."""
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     first = purchase_msg("c1", T0, 1, 10.0)
     conflicting = purchase_msg("c1", T0, 1, 9999.0)
@@ -953,7 +955,7 @@ def test_a_state_stored_without_digests_loads_and_its_copies_count_as_honest(mod
     """A state written by the previous version (ids without content digests) loads; a copy
     of an id remembered there cannot be compared, and counts as an honest redelivery (as
     before); ids remembered from then on have their digest, and a conflict is caught."""
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     state = CustomerState.from_bytes(OLD_STATE)
     assert state.window.orders_total == 1 and len(state.recent) == 2 and len(state.orders) == 1

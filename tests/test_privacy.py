@@ -17,6 +17,7 @@ from stream_app.core.privacy import Pseudonymiser
 from stream_app.core.state import CustomerState
 from stream_app.model.quality import CustomerSample
 from stream_app.tools.batch import recompute
+from stream_app.worker.options import pipeline_options
 from tests.test_pipeline_unit import (
     MIN_MS,
     T0,
@@ -73,8 +74,8 @@ def test_secrets_are_masked_in_the_settings_repr():
 
 
 def test_with_a_key_no_raw_id_reaches_state_changes_samples_or_dead_letters(model):
-    pipeline = CustomerPipeline(settings(pseudonym_key=SECRET,
-                                         learn_sample_interval_hours=0.01))
+    pipeline = CustomerPipeline(pipeline_options(settings(pseudonym_key=SECRET,
+                                                          learn_sample_interval_hours=0.01)))
     pipeline.use_model(model)
     raw_id = "alice@example.com"
     alias = Pseudonymiser(SECRET).pseudonym(raw_id)
@@ -111,7 +112,7 @@ def test_with_a_key_no_raw_id_reaches_state_changes_samples_or_dead_letters(mode
 def test_with_a_key_dead_letters_name_no_raw_id_in_any_field_or_encoding(model):
     """Ids in event, session, order and request ids, nested fields, object keys, the detail
     and arrays are pseudonymised; a value that is not JSON is withheld (its size kept)."""
-    pipeline = CustomerPipeline(settings(pseudonym_key=SECRET))
+    pipeline = CustomerPipeline(pipeline_options(settings(pseudonym_key=SECRET)))
     pipeline.use_model(model)
     p = Pseudonymiser(SECRET)
     raw_id, other = "c11-0000042", "c11-0000777"
@@ -154,7 +155,7 @@ def test_with_a_key_dead_letters_name_no_raw_id_in_any_field_or_encoding(model):
 
 
 def test_without_a_key_ids_are_kept(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = buyer_customer(pipeline, model)
     assert pipeline.customer_key(b"buyer") == b"buyer"
@@ -165,7 +166,7 @@ def test_without_a_key_ids_are_kept(model):
 
 
 def test_erasure_deletes_the_state_and_publishes_a_last_change(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = buyer_customer(pipeline, model)
     segment = c.state.segment
@@ -179,7 +180,7 @@ def test_erasure_deletes_the_state_and_publishes_a_last_change(model):
     assert orjson.loads(out.sample) == {"forget": member_pseudonym("buyer")}
     # The same request again (a redelivery before the deletion was stored) is the same
     # change, so subscribers drop it by event_id.
-    again = CustomerPipeline(settings())
+    again = CustomerPipeline(pipeline_options(settings()))
     again.use_model(model)
     twin = buyer_customer(again, model)
     assert orjson.loads(erase(twin).change)["event_id"] == change["event_id"]
@@ -189,7 +190,7 @@ def test_erasure_deletes_the_state_and_publishes_a_last_change(model):
 
 
 def test_erasure_of_a_customer_without_a_segment_deletes_without_a_change(model):
-    pipeline = CustomerPipeline(settings(segment_min_events=5))
+    pipeline = CustomerPipeline(pipeline_options(settings(segment_min_events=5)))
     pipeline.use_model(model)
     c = Customer(pipeline, "new")
     c.click(T0, 1)
@@ -199,7 +200,7 @@ def test_erasure_of_a_customer_without_a_segment_deletes_without_a_change(model)
 
 
 def test_an_erasure_request_must_be_keyed_by_its_customer(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = buyer_customer(pipeline, model)
     out = erase(c, key=b"someone-else")
@@ -211,7 +212,7 @@ def test_an_erasure_request_must_be_keyed_by_its_customer(model):
 
 
 def test_withdrawn_consent_leaves_the_segment_and_keeps_nothing(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = buyer_customer(pipeline, model)
     c.profile(T0 + 3 * MIN_MS, city="Almaty", age=41)
@@ -244,7 +245,7 @@ def test_withdrawn_consent_leaves_the_segment_and_keeps_nothing(model):
 
 
 def test_a_new_customer_without_consent_is_counted_as_excluded(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     c = Customer(pipeline, "private")
     out = c.profile(T0, consent={"segmentation": False})
@@ -253,7 +254,7 @@ def test_a_new_customer_without_consent_is_counted_as_excluded(model):
 
 
 def test_consent_rules_agree_with_the_batch_recomputation(model):
-    pipeline = CustomerPipeline(settings())
+    pipeline = CustomerPipeline(pipeline_options(settings()))
     pipeline.use_model(model)
     docs = [orjson.loads(purchase_msg("c9", T0, 1, 10.0)),
             orjson.loads(click_msg("c9", T0 + MIN_MS, 1)),

@@ -12,6 +12,7 @@ from stream_app.config import Settings
 from stream_app.core.pipeline import FLAP_EVALUATIONS, CustomerPipeline
 from stream_app.model.quality import assign, match_centres
 from stream_app.model.segmentation import FeatureTransform, SegmentLearner
+from stream_app.worker.options import pipeline_options
 
 SPEC = "orders_90d,views_7d,app_share_30d"
 BLOBS = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]])
@@ -76,7 +77,7 @@ def _pipeline(margin: float, min_events: int = 1, confirmations: int = 1) -> Cus
                                    segment_margin=margin, learn_sample_rate=0.001,
                                    segment_min_events=min_events,
                                    segment_confirmations=confirmations)
-    pipeline = CustomerPipeline(settings)
+    pipeline = CustomerPipeline(pipeline_options(settings))
     learner = SegmentLearner(FeatureTransform("app_share_30d"), 2, warmup=20, seed=1)
     for i in range(40):
         learner.learn_one([float(i % 2)])

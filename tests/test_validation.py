@@ -26,6 +26,7 @@ from stream_app.core.validation import (
     InvalidEvent,
     parse_ts,
 )
+from stream_app.worker.options import pipeline_options
 
 # 2025-01-01T00:00:00Z: 55 years since 1970 including 14 leap days (1972..2024).
 JAN_1_2025_MS = (55 * 365 + 14) * 86_400_000
@@ -263,7 +264,7 @@ def test_distinct_profile_updates_with_same_ts_are_not_duplicates():
     from stream_app.core.pipeline import CustomerPipeline
     from stream_app.core.state import CustomerState
 
-    pipeline = CustomerPipeline(Settings())
+    pipeline = CustomerPipeline(pipeline_options(Settings()))
     first = pipeline.process("profile", b"c1", dumps(profile(age=30)), None,
                              "customer-profiles", 0, 5)
     assert first.state is not None and not first.duplicate

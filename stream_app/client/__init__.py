@@ -1,1 +1,1 @@
-"""For services downstream: may import aiokafka, core, model (and config, for now); never faust."""
+"""For services downstream: may import aiokafka, core, model; never config or faust."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +53,6 @@ import orjson
 # BrokerUnreachable is raised by the subscriptions and part of this API (stream_app re-exports it).
 from stream_app.client.kafka import BrokerUnreachable as BrokerUnreachable
 from stream_app.client.kafka import start_client
-from stream_app.config import Settings
 from stream_app.core.schemas import load_schema
 
 if TYPE_CHECKING:
@@ -73,6 +73,37 @@ FETCH_MAX_WAIT_MS = 100
 STALE_HEAD_S = 10.0
 #: How long one fetch waits before the loop commits what was skipped and asks again.
 IDLE_POLL_MS = 1000
+#: What a subscription reads when its call names no servers or topic: the environment
+#: variable a worker reads it from, and the worker's default when that is unset or empty
+#: (the settings' variables and defaults, :class:`stream_app.config.Settings`, which this
+#: package does not import; a test checks that they agree).
+DEFAULT_SERVERS = ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+DEFAULT_SEGMENT_CHANGES_TOPIC = ("SEGMENT_CHANGES_TOPIC", "segment-changes")
+DEFAULT_AUDIENCE_CHANGES_TOPIC = ("AUDIENCE_CHANGES_TOPIC", "audience-changes")
+
+
+def from_env(default: tuple[str, str], environ: Mapping[str, str] | None = None) -> str:
+    """The value of ``default``'s environment variable, or its default when it is unset or
+    empty (as the worker reads it), looked up in ``environ`` (default: ``os.environ``).
+
+    >>> from_env(DEFAULT_SEGMENT_CHANGES_TOPIC, {})
+    'segment-changes'
+    >>> from_env(DEFAULT_SERVERS, {"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"})
+    'k1:9092,k2:9092'
+    """
+    name, value = default
+    return (os.environ if environ is None else environ).get(name) or value
+
+
+def server_list(bootstrap_servers: str | Sequence[str]) -> list[str]:
+    """Bootstrap servers as a list: a comma-separated string is split, blanks dropped.
+
+    >>> server_list(" k1:9092, k2:9092,"), server_list(("k1:9092",))
+    (['k1:9092', 'k2:9092'], ['k1:9092'])
+    """
+    if isinstance(bootstrap_servers, str):
+        return [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
+    return list(bootstrap_servers)
 
 
 # -- the events ------------------------------------------------------------------------
@@ -373,12 +404,8 @@ class Subscription(Generic[ChangeEvent]):
                  bootstrap_servers: str | Sequence[str] | None, topic: str,
                  from_beginning: bool, group_id: str | None, commit_interval_s: float,
                  connect_timeout_s: float, consumer_options: Mapping[str, Any] | None) -> None:
-        if isinstance(bootstrap_servers, str):
-            servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
-        elif bootstrap_servers is None:
-            servers = Settings.from_env().bootstrap_servers
-        else:
-            servers = list(bootstrap_servers)
+        servers = server_list(from_env(DEFAULT_SERVERS) if bootstrap_servers is None
+                              else bootstrap_servers)
         if not servers:
             raise ValueError("no bootstrap servers")
         if commit_interval_s < 0 or connect_timeout_s <= 0:
@@ -638,7 +665,6 @@ def subscribe(bootstrap_servers: str | Sequence[str] | None = None, *,
     ...             if change.moved_into({3, 7}):
     ...                 print(change.customer_id, "entered", change.segment_label)
     """
-    settings = Settings.from_env() if topic is None else None
     chosen_segments = _chosen(segments, None, "segments")
     chosen_triggers = _chosen(triggers, trigger_names(SegmentChangeEvent.SCHEMA), "triggers")
 
@@ -648,7 +674,7 @@ def subscribe(bootstrap_servers: str | Sequence[str] | None = None, *,
                      or event.previous_segment in chosen_segments))
 
     return Subscription(SegmentChangeEvent.from_json, keep, bootstrap_servers,
-                        topic or settings.segment_changes_topic,  # type: ignore[union-attr]
+                        topic or from_env(DEFAULT_SEGMENT_CHANGES_TOPIC),
                         from_beginning, group_id, commit_interval_s, connect_timeout_s,
                         consumer_options)
 
@@ -685,7 +711,6 @@ def subscribe_audiences(bootstrap_servers: str | Sequence[str] | None = None, *,
     ...                                             actions=["enter"]):
     ...         print(change.customer_id, change.ts)
     """
-    settings = Settings.from_env() if topic is None else None
     chosen_audiences = _chosen(audiences, None, "audiences")
     chosen_actions = _chosen(actions, ("enter", "exit"), "actions")
     chosen_segments = _chosen(segments, None, "segments")
@@ -698,6 +723,6 @@ def subscribe_audiences(bootstrap_servers: str | Sequence[str] | None = None, *,
                 and (chosen_triggers is None or event.trigger in chosen_triggers))
 
     return Subscription(AudienceChangeEvent.from_json, keep, bootstrap_servers,
-                        topic or settings.audience_changes_topic,  # type: ignore[union-attr]
+                        topic or from_env(DEFAULT_AUDIENCE_CHANGES_TOPIC),
                         from_beginning, group_id, commit_interval_s, connect_timeout_s,
                         consumer_options)

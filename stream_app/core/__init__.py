@@ -1,1 +1,1 @@
-"""Pure domain: may import stream_app.model (and config, for now); no faust, aiokafka, asyncio."""
+"""Pure domain: may import stream_app.model, never config; no faust, aiokafka, asyncio."""

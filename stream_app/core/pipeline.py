@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
 
-from stream_app.config import Settings
 from stream_app.core.audiences import AudienceChange, AudienceSet
 from stream_app.core.changes import SegmentChange, dead_letter
 from stream_app.core.features import HOUR_MS
@@ -127,27 +126,96 @@ class TokenBucket:
         return False
 
 
-class CustomerPipeline:
-    """Validation → de-duplication → feature window → segment assignment → outputs."""
+@dataclass(frozen=True, kw_only=True)
+class PipelineOptions:
+    """What :class:`CustomerPipeline` decides with: limits of valid events, the feature
+    vector, the rules that move a customer between segments, and sampling for the learner.
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.decoder = EventDecoder(settings.max_message_bytes, settings.max_future_skew_s,
-                                    min_ts_ms=settings.event_ts_min_ms)
-        self.transform = FeatureTransform(settings.segment_features)
-        self.margin = settings.segment_margin
+    Plain values, no environment: the worker and the tools fill them from their settings
+    (``stream_app.worker.options.pipeline_options``); the setting each comes from there is
+    named in parentheses. ``repr`` leaves out the pseudonym key.
+
+    Parameters
+    ----------
+    app_id
+        Names the application in the dead letters it writes (``STREAM_APP_ID``).
+    features
+        Feature specification of the clustering vector: ``name[:transform[:weight]]``
+        items separated by commas (``SEGMENT_FEATURES``, see
+        :class:`~stream_app.model.segmentation.FeatureTransform`); a model with another
+        specification is applied with its own.
+    margin
+        Hysteresis of moves caused by the customer's own events: another segment's centre
+        must be closer than ``(1 - margin)`` times the distance to the current one
+        (``SEGMENT_MARGIN``). Going straight back to the segment just left (within
+        ``FLAP_EVALUATIONS`` evaluations) takes twice the margin, at most 0.9.
+    rejudge_margin
+        The margin of moves not caused by the customer's own events: model updates, time
+        passing, profile updates (``SEGMENT_REJUDGE_MARGIN``).
+    confirmations
+        Consecutive evaluations a move caused by the customer's own events must win
+        (``SEGMENT_CONFIRMATIONS``).
+    min_events
+        Clicks in the last 90 days that place a customer who never bought; one purchase
+        always places, and values below 1 count as 1 (``SEGMENT_MIN_EVENTS``).
+    lateness_s
+        Seconds an event may be older than the customer's newest event and still land in
+        its window bucket (``ALLOWED_LATENESS_S``).
+    sample_rate
+        At most this many vectors a second go to the learner (``LEARN_SAMPLE_RATE``).
+    sample_interval_hours
+        A customer is sampled at most once per this much of its event time, and not in its
+        first interval (``LEARN_SAMPLE_INTERVAL_HOURS``).
+    max_message_bytes
+        Larger input messages are dead letters (``MAX_MESSAGE_BYTES``).
+    max_future_skew_s
+        Events stamped further than this ahead of the wall clock are dead letters
+        (``MAX_FUTURE_SKEW_S``).
+    min_ts_ms
+        Events stamped before this instant (epoch milliseconds) are dead letters
+        (``EVENT_TS_MIN``).
+    pseudonym_key
+        Secret of the keyed hash that replaces customer ids at ingestion; empty keeps the
+        ids (``PSEUDONYM_KEY``).
+    """
+
+    app_id: str
+    features: str
+    margin: float
+    rejudge_margin: float
+    confirmations: int
+    min_events: int
+    lateness_s: float
+    sample_rate: float
+    sample_interval_hours: float
+    max_message_bytes: int
+    max_future_skew_s: float
+    min_ts_ms: int
+    pseudonym_key: str = field(repr=False)
+
+
+class CustomerPipeline:
+    """Validation → de-duplication → feature window → segment assignment → outputs,
+    decided with ``options`` (:class:`PipelineOptions`)."""
+
+    def __init__(self, options: PipelineOptions) -> None:
+        self.options = options
+        self.decoder = EventDecoder(options.max_message_bytes, options.max_future_skew_s,
+                                    min_ts_ms=options.min_ts_ms)
+        self.transform = FeatureTransform(options.features)
+        self.margin = options.margin
         #: Margin of moves not caused by the customer's own events (see DEBOUNCED).
-        self.rejudge_margin = settings.segment_rejudge_margin
+        self.rejudge_margin = options.rejudge_margin
         #: Margin to return to the segment just left, within FLAP_EVALUATIONS evaluations.
-        self.return_margin = min(0.9, 2 * settings.segment_margin)
-        self.confirmations = settings.segment_confirmations
-        self.min_events = max(1, settings.segment_min_events)
+        self.return_margin = min(0.9, 2 * options.margin)
+        self.confirmations = options.confirmations
+        self.min_events = max(1, options.min_events)
         self.model: SegmentModel | None = None
         self._model_transform = self.transform
-        self._samples = TokenBucket(settings.learn_sample_rate)
-        self._sample_interval_ms = int(settings.learn_sample_interval_hours * HOUR_MS)
-        self.lateness_ms = int(settings.allowed_lateness_s * 1000)
-        self.pseudonyms = Pseudonymiser(settings.pseudonym_key)
+        self._samples = TokenBucket(options.sample_rate)
+        self._sample_interval_ms = int(options.sample_interval_hours * HOUR_MS)
+        self.lateness_ms = int(options.lateness_s * 1000)
+        self.pseudonyms = Pseudonymiser(options.pseudonym_key)
         self.audiences = AudienceSet.empty()
 
     def customer_key(self, key: bytes) -> bytes:
@@ -198,7 +266,7 @@ class CustomerPipeline:
                 key, raw, exc.detail)
             return Outcome(reason=exc.reason, dlq=dead_letter(
                 exc.reason, detail, topic, partition, offset, timestamp, dlq_key, dlq_value,
-                self.settings.app_id, redaction,
+                self.options.app_id, redaction,
                 None if redaction is None or raw is None else len(raw)))
 
         try:

@@ -1,1 +1,1 @@
-"""Segmentation numerics: of stream_app only config (for now); no faust, aiokafka or asyncio."""
+"""Segmentation numerics: no other part of stream_app; no faust, aiokafka or asyncio."""

@@ -37,9 +37,9 @@ import numpy as np
 import orjson
 from river import cluster, preprocessing
 
-from stream_app.config import CLUSTERERS, Settings
 from stream_app.model.kmeans import kmeans_plus_plus, lloyd
 from stream_app.model.labels import segment_labels
+from stream_app.model.options import CLUSTERERS, LearnerOptions
 from stream_app.model.quality import (
     CustomerSample,
     assign,
@@ -311,18 +311,26 @@ class SegmentModel:
         return cls.from_dict(orjson.loads(data))
 
 
-def learner_for(settings: Settings, latest: SegmentModel | None = None) -> SegmentLearner:
-    """The learner ``settings`` describe, resumed from snapshot ``latest`` if given."""
-    options: dict[str, Any] = {
-        "halflife": settings.kmeans_halflife, "seed": settings.model_seed,
-        "sample": settings.model_sample_customers, "refine_every": settings.model_refine_every,
-        "rescore_share": settings.rescore_min_moved, "clusterer": settings.segment_clusterer,
-        "min_share": settings.segment_min_share,
+def learner_for(options: LearnerOptions, latest: SegmentModel | None = None) -> SegmentLearner:
+    """The learner ``options`` describe, resumed from snapshot ``latest`` if given (which
+    then sets the features and the number of segments).
+
+    >>> options = LearnerOptions(features="orders_90d:log1p,app_share_30d", k=2, warmup=4,
+    ...                          halflife=0.02, seed=1, sample=100, refine_every=0,
+    ...                          rescore_share=0.02, clusterer="kmeans", min_share=0.0)
+    >>> learner = learner_for(options)
+    >>> learner.k, learner.warmup, learner.names
+    (2, 4, ('orders_90d', 'app_share_30d'))
+    """
+    kwargs: dict[str, Any] = {
+        "halflife": options.halflife, "seed": options.seed, "sample": options.sample,
+        "refine_every": options.refine_every, "rescore_share": options.rescore_share,
+        "clusterer": options.clusterer, "min_share": options.min_share,
     }
     if latest is not None:
-        return SegmentLearner.resume(latest, **options)
-    return SegmentLearner(FeatureTransform(settings.segment_features), settings.segments_k,
-                          settings.model_warmup_samples, **options)
+        return SegmentLearner.resume(latest, **kwargs)
+    return SegmentLearner(FeatureTransform(options.features), options.k, options.warmup,
+                          **kwargs)
 
 
 def revive_small(x: np.ndarray, centres: np.ndarray, min_share: float,
@@ -377,7 +385,7 @@ def revive_small(x: np.ndarray, centres: np.ndarray, min_share: float,
 
 
 def river_clusterer(name: str, k: int, halflife: float, seed: int) -> Any:
-    """A fresh River clusterer ``name`` (one of :data:`~stream_app.config.CLUSTERERS`).
+    """A fresh River clusterer ``name`` (one of :data:`~stream_app.model.options.CLUSTERERS`).
 
     ``kmeans`` is River's ``KMeans``, which the learner warm-starts with k-means++ and
     refines periodically on its customer sample; the others are River's streaming
@@ -491,7 +499,7 @@ class SegmentLearner:
         Customers kept in the :class:`~stream_app.model.quality.CustomerSample` that
         refinements and quality figures use.
     clusterer
-        One of :data:`~stream_app.config.CLUSTERERS` (see :func:`river_clusterer`).
+        One of :data:`~stream_app.model.options.CLUSTERERS` (see :func:`river_clusterer`).
     min_share
         Least share of the customer sample a segment may hold after a refinement
         (:func:`revive_small`; ``SEGMENT_MIN_SHARE``).

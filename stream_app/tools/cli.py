@@ -19,7 +19,8 @@ from typing import Any
 import click
 
 from stream_app.client.subscribe import AudienceChangeEvent, SegmentChangeEvent, trigger_names
-from stream_app.config import CLUSTERERS, Settings
+from stream_app.config import Settings
+from stream_app.model.options import CLUSTERERS
 from stream_app.tools.generator import PROFILES
 
 F = Callable[..., Any]

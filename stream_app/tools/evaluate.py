@@ -33,9 +33,10 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from stream_app.config import CLUSTERERS, Settings
+from stream_app.config import Settings
 from stream_app.core.pipeline import Outcome
 from stream_app.core.state import CustomerState
+from stream_app.model.options import CLUSTERERS
 from stream_app.model.quality import (
     adjusted_rand_index,
     assign,

@@ -24,6 +24,7 @@ from stream_app.config import Settings
 from stream_app.core.pipeline import CustomerPipeline, Outcome
 from stream_app.model.assignments import AssignmentIndex
 from stream_app.model.segmentation import learner_for
+from stream_app.worker.options import learner_options, pipeline_options
 from stream_app.worker.sweep import SweepSchedule
 
 #: The watermark is not capped by the wall clock here: a simulation may run in any era.
@@ -39,8 +40,8 @@ class LocalLoop:
     def __init__(self, settings: Settings, publish_every: int,
                  on_outcome: Callable[[bytes | None, Outcome], None] | None = None,
                  sweeps: bool = False) -> None:
-        self.pipeline = CustomerPipeline(settings)
-        self.learner = learner_for(settings)
+        self.pipeline = CustomerPipeline(pipeline_options(settings))
+        self.learner = learner_for(learner_options(settings))
         self.publish_every = publish_every
         self.on_outcome = on_outcome
         self.store: dict[bytes, bytes] = {}

@@ -73,6 +73,7 @@ from stream_app.worker.http_guard import install as install_quiet_bad_requests
 from stream_app.worker.logs import logging_config
 from stream_app.worker.metrics import CONTENT_TYPE, Metrics
 from stream_app.worker.model_feed import ModelFeed
+from stream_app.worker.options import learner_options, pipeline_options
 from stream_app.worker.pacing import Pace
 from stream_app.worker.seek import install as install_quiet_seek
 from stream_app.worker.sizes import SegmentSizes, home_and_bucket, summary, summed
@@ -133,7 +134,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         **faust_broker_options(tansu, settings.single_record_batches),
     )
     metrics = Metrics()
-    pipeline = CustomerPipeline(settings)
+    pipeline = CustomerPipeline(pipeline_options(settings))
 
     # -- topics ---------------------------------------------------------------------------
     kinds = {topic: kind for kind, topic in settings.consumed_topics.items()}
@@ -493,10 +494,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         latest = feed.latest
         transform = FeatureTransform(settings.segment_features)
         if latest is not None and latest.version > version and latest.spec == transform.spec:
-            learner = learner_for(settings, latest)
+            learner = learner_for(learner_options(settings), latest)
             version = latest.version
         elif learner is None:
-            learner = learner_for(settings)
+            learner = learner_for(learner_options(settings))
         return learner
 
     #: The learner is used by one thread at a time: learning runs in a worker thread, so
