@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Where `make docs` builds the site (never committed: build/ is in .gitignore).
 SITE   ?= build/site
 
-.PHONY: demo test lint docs bench bench-sweep soak install ops-tools clean
+.PHONY: demo test test-fast lint docs bench bench-sweep soak install ops-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP) ops-tools
 	$(BIN)/lint-imports
 	$(BIN)/mkdocs build --strict --quiet --site-dir $(SITE)
 	$(BIN)/python -m pytest
+
+# The unit tier and the doctests: no broker, no worker process, no system packages.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit stream_app
 
 # Throughput and latency against its own embedded broker; writes bench-results.json.
 bench: $(STAMP)

@@ -2,6 +2,11 @@
 
 Nothing here mocks Kafka or Faust: the broker is the Tansu binary listening on a free
 port, workers are ``stream-app worker`` processes, and tests talk to both over TCP.
+
+The tests come in three tiers, one directory each, marked by :func:`pytest_collection_modifyitems`:
+``tests/unit`` (no broker, no worker process: ``make test-fast`` runs them with the
+doctests), ``tests/integration`` (a broker and workers) and ``tests/system`` (recovery,
+outages, soak, bench, the browser). ``make test`` runs all of them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,31 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream_app.worker.broker import EmbeddedBroker, free_port
 
 _ids = itertools.count()
+
+TIERS = ("unit", "integration", "system")
+#: Fixtures that start a broker or a worker process: not for the unit tier.
+BROKER_FIXTURES = frozenset({"broker", "make_worker"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier (the directory under ``tests/``); a unit test that asks
+    for a broker or a worker is a collection error, so ``make test-fast`` stays fast."""
+    tests = Path(__file__).parent
+    for item in items:
+        path = Path(str(item.path))
+        if tests not in path.parents:
+            continue  # the doctests of stream_app
+        parts = path.relative_to(tests).parts
+        if len(parts) == 1 and not parts[0].startswith("test_"):
+            continue  # doctests of the shared helpers (factories, faultproxy)
+        tier = parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{path}: tests live in tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(getattr(pytest.mark, tier))
+        wanted = BROKER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if tier == "unit" and wanted:
+            raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {sorted(wanted)}: "
+                                    "move it to tests/integration")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str,

@@ -459,7 +459,7 @@ class CustomerPipeline:
         records them was stored. The replay re-sends a change when its cause comes again
         (:meth:`_restated`), but only while that change is still the customer's last: an
         event of the customer on another input topic, processed before the replay reached
-        the cause, could move it first (tests/test_recovery.py, a survivor taking over a
+        the cause, could move it first (tests/system/test_recovery.py, a survivor taking over a
         killed worker's partitions). So the worker re-sends them at the customer's first
         message while it reads what its partitions held at their assignment
         (stream_app/worker/catch_up.py); subscribers drop the copies by ``event_id``.

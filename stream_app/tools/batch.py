@@ -119,7 +119,7 @@ def parse_ts(value: Any) -> tuple[int, int]:
     ValueError
         For a string that is not an ISO-8601 date-time with a zone (an upper-case ``Z``, no
         surrounding spaces), a float that is not a whole number, or a value of another type
-        (booleans included). These are the worker's rules (found by tests/test_fuzz.py).
+        (booleans included). These are the worker's rules (found by tests/integration/test_fuzz.py).
 
     Examples
     --------

@@ -256,7 +256,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
         Faust's own ``table[key] = value`` queues the record in a buffer that a commit may
         pass (its flush gives up after 0.1 s), so an offset could be committed whose state
-        never reached the changelog (tests/test_recovery.py, a worker stopped mid-stream).
+        never reached the changelog (tests/system/test_recovery.py, a worker stopped mid-stream).
         Sent here, the record is in the producer before the event is done, and every commit
         flushes the producer first."""
         if value is None:

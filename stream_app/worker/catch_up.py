@@ -6,7 +6,7 @@ change re-sends it (stream_app/core/pipeline.py), in case the crash lost the mes
 state that records it was stored. That works only while the redelivered event's change is
 still the customer's last: a re-judgement made before the replay reaches it (a re-scoring
 pass the new owner queues for the customers it was just given, a sweep, an audience pass)
-becomes the last change, and the lost one is never sent (tests/test_recovery.py, a worker
+becomes the last change, and the lost one is never sent (tests/system/test_recovery.py, a worker
 killed mid-stream and started again: a lost ``enter`` of an audience, 1 run of 12, and in
 2 CI runs of the full suite).
 

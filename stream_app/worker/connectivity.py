@@ -1,6 +1,6 @@
 """How a worker lives through a broker outage: clear logs, calm retries, a bounded stop.
 
-Measured with ``tests/test_outage.py`` (Tansu behind a fault-injection proxy): Faust's
+Measured with ``tests/system/test_outage.py`` (Tansu behind a fault-injection proxy): Faust's
 aiokafka clients keep the worker's state through an outage and resume by themselves once
 the broker answers again, from the last committed offsets, so the features come out exact.
 What they do badly, and what this module changes:

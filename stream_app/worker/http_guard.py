@@ -19,7 +19,7 @@ class only (thinned to one line per :data:`REPEAT_LOG_INTERVAL_S` by
 :class:`~stream_app.worker.connectivity.RepeatFilter`, so a flood of bad requests cannot flood the
 log). Every other error (a 500 from a view, a 504) is left to aiohttp. The limits
 themselves stay aiohttp's defaults (``max_line_size``/``max_field_size`` 8,190 bytes).
-``tests/test_security.py`` sends such requests to a running worker and checks the answer
+``tests/integration/test_security.py`` sends such requests to a running worker and checks the answer
 and the log. aiohttp is pinned below 3.15 in ``pyproject.toml``: the wrapped method's
 signature is aiohttp's, re-check it on an upgrade.
 """

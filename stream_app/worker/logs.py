@@ -2,7 +2,7 @@
 
 Log records carry no customer data: the worker logs counts, topics, partitions and
 errors about unreadable internal messages, never event payloads, customer ids or profile
-attributes (``tests/test_operations.py`` checks a worker's JSON log for them).
+attributes (``tests/integration/test_operations.py`` checks a worker's JSON log for them).
 
 >>> config = logging_config("info", "json")
 >>> config["root"], sorted(config["formatters"]["json"])

@@ -3,7 +3,7 @@
 After a rebalance Faust resumes the stream partitions and only then seeks them to their
 committed offsets (``Recovery._resume_streams``); ``Consumer.perform_seek`` asks the group
 coordinator for each partition's offset in turn and records the read offsets at the end.
-Two things go wrong in that window, both seen in tests/test_recovery.py (a survivor taking
+Two things go wrong in that window, both seen in tests/system/test_recovery.py (a survivor taking
 over the partitions of a worker killed with SIGKILL):
 
 * Messages fetched in between are processed while the seek is under way: some are then

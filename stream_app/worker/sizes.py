@@ -4,7 +4,7 @@ The counts are derived from the customers table, not kept beside it: after every
 (tables recovered, streams not yet resumed) the worker counts its partitions' stored
 customers again, and between rebalances each move adjusts them. A separately changelogged
 counter could disagree with the customers table after a crash (the two records are written
-one after the other; tests/test_recovery.py saw a survivor count 199 of 200 customers).
+one after the other; tests/system/test_recovery.py saw a survivor count 199 of 200 customers).
 
 Buckets are segment ids, :data:`~stream_app.core.pipeline.UNASSIGNED` (not assigned yet) and
 :data:`~stream_app.core.pipeline.EXCLUDED` (consent withdrawn).

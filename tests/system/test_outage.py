@@ -22,10 +22,10 @@ import orjson
 import pytest
 
 from stream_app.tools.batch import recompute
-from stream_app.tools.generator import SyntheticShop
 from stream_app.tools.verify import compare
 from stream_app.worker.broker import EmbeddedBroker, free_port
 from tests.conftest import metric_sum, produce, wait_for
+from tests.factories import as_triples, shop_events
 from tests.faultproxy import CutMode, FaultProxy
 
 LATENESS_MS = 3_600_000
@@ -56,11 +56,6 @@ def proxy(proxied_broker: tuple[EmbeddedBroker, FaultProxy]) -> Iterator[FaultPr
     fault_proxy.restore()  # a failed test leaves the next one a working network
 
 
-def shop_events(customers: int, events: int, seed: int) -> list[tuple[str, bytes, bytes]]:
-    now = int(time.time() * 1000)
-    shop = SyntheticShop(customers, seed=seed, start_ms=now - events * 60_000, step_ms=60_000)
-    return [(e.kind, e.key, e.value) for e in shop.events(events)]
-
 
 def mismatches(worker, events: list[tuple[str, bytes, bytes]]) -> list:
     batch = recompute([orjson.loads(v) for _, _, v in events], lateness_ms=LATENESS_MS)
@@ -88,7 +83,7 @@ def test_worker_rides_out_a_network_outage_mid_stream(make_worker, broker, proxy
     """Black hole: connections accepted, never answered, for 60 s (longer than aiokafka's
     40 s request timeout). Refuse: every connection closed at once, for 15 s."""
     worker = make_worker().start()
-    events = shop_events(1500, 12_000, seed=11)
+    events = as_triples(shop_events(1500, 12_000, seed=11, step_ms=60_000))
     first, second = events[:10_000], events[10_000:]
     produce(broker.bootstrap_servers, [(worker.topics[k], key, v) for k, key, v in first])
     wait_for(lambda: consumed(worker) >= 1000, 120, "the worker to be processing")
@@ -133,7 +128,7 @@ def test_worker_rides_out_a_network_outage_mid_stream(make_worker, broker, proxy
 
 def test_sigterm_stops_a_worker_while_the_broker_is_unreachable(make_worker, broker, proxy):
     worker = make_worker(SHUTDOWN_TIMEOUT_S="10").start()
-    events = shop_events(200, 500, seed=5)
+    events = as_triples(shop_events(200, 500, seed=5, step_ms=60_000))
     produce(broker.bootstrap_servers, [(worker.topics[k], key, v) for k, key, v in events])
     wait_for(lambda: consumed(worker) == len(events), 120, "the events to be consumed")
     proxy.cut("blackhole")

@@ -3,7 +3,7 @@ enter/exit messages with deterministic ids, hysteresis, re-sending after a redel
 leaving on erasure and withdrawn consent, and judging again after a reload.
 
 The definitions module itself (file format, condition language) is tested in
-tests/test_audiences.py.
+tests/unit/test_audiences.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from stream_app.core.pipeline import LEAVING, CustomerPipeline, Outcome
 from stream_app.core.schemas import load_schema
 from stream_app.core.state import CustomerState
 from stream_app.worker.options import pipeline_options
-from tests.test_pipeline_unit import MIN_MS, T0, Customer, browser_and_buyer, learn_model, settings
-from tests.test_privacy import erase
+from tests.factories import MIN_MS, T0, Customer, browser_and_buyer, learn_model, settings
+from tests.unit.test_privacy import erase
 
 AUDIENCE_SCHEMA = Draft7Validator(load_schema("audience-change.schema.json"),
                                   format_checker=FormatChecker())

@@ -34,7 +34,7 @@ from stream_app.core.validation import PROFILE_FIELDS
 from stream_app.tools.batch import recompute
 from stream_app.tools.generator import SyntheticShop
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "audiences.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "audiences.yaml"
 CHANGE_SCHEMA = Draft7Validator(load_schema("audience-change.schema.json"))
 DEFINITIONS_SCHEMA = Draft7Validator(load_schema("audiences.schema.json"))
 ISO_MS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

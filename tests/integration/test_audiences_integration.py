@@ -16,7 +16,7 @@ from jsonschema import Draft7Validator, FormatChecker
 
 from stream_app.core.schemas import load_schema
 from tests.conftest import consume_all, metric_sum, produce, wait_for
-from tests.test_pipeline_unit import click_msg, purchase_msg
+from tests.factories import click_msg, purchase_msg
 
 MIN_MS = 60_000
 FIRST = """\

@@ -21,7 +21,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from stream_app.client.erasure import erasure_request
 from stream_app.core.privacy import Pseudonymiser
 from tests.conftest import http, metric_sum, produce, wait_for
-from tests.test_privacy_integration import shop_events, topic_records
+from tests.factories import shop_history
+from tests.integration.test_privacy_integration import STEP_MS, topic_records
 
 TOKEN = "t0k-" + "y" * 28
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -80,7 +81,7 @@ def test_with_a_key_no_raw_id_in_any_topic_log_metric_or_page(make_worker, broke
     worker = make_worker(SEGMENTS_K=4, PSEUDONYM_KEY=secret, API_TOKEN=TOKEN,
                          LOG_FORMAT="json").start()
     alias = Pseudonymiser(secret).pseudonym
-    shop, events = shop_events(40, 1000, seed=41)
+    shop, events = shop_history(40, 1000, seed=41, step_ms=STEP_MS)
     customers = sorted(shop.planted)
     now = int(time.time() * 1000)
     bad = hostile_inputs(worker.topics, customers[:8], now)
@@ -124,7 +125,8 @@ def test_with_a_key_no_raw_id_in_any_topic_log_metric_or_page(make_worker, broke
 def test_an_erased_customer_leaves_no_trace_in_control_messages_map_or_examples(
         make_worker, broker):
     worker = make_worker(SEGMENTS_K=4, API_TOKEN=TOKEN, SWEEP_INTERVAL_S=1).start()
-    shop, events = shop_events(60, 1200, seed=43)  # 8 days of event time: sweeps at midnights
+    # 8 days of event time: sweeps at midnights
+    shop, events = shop_history(60, 1200, seed=43, step_ms=STEP_MS)
     customers = sorted(shop.planted)
     produce(broker.bootstrap_servers, [(worker.topics[e.kind], e.key, e.value) for e in events])
     wait_for(lambda: metric_sum(worker.metrics(), "stream_app_events_consumed_total")

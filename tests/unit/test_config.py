@@ -78,7 +78,7 @@ def test_every_setting_is_in_the_configuration_table():
     import re
     from pathlib import Path
 
-    docs = Path(__file__).parent.parent / "docs"
+    docs = Path(__file__).parents[2] / "docs"
     spec = importlib.util.spec_from_file_location("docs_hook_configuration",
                                                   docs / "hooks" / "configuration.py")
     hook = importlib.util.module_from_spec(spec)

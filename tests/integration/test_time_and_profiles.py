@@ -7,19 +7,11 @@ import time
 import orjson
 
 from tests.conftest import consume_all, metric_sum, produce, wait_for
+from tests.factories import click_msg, purchase_msg
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 
-
-def purchase(customer: str, ts: int, n: int, amount: float = 50.0) -> bytes:
-    return orjson.dumps({"event_id": f"{customer}-o{n}", "customer_id": customer, "ts": ts,
-                         "order_id": f"{customer}-{n}", "amount": amount})
-
-
-def click(customer: str, ts: int, n: int) -> bytes:
-    return orjson.dumps({"event_id": f"{customer}-c{n}", "customer_id": customer, "ts": ts,
-                         "event_type": "page_view"})
 
 
 def changes_of(broker, worker) -> list[dict]:
@@ -41,9 +33,9 @@ def test_buyers_who_stop_buying_move_when_their_window_empties(make_worker, brok
             ts = start + day * DAY_MS + i * 60_000
             for n in range(2):
                 messages.append((t["purchase"], f"buyer-{i}".encode(),
-                                 purchase(f"buyer-{i}", ts + n * 1000, day * 2 + n)))
+                                 purchase_msg(f"buyer-{i}", ts + n * 1000, day * 2 + n)))
             messages.append((t["click"], f"browser-{i}".encode(),
-                             click(f"browser-{i}", ts, day)))
+                             click_msg(f"browser-{i}", ts, day)))
     produce(broker.bootstrap_servers, messages)
 
     def buyers_apart() -> bool:
@@ -60,7 +52,7 @@ def test_buyers_who_stop_buying_move_when_their_window_empties(make_worker, brok
     # Event time moves 40 days on: only the browsers are active again.
     later = start + 43 * DAY_MS
     produce(broker.bootstrap_servers, [
-        (t["click"], f"browser-{i}".encode(), click(f"browser-{i}", later + i * 1000, 100))
+        (t["click"], f"browser-{i}".encode(), click_msg(f"browser-{i}", later + i * 1000, 100))
         for i in range(30)])
 
     def buyer_moved() -> dict | None:
@@ -98,7 +90,7 @@ def test_a_profile_update_can_move_a_customer(make_worker, broker):
             {"customer_id": customer, "ts": now, "income": income, "region": "Almaty"})))
         for n in range(3):
             clicks.append((t["click"], customer.encode(),
-                           click(customer, now + n * HOUR_MS + i, n)))
+                           click_msg(customer, now + n * HOUR_MS + i, n)))
     # The profiles first: clicks and profiles are separate topics, read in no fixed order,
     # and samples taken before a customer's income is known teach the model no incomes
     # (then K = 2 split the customers by views alone, about 1 run in 30).

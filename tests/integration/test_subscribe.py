@@ -46,7 +46,7 @@ from stream_app.tools.generator import SyntheticShop
 from stream_app.worker.broker import EmbeddedBroker, free_port
 from tests.conftest import Worker, consume_all, metric_sum, produce, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CUSTOMERS = 150
 EVENTS = 4000
 STEP_MS = 600_000  # 10 minutes of event time per event: about 28 days of history

@@ -608,9 +608,9 @@ def test_moderately_nested_extra_field_accepted(decoder):
 @pytest.mark.parametrize("depth", [254, 300, 1022])
 def test_rejected_array_element_nested_deeper_than_orjson_writes_is_written_back(decoder,
                                                                                   depth):
-    """Found by tests/test_fuzz.py: orjson reads 1024 levels but writes 254, so writing a
-    rejected element nested deeper back for the DLQ raised TypeError in the worker's
-    agent (which then stopped processing its partition)."""
+    """Found by tests/integration/test_fuzz.py: orjson reads 1024 levels but writes 254,
+    so writing a rejected element nested deeper back for the DLQ raised TypeError in the
+    worker's agent (which then stopped processing its partition)."""
     nested = b"[" * depth + b"]" * depth
     element = dumps(click(customer_id="someone-else"))[:-1] + b',"extra":' + nested + b"}"
     good = dumps(click(event_id="e2"))

@@ -1,7 +1,7 @@
 """Privacy without a broker: pseudonymisation, erasure and consent in the pipeline.
 
 The end-to-end proofs (tables, changelogs, topics, logs and the API of a running worker)
-are in tests/test_privacy_integration.py.
+are in tests/integration/test_privacy_integration.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from stream_app.core.state import CustomerState
 from stream_app.model.quality import CustomerSample
 from stream_app.tools.batch import recompute
 from stream_app.worker.options import pipeline_options
-from tests.test_pipeline_unit import (
+from tests.factories import (
     MIN_MS,
     T0,
     Customer,

@@ -9,18 +9,13 @@ import time
 import orjson
 
 from stream_app.core.privacy import Pseudonymiser
-from stream_app.tools.generator import SyntheticShop
 from tests.conftest import consume_all, http, metric_sum, produce, wait_for
+from tests.factories import shop_history
 
 STEP_MS = 600_000
 TOKEN = "t0k-" + "x" * 28
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
-
-def shop_events(customers: int, events: int, seed: int):
-    now = int(time.time() * 1000)
-    shop = SyntheticShop(customers, seed=seed, start_ms=now - events * STEP_MS, step_ms=STEP_MS)
-    return shop, list(shop.events(events))
 
 
 def topic_records(bootstrap: str, topic: str) -> list:
@@ -63,7 +58,7 @@ def compacted(records: list) -> dict[bytes, bytes | None]:
 
 def test_erasure_removes_the_customer_everywhere_and_the_api_needs_a_token(make_worker, broker):
     worker = make_worker(SEGMENTS_K=4, API_TOKEN=TOKEN).start()
-    shop, events = shop_events(60, 1500, seed=31)
+    shop, events = shop_history(60, 1500, seed=31, step_ms=STEP_MS)
     produce(broker.bootstrap_servers, [(worker.topics[e.kind], e.key, e.value) for e in events])
     wait_for(lambda: metric_sum(worker.metrics(), "stream_app_events_consumed_total")
              == len(events), 120, "every event to be consumed")
@@ -141,7 +136,7 @@ def test_pseudonyms_and_consent_keep_ids_and_attributes_out_of_everything(make_w
     worker = make_worker(SEGMENTS_K=4, PSEUDONYM_KEY=secret, LOG_FORMAT="json",
                          LEARN_SAMPLE_INTERVAL_HOURS="0.1").start()
     alias = Pseudonymiser(secret).pseudonym
-    shop, events = shop_events(50, 1500, seed=37)
+    shop, events = shop_history(50, 1500, seed=37, step_ms=STEP_MS)
     customers = sorted(shop.planted)
     private = customers[0]  # withdraws consent, then keeps shopping
     bad = [(worker.topics["click"], c.encode(), b"{not json " + c.encode() + b"}")

@@ -35,9 +35,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_app.tools.generator import SyntheticShop
 from tests.conftest import Worker, metric_sum, produce, wait_for
-from tests.test_exactness import check_against_batch
+from tests.factories import as_triples, shop_events
+from tests.integration.test_exactness import check_against_batch
 
 CUSTOMERS = 200
 K = 6
@@ -64,11 +64,6 @@ audiences:
 
 Event = tuple[str, bytes, bytes]  # (kind, key, value)
 
-
-def shop_events(count: int, seed: int) -> list[Event]:
-    now = int(time.time() * 1000)
-    shop = SyntheticShop(CUSTOMERS, seed=seed, start_ms=now - count * STEP_MS, step_ms=STEP_MS)
-    return [(e.kind, e.key, e.value) for e in shop.events(count)]
 
 
 def produce_in_background(worker: Worker, events: list[Event]) -> Future[None]:
@@ -316,7 +311,7 @@ def test_worker_stopped_mid_stream_resumes_exactly(make_worker, tmp_path, sig, s
     audiences = tmp_path / "audiences.yaml"
     audiences.write_text(AUDIENCES)
     first = make_worker(SEGMENTS_K=K, TABLE_STORE=store, AUDIENCES_FILE=audiences).start()
-    events = shop_events(4000, seed=31)
+    events = as_triples(shop_events(CUSTOMERS, 4000, seed=31, step_ms=STEP_MS))
     producing = produce_in_background(first, events)
     consumed_at_stop = wait_mid_stream(first, len(events))
     code = first.stop(sig)
@@ -471,7 +466,7 @@ def test_survivor_takes_over_and_gives_back_partitions_exactly(make_worker, sig)
     wait_for(lambda: all(w.get("/ready")[1]["partitions_assigned"] for w in workers), 90,
              "both workers to own partitions")
 
-    events = shop_events(4500, seed=37)
+    events = as_triples(shop_events(CUSTOMERS, 4500, seed=37, step_ms=STEP_MS))
     before, during, after = events[:3000], events[3000:4000], events[4000:]
     producing = produce_in_background(first, before)
 

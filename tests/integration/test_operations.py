@@ -24,11 +24,11 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from stream_app.tools.generator import SyntheticShop
 from stream_app.worker.broker import free_port
 from tests.conftest import http, metric_sum, produce, wait_for
+from tests.factories import shop_events
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
 ALERTS = OPS / "prometheus" / "alerts.yml"
 DASHBOARD = OPS / "grafana" / "dashboards" / "stream-app.json"
@@ -138,11 +138,6 @@ def test_dockerfile_installs_the_package_as_the_readme_says():
 
 
 # -- a live worker -------------------------------------------------------------------------
-
-def shop_events(customers: int, events: int, seed: int) -> list[Any]:
-    now = int(time.time() * 1000)
-    return list(SyntheticShop(customers, seed=seed, start_ms=now - events * 300_000,
-                              step_ms=300_000).events(events))
 
 
 class Prometheus:
