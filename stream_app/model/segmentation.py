@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -534,6 +535,9 @@ class SegmentLearner:
         self.scaler = preprocessing.StandardScaler()
         #: The online clusterer, learning in the frame.
         self.online = river_clusterer(clusterer, k, halflife, seed)
+        #: Draws a centre coordinate of River ``KMeans`` for a feature it has not seen,
+        #: like River's own lazily drawn centres (see :meth:`_set_centres`).
+        self._centre_rng = random.Random(seed)
         #: The centres of the last snapshot (ids are matched to them for clusterers other
         #: than ``kmeans``, whose centres keep their ids by construction).
         self._published: np.ndarray | None = None
@@ -710,7 +714,10 @@ class SegmentLearner:
         if self.clusterer != "kmeans":
             self._published = np.array(centres, dtype=float)
             return
-        rand = partial(self.online._rng.gauss, self.online.mu, self.online.sigma)
+        # River's centres are defaultdicts drawing a missing coordinate from N(mu, sigma);
+        # every learned vector carries all ``self.names``, so the learner's own generator
+        # (not River's private one) is never drawn from: it only keeps the type.
+        rand = partial(self._centre_rng.gauss, self.online.mu, self.online.sigma)
         self.online.centers = {
             i: defaultdict(rand, zip(self.names, map(float, row))) for i, row in enumerate(centres)
         }

@@ -28,7 +28,8 @@ import faust
 import orjson
 
 from stream_app.config import Settings
-from stream_app.worker.broker import faust_broker_options
+from stream_app.worker import patches
+from stream_app.worker.broker import TANSU_FETCH_MAX_WAIT_MS, faust_broker_options
 
 #: Messages between two progress reports (the benchmark detects a stalled worker by them).
 REPORT_EVERY = 5000
@@ -64,6 +65,8 @@ class Progress:
 
 def create_naive_app(settings: Settings, progress: Progress) -> faust.App:
     """The baseline app: one agent over the input topics, one table write per event."""
+    if settings.embedded_broker:  # Tansu's fetch wait, as the worker's app has it
+        patches.install_fetch_wait(TANSU_FETCH_MAX_WAIT_MS)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],

@@ -66,16 +66,17 @@ from stream_app.web.segment_map import (
     parse_since,
     project_segments,
 )
-from stream_app.worker.broker import faust_broker_options
+from stream_app.worker import patches
+from stream_app.worker.broker import TANSU_FETCH_MAX_WAIT_MS, faust_broker_options
 from stream_app.worker.catch_up import CatchUp
+from stream_app.worker.connectivity import KAFKA_RETRY_BACKOFF_MS
 from stream_app.worker.control import ControlBatches, last_control_causes
-from stream_app.worker.http_guard import install as install_quiet_bad_requests
 from stream_app.worker.logs import logging_config
 from stream_app.worker.metrics import CONTENT_TYPE, Metrics
 from stream_app.worker.model_feed import ModelFeed
 from stream_app.worker.options import learner_options, pipeline_options
 from stream_app.worker.pacing import Pace
-from stream_app.worker.seek import install as install_quiet_seek
+from stream_app.worker.segmentation_app import SegmentationApp
 from stream_app.worker.sizes import SegmentSizes, home_and_bucket, summary, summed
 from stream_app.worker.sweep import SweepSchedule
 
@@ -101,13 +102,17 @@ JSON = "application/json"
 NUMPY_AND_INT_KEYS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
-def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
+def create_app(settings: Settings, partitions: int | None = None) -> SegmentationApp:
     """Build the worker's Faust app; ``partitions`` is the resolved input partition count."""
     partitions = partitions or settings.topic_partitions
     tansu = settings.embedded_broker
-    install_quiet_seek()  # see stream_app/worker/seek.py: a rebalance could stop commits for good
-    install_quiet_bad_requests()  # stream_app/worker/http_guard.py: no echo, no traceback
-    app = faust.App(
+    # The worker's one install of its patches of Faust, aiokafka and aiohttp internals
+    # (stream_app/worker/patches.py): the seek after a rebalance with the flow stopped
+    # (seek.py), no echo or traceback of a malformed request (http_guard.py), calm retries
+    # in an outage (connectivity.py), and Tansu's short fetch wait (broker.py).
+    patches.install(fetch_max_wait_ms=TANSU_FETCH_MAX_WAIT_MS if tansu else None,
+                    retry_backoff_ms=KAFKA_RETRY_BACKOFF_MS)
+    app = SegmentationApp(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
         store=settings.table_store,
@@ -241,33 +246,15 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         seeked.update(starts)
         catch_up.reached(starts, time.monotonic())
 
-    app.on_seek = on_seek  # type: ignore[attr-defined]
+    app.on_seek = on_seek
     feed = ModelFeed(settings.bootstrap_servers, settings.segment_model_topic, on_model)
-    app.model_feed = feed  # type: ignore[attr-defined]
+    app.model_feed = feed
 
     @app.task
     async def follow_model() -> None:
         await feed.run()
 
     # -- agents ---------------------------------------------------------------------------
-    async def store(table: Any, key: Any, value: Any, partition: int) -> None:
-        """``table[key] = value`` (None: delete), its changelog record handed to the
-        producer before this returns.
-
-        Faust's own ``table[key] = value`` queues the record in a buffer that a commit may
-        pass (its flush gives up after 0.1 s), so an offset could be committed whose state
-        never reached the changelog (tests/system/test_recovery.py, a worker stopped mid-stream).
-        Sent here, the record is in the producer before the event is done, and every commit
-        flushes the producer first."""
-        if value is None:
-            table.data.pop(key, None)
-        else:
-            table.data[key] = value
-        await table.changelog_topic.send(
-            key=key, value=value, partition=partition, key_serializer=table.key_serializer,
-            value_serializer=table.value_serializer if value is not None else "raw",
-            callback=table._on_changelog_sent)
-
     async def announce(key: bytes, change: bytes) -> None:
         """Send a segment change and wait until the broker has it."""
         await (await changes_topic.send(key=key, value=change))
@@ -308,10 +295,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         if out.audience_changes and out.audience_trigger in LEAVING:
             await announce_audiences(key, out.audience_changes)
         if out.erase:
-            await store(customers, key, None, partition)  # a tombstone
+            await patches.write_through(customers, key, None, partition)  # a tombstone
             forget_customer(key, partition)
         elif out.state is not None:
-            await store(customers, key, out.state, partition)
+            # (not customers[key] = ...: a commit could pass Faust's buffered write)
+            await patches.write_through(customers, key, out.state, partition)
             if out.excluded:
                 forget_customer(key, partition)
         if out.vector is not None and out.segment is not None and pipeline.model is not None:

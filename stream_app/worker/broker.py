@@ -48,10 +48,10 @@ def faust_broker_options(embedded: bool, single_record_batches: bool) -> dict[st
     Tansu holds a JoinGroup for half the session timeout (so a short one), and reports a
     wrong end offset after multi-record batches, which truncates changelog recovery (so
     one record per producer batch, ``single_record_batches``). Its fetch wait, which no
-    Faust setting reaches, is shortened here too (:func:`shorten_fetch_wait`).
+    Faust setting reaches, is shortened to :data:`TANSU_FETCH_MAX_WAIT_MS` by a patch
+    (:func:`stream_app.worker.patches.install_fetch_wait`, installed by the app with these
+    options).
     """
-    if embedded:
-        shorten_fetch_wait()
     return {
         "broker_session_timeout": 6.0 if embedded else 30.0,
         "broker_heartbeat_interval": 1.0 if embedded else 3.0,
@@ -59,34 +59,10 @@ def faust_broker_options(embedded: bool, single_record_batches: bool) -> dict[st
     }
 
 
-#: Fetch wait of the worker's consumer on the embedded broker (milliseconds).
+#: Fetch wait of the worker's consumer on the embedded broker (milliseconds): Tansu answers
+#: a waiting fetch only when the wait expires (see
+#: :func:`stream_app.worker.patches.install_fetch_wait`).
 TANSU_FETCH_MAX_WAIT_MS = 50
-
-
-def shorten_fetch_wait(max_wait_ms: int = TANSU_FETCH_MAX_WAIT_MS) -> None:
-    """Make Faust's consumers ask the broker to wait at most ``max_wait_ms`` for records.
-
-    Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500``. Apache Kafka
-    answers a waiting fetch as soon as records arrive; Tansu answers only when the wait
-    expires, so on the embedded broker every event waited 0.4 s at the median and 0.75 s
-    at p99 before the worker saw it (a plain aiokafka consumer: p50 397 ms with 1500,
-    3 ms with 10). Applied only with the embedded broker; idempotent.
-    """
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    create = AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(create, "fetch_wait_ms", None) == max_wait_ms:
-        return
-    original = getattr(create, "original", create)
-
-    def create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = max_wait_ms  # read when the consumer starts
-        return consumer
-
-    create_worker_consumer.original = original  # type: ignore[attr-defined]
-    create_worker_consumer.fetch_wait_ms = max_wait_ms  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore
 
 
 def terminate(process: subprocess.Popen[Any], timeout: float) -> None:

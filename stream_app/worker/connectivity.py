@@ -6,9 +6,10 @@ the broker answers again, from the last committed offsets, so the features come 
 What they do badly, and what this module changes:
 
 * They retry a lost broker every 100 ms in every client (``retry_backoff_ms``), which made
-  ~75 connection attempts and ~190 ERROR lines per second during an outage.
-  :func:`slow_down_retries` makes the worker's clients wait
-  :data:`KAFKA_RETRY_BACKOFF_MS` between retries, and :class:`RepeatFilter` lets each
+  ~75 connection attempts and ~190 ERROR lines per second during an outage. The worker's
+  clients wait :data:`KAFKA_RETRY_BACKOFF_MS` between retries instead (a patch of
+  aiokafka's defaults, :func:`stream_app.worker.patches.install_retry_backoff`, installed
+  by ``create_app``), and :class:`RepeatFilter` lets each
   repeated Kafka-client warning through once per :data:`REPEAT_LOG_INTERVAL_S`.
 * Nothing said plainly that the broker was gone or back. :class:`BrokerWatch` asks the
   broker for its metadata every :data:`PROBE_INTERVAL_S` and logs one line when it stops
@@ -29,13 +30,15 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiokafka
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from stream_app.config import Settings
+
+if TYPE_CHECKING:  # (faust is imported by the worker only, not by the tools using this)
+    from stream_app.worker.segmentation_app import SegmentationApp
 
 # The logger keeps its name from before the package split (log filters and docs use it).
 log = logging.getLogger("stream_app.connectivity")
@@ -54,13 +57,6 @@ EXIT_SHUTDOWN_TIMEOUT = 75
 KAFKA_CLIENT_LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.consumer.consumer",
                         "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator",
                         "aiokafka.producer.producer", "aiokafka.producer.sender")
-
-
-def slow_down_retries(backoff_ms: int = KAFKA_RETRY_BACKOFF_MS) -> None:
-    """Make ``backoff_ms`` the default ``retry_backoff_ms`` of aiokafka's consumers and
-    producers in this process (Faust creates its own without setting it)."""
-    for client in (aiokafka.AIOKafkaConsumer, aiokafka.AIOKafkaProducer):
-        client.__init__.__kwdefaults__["retry_backoff_ms"] = backoff_ms
 
 
 class RepeatFilter(logging.Filter):
@@ -159,11 +155,11 @@ class BrokerWatch:
                       error, held)
 
 
-def bound_shutdown(app: Any, timeout_s: float,
+def bound_shutdown(app: SegmentationApp, timeout_s: float,
                    exit_process: Callable[[int], Any] = os._exit) -> None:
     """Exit with :data:`EXIT_SHUTDOWN_TIMEOUT` if ``app`` is still stopping after
-    ``timeout_s`` seconds (a timer thread armed when the app starts to stop)."""
-    stop = app.on_stop
+    ``timeout_s`` seconds (a timer thread armed when the app starts to stop, by one of
+    its ``stopping_hooks``)."""
 
     def give_up() -> None:
         log.error("the worker did not stop within SHUTDOWN_TIMEOUT_S=%.0f s (Kafka "
@@ -173,18 +169,17 @@ def bound_shutdown(app: Any, timeout_s: float,
         logging.shutdown()
         exit_process(EXIT_SHUTDOWN_TIMEOUT)
 
-    async def on_stop() -> None:
+    def arm() -> None:
         deadline = threading.Timer(timeout_s, give_up)
         deadline.daemon = True
         deadline.start()
-        await stop()
 
-    app.on_stop = on_stop
+    app.stopping_hooks.append(arm)
 
 
-def watch_broker(app: Any, settings: Settings) -> BrokerWatch:
-    """Everything above, for the worker's Faust ``app`` (call before ``app.main()``)."""
-    slow_down_retries()
+def watch_broker(app: SegmentationApp, settings: Settings) -> BrokerWatch:
+    """Everything above but the retries (installed by ``create_app``), for the worker's
+    Faust ``app`` (call before ``app.main()``)."""
     repeats = RepeatFilter()
     for name in {*KAFKA_CLIENT_LOGGERS,
                  *(n for n in logging.Logger.manager.loggerDict if n.startswith("aiokafka"))}:

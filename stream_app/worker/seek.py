@@ -19,12 +19,14 @@ over the partitions of a worker killed with SIGKILL):
   partition for nine seconds without a commit; the survivor's position went straight to
   the end, 736 of 736, and none of them was processed; 2 to 6 runs of 24 under load).
 
-:func:`install` makes the seek happen with the consumer's flow stopped (nothing is
-delivered until every partition is at its committed offset and Faust's read offsets say
-so; then the flow is resumed if it was running), and seeks each stream partition without
-a committed offset whose position went past records never delivered back to the first of
-them: the partition's beginning (where ``auto_offset_reset="earliest"`` starts it) when
-nothing was delivered since the assignment. Changelog partitions are left to Faust's
+Installed by :func:`stream_app.worker.patches.install_quiet_seek`,
+:func:`perform_seek_stopped` makes the seek happen with the consumer's flow stopped
+(nothing is delivered until every partition is at its committed offset and Faust's read
+offsets say so; then the flow is resumed if it was running), and
+:func:`seek_to_committed_rewinding` seeks each stream partition without a committed offset
+whose position went past records never delivered back to the first of them: the
+partition's beginning (where ``auto_offset_reset="earliest"`` starts it) when nothing was
+delivered since the assignment. Changelog partitions are left to Faust's
 recovery, which positions them itself.
 """
 
@@ -32,60 +34,52 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from stream_app.worker import patches
 
 # The logger keeps its name from before the package split (log filters and docs use it).
 log = logging.getLogger("stream_app.seek")
-
-_INSTALLED = "_stream_app_quiet_seek"
 
 #: How long to wait for a partition's position (only one awaiting its reset waits).
 POSITION_WAIT_S = 5.0
 
 
-def install() -> None:
-    """Wrap Faust's ``perform_seek`` and its aiokafka ``seek_to_committed`` (idempotent)."""
-    from faust.transport.consumer import Consumer
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+async def perform_seek_stopped(consumer: Any, perform_seek: Callable[[], Awaitable[None]]
+                               ) -> None:
+    """Faust's ``perform_seek`` of ``consumer`` (the original, bound), run with the
+    consumer's flow stopped; the flow is resumed afterwards if it was running."""
+    flowing = consumer.flow_active
+    if flowing:
+        consumer.stop_flow()
+    try:
+        await perform_seek()
+    finally:
+        if flowing and not consumer.should_stop:
+            consumer.resume_flow()
 
-    original = Consumer.perform_seek
-    if getattr(original, _INSTALLED, False):
-        return
 
-    async def perform_seek(self: Any) -> None:
-        flowing = self.flow_active
-        if flowing:
-            self.stop_flow()
-        try:
-            await original(self)
-        finally:
-            if flowing and not self.should_stop:
-                self.resume_flow()
-
-    original_seek_to_committed = AIOKafkaConsumerThread.seek_to_committed
-
-    async def seek_to_committed(self: Any) -> Any:
-        committed = await original_seek_to_committed(self)
-        changelogs = self.app.tables.changelog_topics
-        delivered = self.consumer._read_offset  # the last offset handed to the streams
-        uncommitted = {tp: delivered.get(tp) for tp, offset in committed.items()
-                       if (offset is None or offset <= 0) and tp.topic not in changelogs}
-        starts = {tp: offset for tp, offset in committed.items()
-                  if offset is not None and offset > 0 and tp.topic not in changelogs}
-        if uncommitted:
-            starts.update(await self.call_thread(rewind_dropped, self._ensure_consumer(),
-                                                 uncommitted))
-        report = getattr(self.app, "on_seek", None)  # stream_app/worker/app.py
-        if report is not None:
-            report(starts)
-        return committed
-
-    for function, wrapped in ((perform_seek, original), (seek_to_committed,
-                                                          original_seek_to_committed)):
-        setattr(function, _INSTALLED, True)
-        function.__doc__ = wrapped.__doc__
-    Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
-    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+async def seek_to_committed_rewinding(thread: Any,
+                                      seek_to_committed: Callable[[], Awaitable[Any]]) -> Any:
+    """The aiokafka driver's ``seek_to_committed`` of consumer ``thread`` (the original,
+    bound), then :func:`rewind_dropped` for the stream partitions without a committed
+    offset; reports where each partition's reading starts to the app's ``on_seek``
+    (:class:`~stream_app.worker.segmentation_app.SegmentationApp`)."""
+    committed = await seek_to_committed()
+    changelogs = thread.app.tables.changelog_topics
+    delivered = patches.read_offset(thread.consumer)  # the last offset handed to the streams
+    uncommitted = {tp: delivered.get(tp) for tp, offset in committed.items()
+                   if (offset is None or offset <= 0) and tp.topic not in changelogs}
+    starts = {tp: offset for tp, offset in committed.items()
+              if offset is not None and offset > 0 and tp.topic not in changelogs}
+    if uncommitted:
+        starts.update(await thread.call_thread(rewind_dropped, patches.worker_consumer(thread),
+                                               uncommitted))
+    report = getattr(thread.app, "on_seek", None)  # None: an app other than the worker's
+    if report is not None:
+        report(starts)
+    return committed
 
 
 async def rewind_dropped(consumer: Any, delivered: dict[Any, int | None]) -> dict[Any, int]:

@@ -87,6 +87,24 @@ def test_the_readme_package_map_is_the_tree_of_stream_app():
     assert len(mapped) == len(set(mapped))
 
 
+def test_the_module_map_lists_every_module_of_stream_app():
+    """docs/architecture.md's module map names each module under the package it lives in."""
+    text = (DOCS / "architecture.md").read_text()
+    section = text[text.index("## Module map"):]
+    block = section[section.index("```") + 3:]
+    block = block[:block.index("```")]
+    listed: set[str] = set()
+    package = ""
+    for line in block.splitlines():
+        if m := re.match(r"^  ([a-z_]+)/ ", line):
+            package = m.group(1)
+        elif m := re.match(r"^    ([a-z_]+\.(?:py|html)) ", line):
+            listed.add(f"{package}/{m.group(1)}")
+    tree = {f"{p.parent.name}/{p.name}" for p in (ROOT / "stream_app").glob("*/*")
+            if p.suffix in {".py", ".html"} and p.name != "__init__.py"}
+    assert listed == tree, (sorted(tree - listed), sorted(listed - tree))
+
+
 def test_readme_links_to_docs_pages_that_exist_and_are_in_the_site():
     readme = (ROOT / "README.md").read_text()
     linked = set(re.findall(r"\]\(docs/([a-z-]+\.md)(?:#[a-z0-9_-]+)?\)", readme))
