@@ -21,6 +21,21 @@ from collections.abc import Callable
 import orjson
 
 from stream_app.config import Settings
+from stream_app.core.effects import (
+    Counted,
+    DeadLetter,
+    DeleteState,
+    IndexVector,
+    MoveAudiences,
+    MoveSegment,
+    PutState,
+    ScheduleSweep,
+    SendAudienceChanges,
+    SendChange,
+    SendSample,
+    apply_sync,
+    effects_of,
+)
 from stream_app.core.pipeline import CustomerPipeline, Outcome
 from stream_app.model.assignments import AssignmentIndex
 from stream_app.model.segmentation import learner_for
@@ -51,6 +66,7 @@ class LocalLoop:
         self.processed = self.version = self.rescored = self.swept = 0
         self.schedule = SweepSchedule() if sweeps else None
         self.learning_s = 0.0  # time spent in the learner's learn_one
+        self.sink = LocalSink(self)
 
     def handle(self, kind: str, key: bytes | None, value: bytes | None, topic: str,
                partition: int, offset: int, timestamp: int | None = None) -> list[Outcome]:
@@ -115,18 +131,74 @@ class LocalLoop:
         self.rescored += len(work)
 
     def _keep(self, key: bytes | None, out: Outcome, partition: int) -> None:
-        if out.state is not None and key is not None:
-            self.store[key] = out.state
-        if out.sweep_at is not None and key is not None and self.schedule is not None:
-            self.schedule.schedule_at(partition, key, out.sweep_at)
-        if out.vector is not None and key is not None and out.segment is not None:
-            assert self.pipeline.model is not None
-            self.index.record(key, partition, self.pipeline.model.spec, out.vector,
-                              out.segment)
-        if out.sample is not None:  # of an event, a sweep or a re-scoring, as the workers
-            sample = orjson.loads(out.sample)
-            started = time.perf_counter()
-            self.learner.learn_one(sample["x"], sample.get("member"))
-            self.learning_s += time.perf_counter() - started
+        """The effects of ``out``, in the worker's order (stream_app/core/effects.py)."""
+        apply_sync(effects_of(out, key, partition), self.sink)
         if self.on_outcome is not None:
             self.on_outcome(key, out)
+
+
+class LocalSink:
+    """The local loop's :class:`~stream_app.core.effects.SyncSink`: the dict of states,
+    the assignment index, the sweep schedule and the learner (fed each sample at once);
+    changes, dead letters, counters and sizes are left to ``on_outcome``."""
+
+    def __init__(self, loop: LocalLoop) -> None:
+        self.loop = loop
+
+    def put_state(self, effect: PutState) -> None:
+        if effect.key is not None:
+            self.loop.store[effect.key] = effect.state
+            if effect.forget:
+                self._forget(effect.key, effect.partition)
+
+    def delete_state(self, effect: DeleteState) -> None:
+        if effect.key is not None:
+            self.loop.store.pop(effect.key, None)
+            self._forget(effect.key, effect.partition)
+
+    def _forget(self, key: bytes, partition: int) -> None:
+        """As the worker does for an erased or excluded customer: out of the index and
+        the schedule."""
+        self.loop.index.forget(key)
+        if self.loop.schedule is not None:
+            self.loop.schedule.forget(partition, key)
+
+    def index_vector(self, effect: IndexVector) -> None:
+        if effect.key is not None:
+            model = self.loop.pipeline.model
+            assert model is not None
+            self.loop.index.record(effect.key, effect.partition, model.spec, effect.vector,
+                                   effect.segment)
+
+    def schedule_sweep(self, effect: ScheduleSweep) -> None:
+        if effect.key is not None and self.loop.schedule is not None:
+            self.loop.schedule.schedule_at(effect.partition, effect.key, effect.at)
+
+    def send_sample(self, effect: SendSample) -> None:
+        """Learned at once (of an event, a sweep or a re-scoring, as the workers)."""
+        loop = self.loop
+        sample = orjson.loads(effect.sample)
+        started = time.perf_counter()
+        if "forget" in sample:  # erased, or consent withdrawn: as the worker's learner
+            loop.learner.forget(str(sample["forget"]))
+        else:
+            loop.learner.learn_one(sample["x"], sample.get("member"))
+        loop.learning_s += time.perf_counter() - started
+
+    def dead_letter(self, effect: DeadLetter) -> None:
+        pass
+
+    def count(self, effect: Counted) -> None:
+        pass
+
+    def send_change(self, effect: SendChange) -> None:
+        pass
+
+    def send_audience_changes(self, effect: SendAudienceChanges) -> None:
+        pass
+
+    def move_segment(self, effect: MoveSegment) -> None:
+        pass
+
+    def move_audiences(self, effect: MoveAudiences) -> None:
+        pass

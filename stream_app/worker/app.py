@@ -46,8 +46,9 @@ from prometheus_client import Counter
 from stream_app.config import Settings
 from stream_app.core.audiences import AudienceError, AudienceSet
 from stream_app.core.changes import event_digest, iso_ms
+from stream_app.core.effects import apply, effects_of
 from stream_app.core.features import FEATURE_NAMES
-from stream_app.core.pipeline import EXCLUDED, LEAVING, UNASSIGNED, CustomerPipeline, Outcome
+from stream_app.core.pipeline import EXCLUDED, UNASSIGNED, CustomerPipeline, Outcome
 from stream_app.core.state import CustomerState
 from stream_app.model.assignments import AssignmentIndex
 from stream_app.model.labels import describe, typical_values
@@ -77,6 +78,7 @@ from stream_app.worker.model_feed import ModelFeed
 from stream_app.worker.options import learner_options, pipeline_options
 from stream_app.worker.pacing import Pace
 from stream_app.worker.segmentation_app import SegmentationApp
+from stream_app.worker.sink import WorkerSink
 from stream_app.worker.sizes import SegmentSizes, home_and_bucket, summary, summed
 from stream_app.worker.sweep import SweepSchedule
 
@@ -255,86 +257,22 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
         await feed.run()
 
     # -- agents ---------------------------------------------------------------------------
-    async def announce(key: bytes, change: bytes) -> None:
-        """Send a segment change and wait until the broker has it."""
-        await (await changes_topic.send(key=key, value=change))
-
-    async def announce_audiences(key: bytes, changes: list[tuple[str, str, bytes]]) -> None:
-        """Send audience changes and wait until the broker has them."""
-        sent = [await audience_topic.send(key=key, value=change) for _, _, change in changes]
-        for (name, action, _), done in zip(changes, sent):
-            await done
-            metrics.audience_changes.labels(name, action).inc()
+    #: Where the effects of an outcome land (stream_app/core/effects.py: the order).
+    recent_changes = RecentChanges()  # the last changes this worker published (the map)
+    sink = WorkerSink(customers=customers, changes_topic=changes_topic,
+                      audience_topic=audience_topic, dlq_topic=dlq_topic,
+                      samples_topic=samples_topic, metrics=metrics, pipeline=pipeline,
+                      index=index, schedule=schedule, sizes=sizes,
+                      audience_sizes=audience_sizes, recent_changes=recent_changes,
+                      forget=lambda key, partition: forget_customer(key, partition))
 
     async def publish(out: Outcome, message: Any, key: bytes | None,
                       own_event: bool = True) -> None:
         """Store, schedule, count and send what processing ``message`` gave for customer
         ``key`` (table key; ``own_event``: the message's own customer, not one of a control
         message)."""
-        partition = message.partition
-        if out.dlq is not None:
-            metrics.invalid.labels(out.reason).inc()
-            await dlq_topic.send(key=key, value=out.dlq)
-            metrics.dlq.inc()
-            return
-        if out.duplicate:
-            metrics.duplicates.inc()
-        if out.late:
-            metrics.late.inc()
-        if out.excluded and out.event_type != "profile":  # a click or purchase
-            metrics.excluded.inc()
-        if out.event_type == "erasure":
-            metrics.erasures.labels("erased" if out.erase else "unknown").inc()
-        # A change decided by the model goes to the producer after the state that decided
-        # it (a replay after a crash finds the event applied and re-sends the change, see
-        # CustomerPipeline); a customer leaving (erasure, consent) is announced first, as a
-        # replay decides the same again.
-        leaving = out.change is not None and out.trigger in LEAVING
-        if leaving:
-            await announce(key, out.change)
-        if out.audience_changes and out.audience_trigger in LEAVING:
-            await announce_audiences(key, out.audience_changes)
-        if out.erase:
-            await patches.write_through(customers, key, None, partition)  # a tombstone
-            forget_customer(key, partition)
-        elif out.state is not None:
-            # (not customers[key] = ...: a commit could pass Faust's buffered write)
-            await patches.write_through(customers, key, out.state, partition)
-            if out.excluded:
-                forget_customer(key, partition)
-        if out.vector is not None and out.segment is not None and pipeline.model is not None:
-            index.record(key, partition, pipeline.model.spec, out.vector, out.segment)
-        if out.sweep_at is not None:
-            schedule.schedule_at(partition, key, out.sweep_at)
-        if out.moved is not None:
-            sizes.move(partition, *out.moved)
-        if out.audience_moves is not None:
-            for name, action in out.audience_moves:
-                if action == "enter":
-                    audience_sizes.move(partition, None, name)
-                else:
-                    audience_sizes.move(partition, name, None)
-        if out.sample is not None:
-            await samples_topic.send(value=out.sample)
-            metrics.samples_sent.inc()
-        if out.change is not None:
-            if not leaving:  # after the state: in the producer, the state's record is first
-                await changes_topic.send(key=key, value=out.change)
-            metrics.changes.labels(out.trigger).inc()
-            # The map's list; a customer leaving (erasure, consent) is not named in it.
-            recent_changes.record(time.time(), None if leaving else key, out.moved,
-                                  out.trigger)
-            if out.flap:
-                metrics.flaps.inc()
-            old, new = out.moved if out.moved is not None else (None, UNASSIGNED)
-            if old is not None and old >= 0 and new is not None and new >= 0:
-                metrics.moves.inc()
-            if message.timestamp and own_event:
-                metrics.latency.observe(max(0.0, time.time() - message.timestamp))
-        if out.audience_changes and out.audience_trigger not in LEAVING:
-            for name, action, change in out.audience_changes:  # after the state, as above
-                await audience_topic.send(key=key, value=change)
-                metrics.audience_changes.labels(name, action).inc()
+        await apply(effects_of(out, key, message.partition,
+                               message.timestamp if own_event else None), sink)
 
     def first_touch(key: bytes) -> bool:
         """Whether to send ``key``'s last changes again before its message: its first one
@@ -925,7 +863,6 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
         return json_response(self, body)
 
     # -- the live segment map: GET / (a page for people) and GET /map/data (what it shows) --
-    recent_changes = RecentChanges()  # the last changes this worker published
     size_history = SizeHistory()  # cluster-wide segment sizes, every 10 s for an hour
     page = map_page()
 
