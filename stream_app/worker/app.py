@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 import os
@@ -40,18 +39,15 @@ from typing import Any
 import faust
 import orjson
 from faust.exceptions import NotReady
-from faust.web import Request, Response, View
 from prometheus_client import Counter
 
 from stream_app.config import Settings
 from stream_app.core.audiences import AudienceError, AudienceSet
-from stream_app.core.changes import event_digest, iso_ms
+from stream_app.core.changes import event_digest
 from stream_app.core.effects import apply, effects_of
-from stream_app.core.features import FEATURE_NAMES
-from stream_app.core.pipeline import EXCLUDED, UNASSIGNED, CustomerPipeline, Outcome
+from stream_app.core.pipeline import CustomerPipeline, Outcome
 from stream_app.core.state import CustomerState
 from stream_app.model.assignments import AssignmentIndex
-from stream_app.model.labels import describe, typical_values
 from stream_app.model.segmentation import (
     FeatureTransform,
     SegmentLearner,
@@ -60,27 +56,24 @@ from stream_app.model.segmentation import (
 )
 from stream_app.web.segment_map import (
     RecentChanges,
-    SizeHistory,
-    map_document,
-    map_page,
-    merge_changes,
-    parse_since,
-    project_segments,
 )
 from stream_app.worker import patches
+from stream_app.worker.assignment import Assignment
 from stream_app.worker.broker import TANSU_FETCH_MAX_WAIT_MS, faust_broker_options
 from stream_app.worker.catch_up import CatchUp
 from stream_app.worker.connectivity import KAFKA_RETRY_BACKOFF_MS
 from stream_app.worker.control import ControlBatches, last_control_causes
+from stream_app.worker.gauges import Gauges
 from stream_app.worker.logs import logging_config
-from stream_app.worker.metrics import CONTENT_TYPE, Metrics
+from stream_app.worker.metrics import Metrics
 from stream_app.worker.model_feed import ModelFeed
 from stream_app.worker.options import learner_options, pipeline_options
 from stream_app.worker.pacing import Pace
 from stream_app.worker.segmentation_app import SegmentationApp
 from stream_app.worker.sink import WorkerSink
-from stream_app.worker.sizes import SegmentSizes, home_and_bucket, summary, summed
+from stream_app.worker.sizes import SegmentSizes, home_and_bucket, summary
 from stream_app.worker.sweep import SweepSchedule
+from stream_app.worker.views import Views
 
 log = logging.getLogger("stream_app")
 
@@ -91,7 +84,6 @@ CONTROL_CHUNK = 64
 #: Samples the learner takes at once (or what arrived within the wait), learned in a thread.
 LEARN_BATCH = 256
 LEARN_BATCH_WAIT_S = 0.5
-EXAMPLES = 5
 #: Re-judgement passes wait after a rebalance until the assigned partitions are read up to
 #: where they ended at the assignment (stream_app/worker/catch_up.py), at most this long; the
 #: positions are looked at every CATCH_UP_POLL_S.
@@ -100,8 +92,6 @@ CATCH_UP_POLL_S = 0.2
 CATCH_UP_ENDS_WAIT_S = 10.0  # for the end offsets, at each rebalance
 QUALITY_GAUGES = ("wcss_ratio", "homogeneity", "separation_min", "separation_mean",
                   "silhouette")
-JSON = "application/json"
-NUMPY_AND_INT_KEYS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def create_app(settings: Settings, partitions: int | None = None) -> SegmentationApp:
@@ -235,14 +225,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
     #: caused, by the cause's digest (built at the partition's first control message whose
     #: batch is not held here, dropped when the catch-up is done; see ``control``).
     replay_causes: dict[int, dict[int, list[bytes]]] = {}
-    #: Offset of the last message processed per input partition (consumer lag).
-    processed: dict[Any, int] = {}
-    #: Where each input partition's reading started at the last seek to the committed
-    #: offsets (reported by stream_app/worker/seek.py): its position until a message is processed.
-    #: Not asked of the consumer thread: its calls share two method workers with the
-    #: fetches, and a position that waits for its reset (asked with a timeout, which
-    #: cancels only the caller) would hold one; /ready and the catch-up ask often.
-    seeked: dict[Any, int] = {}
+    #: The partitions assigned here, and how far their inputs are read.
+    assignment = Assignment(app, settings.clickstream_topic, kinds)
+    processed, seeked = assignment.processed, assignment.seeked
 
     def on_seek(starts: dict[Any, int]) -> None:
         seeked.update(starts)
@@ -487,10 +472,6 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
         await publish_model()
 
     # -- background tasks -----------------------------------------------------------------
-    def local_partitions() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives()
-                if tp.topic == settings.clickstream_topic}
-
     async def queue_control(op: dict[str, Any], work: Iterable[tuple[int, bytes]],
                             rate: float, sent: Counter) -> None:
         """Queue ``op`` for customers ``(partition, key)``: one control message per chunk
@@ -502,7 +483,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
         async def send(partition: int, keys: list[bytes]) -> None:
             """One message for ``keys`` (handed over: held until the message is
             processed); it names the batch, not the customers (stream_app/worker/control.py)."""
-            if partition not in local_partitions():
+            if partition not in assignment.local_partitions():
                 return  # revoked meanwhile: its next owner re-judges its customers
             n = len(keys)
             batch = batches.add(partition, keys)
@@ -540,8 +521,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
             replay_causes.pop(partition, None)
         for tp in revoked:
             if tp.topic in kinds:
-                processed.pop(tp, None)
-                seeked.pop(tp, None)
+                assignment.revoked(tp)
                 with contextlib.suppress(KeyError):  # KeyError: never measured
                     metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
@@ -566,7 +546,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
     def rescore_work(model: SegmentModel) -> Iterator[tuple[int, bytes]]:
         """Customers to re-score with ``model``: those the index says it would move, and
         every customer of a partition not fully indexed yet (just assigned here)."""
-        mine = local_partitions()
+        mine = assignment.local_partitions()
         fresh = mine - indexed
         movers = index.movers(model, settings.segment_rejudge_margin, mine & indexed)
         metrics.rescore_checked.inc(len(index))
@@ -600,7 +580,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
         while the records held at the assignment are being read (the next tick does)."""
         if not catch_up.done.is_set():
             return
-        mine = local_partitions()
+        mine = assignment.local_partitions()
         for partition in [p for p in schedule.watermarks if p not in mine]:
             schedule.drop_partition(partition)
         for p in sorted(mine):
@@ -613,8 +593,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
     def audience_work(version: str) -> Iterator[tuple[int, bytes]]:
         """Local customers last judged by other audience definitions than ``version``."""
         defined = bool(pipeline.audiences)
-        return customers_of(local_partitions(), lambda stored: CustomerState.audiences_outdated(
-            stored, version, defined))
+        return customers_of(assignment.local_partitions(),
+                            lambda stored: CustomerState.audiences_outdated(
+                                stored, version, defined))
 
     @app.task
     async def judge_audiences_again() -> None:
@@ -629,15 +610,12 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
             await queue_control({"op": "audiences", "version": version}, audience_work(version),
                                 settings.rescore_rate, metrics.audience_reevaluations)
 
-    def assigned_inputs() -> list[Any]:
-        return [tp for tp in app.assignor.assigned_actives() if tp.topic in kinds]
-
     @app.on_rebalance_complete.connect
     async def note_assignment_ends(app: faust.App, **kwargs: Any) -> None:
         """The end offsets of the assigned input and control partitions, to be read up to
         before re-judgements are queued (an unreachable broker: not waited for)."""
         try:
-            ends = await asyncio.wait_for(app.consumer.highwaters(*assigned_inputs()),
+            ends = await asyncio.wait_for(app.consumer.highwaters(*assignment.inputs()),
                                           CATCH_UP_ENDS_WAIT_S)
         except Exception as exc:  # any failure: do not hold the passes back
             log.warning("end offsets of the assigned partitions unknown (%r): re-judgements "
@@ -655,9 +633,6 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
             catch_up.reached({tp: processed[tp] + 1 for tp in catch_up.pending()
                               if tp in processed}, time.monotonic())
 
-    def local_sizes() -> dict[int, dict[int, int]]:
-        return sizes.local(local_partitions())
-
     @app.on_rebalance_complete.connect
     async def count_segments(app: faust.App, **kwargs: Any) -> None:
         """Count the owned partitions' customers per segment and audience (tables
@@ -665,7 +640,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
         other audience definitions (elsewhere); yields to the event loop every few
         thousand customers."""
         counted, members, outdated = [], [], False
-        mine, version = local_partitions(), pipeline.audiences.version
+        mine, version = assignment.local_partitions(), pipeline.audiences.version
         defined = bool(pipeline.audiences)
         for n, (key, stored) in enumerate(stored_customers()):
             home, bucket, audiences = summary(key, stored, partitions)
@@ -675,248 +650,18 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
                 stored, version, defined))
             if n % 4096 == 4095:
                 await asyncio.sleep(0)
-        sizes.recount(counted, local_partitions())
-        audience_sizes.recount(members, local_partitions())
+        sizes.recount(counted, assignment.local_partitions())
+        audience_sizes.recount(members, assignment.local_partitions())
         if settings.audiences_file and outdated:
             audiences_wanted.set()
 
-    async def refresh_gauges() -> None:
-        """Customers, segment sizes and input lag, as of now."""
-        totals = summed(local_sizes())
-        metrics.customers.set(sum(totals.values()))
-        live = pipeline.model.active_ids if pipeline.model else []
-        metrics.segment_size.clear()  # retired segments go
-        for segment in live:
-            metrics.segment_size.labels(str(segment)).set(totals.get(segment, 0))
-        members = summed(audience_sizes.local(local_partitions()))
-        metrics.audience_members.clear()  # audiences no longer defined go
-        for audience in pipeline.audiences.audiences:
-            metrics.audience_members.labels(audience.name).set(members.get(audience.name, 0))
-        await input_lag()
-
-    async def input_lag() -> int:
-        """Set each owned input partition's lag gauge; the sum over them."""
-        total = 0
-        for tp in assigned_inputs():
-            try:
-                high = app.consumer.highwater(tp)
-                done = processed.get(tp)
-                # Nothing processed since the assignment: where the seek put it.
-                position = done + 1 if done is not None else seeked.get(tp)
-            except Exception as exc:  # not fetched yet, or being revoked
-                log.debug("no lag for %s: %r", tp, exc)
-                continue
-            if high is None or position is None:
-                continue
-            lag = max(0, high - position)
-            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-            total += lag
-        return total
-
-    @app.timer(interval=5.0)
-    async def update_gauges() -> None:
-        await refresh_gauges()
-
-    # -- web ------------------------------------------------------------------------------
-    def json_response(view: View, body: Any, status: int = 200) -> Response:
-        return view.bytes(orjson.dumps(body, option=NUMPY_AND_INT_KEYS),
-                          content_type=JSON, status=status)
-
-    # Views that name customers need the bearer token when API_TOKEN is set.
-    bearer = f"Bearer {settings.api_token}".encode()
-    peer_headers = {"Authorization": bearer.decode()} if settings.api_token else {}
-
-    def authorised(request: Request) -> bool:
-        if not settings.api_token:
-            return True
-        # aiohttp keeps a header's non-UTF-8 bytes as surrogates: back to the bytes sent
-        # (a plain encode() raised, and answered 500).
-        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        return hmac.compare_digest(given, bearer)
-
-    def unauthorised(view: View) -> Response:
-        return view.bytes(orjson.dumps({"error": "this endpoint needs a bearer token"}),
-                          content_type=JSON, status=401,
-                          headers={"WWW-Authenticate": 'Bearer realm="stream-app"'})
-
-    @app.page("/health")
-    async def health(self: View, request: Request) -> Response:
-        return json_response(self, {"status": "ok"})
-
-    @app.page("/ready")
-    async def ready(self: View, request: Request) -> Response:
-        lag = await input_lag()
-        checks = {
-            "partitions_assigned": bool(local_partitions()),
-            "model_loaded": pipeline.model is not None,
-            "model_feed_caught_up": feed.caught_up.is_set(),
-            "lag_ok": lag <= settings.ready_max_lag,
-        }
-        ok = all(checks.values())
-        return json_response(self, {"ready": ok, **checks, "lag": lag}, 200 if ok else 503)
-
-    @app.page("/metrics")
-    async def metrics_view(self: View, request: Request) -> Response:
-        await refresh_gauges()
-        return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
-
-    @app.page("/customers/{customer_id}")
-    @app.table_route(table=customers, match_info="customer_id")
-    async def customer_view(self: View, request: Request, customer_id: str) -> Response:
-        """Routed by the id to the worker owning its partition, looked up by pseudonym."""
-        if not authorised(request):
-            return unauthorised(self)
-        key = pipeline.customer_key(customer_id.encode())
-        stored = customers.get(key)
-        if stored is None:
-            return json_response(self, {"error": "unknown customer"}, 404)
-        return json_response(self, customer_document(key.decode(), stored, pipeline.model))
-
-    @app.page("/model")
-    async def model_view(self: View, request: Request) -> Response:
-        model = pipeline.model
-        if model is None:
-            return json_response(self, {"error": "no model yet"}, 404)
-        # The snapshot as published (schemas/segment-model), plus the number of ids (K,
-        # retired ones included), of live segments, and a readable time.
-        return json_response(self, {**model.to_dict(), "k": model.k,
-                                    "segments": len(model.active_ids),
-                                    "created": iso_ms(model.created_at * 1000)})
-
-    def local_view() -> dict[str, Any]:
-        return {"sizes": local_sizes(),
-                "examples": {seg: [key.decode() for key in keys]
-                             for seg, keys in index.members(EXAMPLES).items()},
-                "audiences": audience_sizes.local(local_partitions()),
-                "recent": recent_changes.newest_first()}
-
-    async def peer_views() -> list[dict[str, Any]]:
-        """:func:`local_view` of every worker, this one first (a peer that does not answer
-        is left out)."""
-        views = [local_view()]
-        me = str(app.conf.canonical_url).rstrip("/")
-        for host in app.router.tables_metadata():
-            url = str(host).rstrip("/")
-            if url == me:
-                continue
-            try:
-                async with app.http_client.get(f"{url}/segments/_local",
-                                               headers=peer_headers) as resp:
-                    if resp.status != 200:  # a 401: the workers' API_TOKENs differ
-                        log.warning("segment sizes from %s unavailable: HTTP %d", url,
-                                    resp.status)
-                        continue
-                    views.append(orjson.loads(await resp.read()))
-            except Exception as exc:  # a peer that is down only makes the answer partial
-                log.warning("segment sizes from %s unavailable: %s", url, exc)
-        return views
-
-    async def cluster_view(views: list[dict[str, Any]] | None = None
-                           ) -> tuple[dict[int, dict[int, int]], dict[int, list[str]]]:
-        """Segment sizes per partition and example customers, from every worker (or from
-        the ``views`` of :func:`peer_views`)."""
-        views = await peer_views() if views is None else views
-        sizes: dict[int, dict[int, int]] = {}
-        found: dict[int, list[str]] = {}
-        for view in views:
-            for p, per_segment in view["sizes"].items():
-                sizes.setdefault(int(p), {int(k): v for k, v in per_segment.items()})
-            for seg, ids in view["examples"].items():
-                found.setdefault(int(seg), []).extend(ids)
-        return sizes, found
-
-    @app.page("/segments/_local")
-    async def local_segments(self: View, request: Request) -> Response:
-        if not authorised(request):  # the examples name customers
-            return unauthorised(self)
-        return json_response(self, local_view())
-
-    def audience_members(views: list[dict[str, Any]]) -> dict[str, int]:
-        """Members per audience in the workers' ``views`` (:func:`peer_views`)."""
-        per_partition: dict[int, dict[str, int]] = {}
-        for view in views:  # a partition reported twice (during a rebalance) counts once
-            for p, per_audience in view.get("audiences", {}).items():
-                per_partition.setdefault(int(p), per_audience)
-        return summed(per_partition)
-
-    @app.page("/audiences")
-    async def audiences_view(self: View, request: Request) -> Response:
-        """The applied audience definitions and their members, from every worker."""
-        members = audience_members(await peer_views())
-        return json_response(self, audiences_document(pipeline.audiences, members))
-
-    @app.page("/segments")
-    async def segments_view(self: View, request: Request) -> Response:
-        sizes, _ = await cluster_view()
-        return json_response(self, segments_document(pipeline.model, sizes))
-
-    @app.page("/segments/{segment_id}")
-    async def segment_view(self: View, request: Request, segment_id: str) -> Response:
-        model = pipeline.model
-        segment = segment_number(segment_id)
-        if model is None or segment is None or segment >= model.k:
-            return json_response(self, {"error": "unknown segment"}, 404)
-        sizes, found = await cluster_view()
-        body = segment_explanation(model, segment, sizes, found)
-        if not authorised(request):
-            body.pop("examples")  # no customer ids without the token
-        return json_response(self, body)
-
-    # -- the live segment map: GET / (a page for people) and GET /map/data (what it shows) --
-    size_history = SizeHistory()  # cluster-wide segment sizes, every 10 s for an hour
-    page = map_page()
-
-    @app.timer(interval=2.0)
-    async def sample_segment_sizes() -> None:
-        """Add the cluster-wide segment sizes to the map's history when a point is due
-        (the first as soon as there is a model)."""
-        now, model = time.time(), pipeline.model
-        if model is None or not size_history.due(now):
-            return
-        sizes, _ = await cluster_view()
-        size_history.add(now, {s["id"]: s["size"]
-                               for s in segments_document(model, sizes)["segments"]})
-
-    @app.page("/")
-    async def segment_map(self: View, request: Request) -> Response:
-        return self.html(page.html, headers={
-            "Content-Security-Policy": page.content_security_policy,
-            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-            "Cache-Control": "no-cache"})
-
-    @app.page("/map/data")
-    async def segment_map_data(self: View, request: Request) -> Response:
-        """Segments with sizes and map positions, the size history after ``?since=``
-        (epoch seconds) and the latest changes, from every worker; customer ids only
-        with the token."""
-        views = await peer_views()
-        sizes, _ = await cluster_view(views)
-        model, allowed = pipeline.model, authorised(request)
-        return json_response(self, map_document(
-            segments_document(model, sizes),
-            project_segments(model.centres, model.active) if model is not None else None,
-            model.features if model is not None else (),
-            size_history.since(parse_since(request.query.get("since"))),
-            merge_changes((view.get("recent", ()) for view in views), customers=allowed),
-            now=time.time(), model_created=model.created_at if model is not None else None,
-            authorised=allowed, token_required=bool(settings.api_token),
-        ) | {"audiences": audiences_document(pipeline.audiences,
-                                             audience_members(views))["audiences"]})
-
+    gauges = Gauges(metrics=metrics, pipeline=pipeline, sizes=sizes,
+                    audience_sizes=audience_sizes, assignment=assignment)
+    gauges.register(app)
+    Views(app=app, settings=settings, pipeline=pipeline, customers=customers, feed=feed,
+          metrics=metrics, gauges=gauges, assignment=assignment, index=index,
+          audience_sizes=audience_sizes, recent_changes=recent_changes).register(app)
     return app
-
-
-def segment_number(text: str) -> int | None:
-    """The segment id in the path of ``GET /segments/{id}``: at most 9 ASCII digits, else
-    None (a 404). ``str.isdigit`` alone let through digits ``int`` rejects (``"²"``) and
-    numbers past Python's 4,300-digit conversion limit, which answered 500.
-
-    >>> [segment_number(t) for t in ("7", "007", "-1", "1.5", "²", "٣", "9" * 4301, "")]
-    [7, 7, None, None, None, None, None, None]
-    """
-    if not (0 < len(text) <= 9 and text.isascii() and text.isdigit()):
-        return None
-    return int(text)
 
 
 def file_stamp(path: str) -> tuple[int, int] | None:
@@ -930,95 +675,3 @@ def file_stamp(path: str) -> tuple[int, int] | None:
 
 def _timestamp_ms(timestamp: float | None) -> int | None:
     return None if timestamp is None else int(timestamp * 1000)
-
-
-def customer_document(customer_id: str, stored: bytes, model: SegmentModel | None
-                      ) -> dict[str, Any]:
-    """The body of ``GET /customers/{id}``."""
-    state = CustomerState.from_bytes(stored)
-    features = state.window.features(state.clock)
-    for name in ("first_order_ts", "last_order_ts"):
-        if features[name] is not None:
-            features[name] = iso_ms(features[name])
-    segment = state.segment
-    label = (model.labels[segment] if model is not None and segment is not None
-             and 0 <= segment < model.k else None)
-    return {
-        "customer_id": customer_id,
-        "as_of": iso_ms(state.clock) if state.clock else None,
-        "segment": segment,
-        "segment_label": label,
-        "model_version": state.model_version,
-        "features": {name: features[name] for name in FEATURE_NAMES},
-        "profile": state.profile,
-        "audiences": state.audiences,
-        "consent": {"segmentation": not state.excluded},
-    }
-
-
-def segment_explanation(model: SegmentModel, segment: int, sizes: dict[int, dict[int, int]],
-                        examples: dict[int, list[str]]) -> dict[str, Any]:
-    """The body of ``GET /segments/{id}``: what distinguishes the segment, and who is in it."""
-    centre_units = model.centres_in_feature_units()[segment]
-    population = FeatureTransform(model.spec).inverse(model.mean[None, :])[0]
-    size = sum(per_segment.get(segment, 0) for per_segment in sizes.values())
-    return {
-        "id": segment,
-        "label": model.labels[segment],
-        "active": model.is_active(segment),
-        "size": size,
-        "model_version": model.version,
-        "typical": typical_values(model.features, centre_units),
-        "centre": {n: round(float(v), 4) for n, v in zip(model.features, centre_units)},
-        "distinguishing": [
-            {"feature": name, "z": round(z, 3), "word": word,
-             "segment_value": round(float(centre_units[model.features.index(name)]), 4),
-             "population_value": round(float(population[model.features.index(name)]), 4)}
-            for name, z, word in describe(model.features,
-                                          model.z_scores(model.centres[segment]))
-        ],
-        "examples": examples.get(segment, [])[:EXAMPLES],
-    }
-
-
-def audiences_document(definitions: AudienceSet, members: dict[str, int]) -> dict[str, Any]:
-    """The body of ``GET /audiences``: each audience's definition and member count."""
-    return {
-        "version": definitions.version,
-        "source": definitions.source,
-        "audiences": [
-            {"name": a.name, "description": a.description, "condition": a.condition,
-             "exit_condition": a.exit_condition, "members": members.get(a.name, 0)}
-            for a in definitions.audiences],
-    }
-
-
-def segments_document(model: SegmentModel | None, sizes: dict[int, dict[int, int]]
-                      ) -> dict[str, Any]:
-    """The body of ``GET /segments``: every active segment with label, size, typical
-    values and centre, and the retired segment ids with their last label."""
-    totals = summed(sizes)
-    segments = []
-    retired = []
-    if model is not None:
-        centres = model.centres_in_feature_units()
-        for i in range(model.k):
-            if not model.active[i]:
-                retired.append({"id": i, "label": model.labels[i], "size": totals.get(i, 0)})
-                continue
-            segments.append({
-                "id": i,
-                "label": model.labels[i],
-                "size": totals.get(i, 0),
-                "typical": typical_values(model.features, centres[i]),
-                "centre": {n: round(float(v), 4) for n, v in zip(model.features, centres[i])},
-            })
-    return {
-        "model_version": model.version if model else 0,
-        "customers": sum(totals.values()),
-        "unassigned": totals.get(UNASSIGNED, 0),
-        "excluded": totals.get(EXCLUDED, 0),
-        "partitions_reporting": sorted(sizes),
-        "segments": segments,
-        "retired": retired,
-    }
