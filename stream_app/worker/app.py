@@ -29,8 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -42,17 +40,13 @@ from faust.exceptions import NotReady
 from prometheus_client import Counter
 
 from stream_app.config import Settings
-from stream_app.core.audiences import AudienceError, AudienceSet
 from stream_app.core.changes import event_digest
 from stream_app.core.effects import apply, effects_of
 from stream_app.core.pipeline import CustomerPipeline, Outcome
 from stream_app.core.state import CustomerState
 from stream_app.model.assignments import AssignmentIndex
 from stream_app.model.segmentation import (
-    FeatureTransform,
-    SegmentLearner,
     SegmentModel,
-    learner_for,
 )
 from stream_app.web.segment_map import (
     RecentChanges,
@@ -66,8 +60,8 @@ from stream_app.worker.control import ControlBatches, last_control_causes
 from stream_app.worker.gauges import Gauges
 from stream_app.worker.logs import logging_config
 from stream_app.worker.metrics import Metrics
-from stream_app.worker.model_feed import ModelFeed
-from stream_app.worker.options import learner_options, pipeline_options
+from stream_app.worker.model_service import ModelService
+from stream_app.worker.options import pipeline_options
 from stream_app.worker.pacing import Pace
 from stream_app.worker.segmentation_app import SegmentationApp
 from stream_app.worker.sink import WorkerSink
@@ -81,17 +75,12 @@ log = logging.getLogger("stream_app")
 #: a partition's customers, not one per customer; small enough that the events queued
 #: behind one wait ~25 ms).
 CONTROL_CHUNK = 64
-#: Samples the learner takes at once (or what arrived within the wait), learned in a thread.
-LEARN_BATCH = 256
-LEARN_BATCH_WAIT_S = 0.5
 #: Re-judgement passes wait after a rebalance until the assigned partitions are read up to
 #: where they ended at the assignment (stream_app/worker/catch_up.py), at most this long; the
 #: positions are looked at every CATCH_UP_POLL_S.
 CATCH_UP_MAX_WAIT_S = 30.0
 CATCH_UP_POLL_S = 0.2
 CATCH_UP_ENDS_WAIT_S = 10.0  # for the end offsets, at each rebalance
-QUALITY_GAUGES = ("wcss_ratio", "homogeneity", "separation_min", "separation_mean",
-                  "silhouette")
 
 
 def create_app(settings: Settings, partitions: int | None = None) -> SegmentationApp:
@@ -152,59 +141,14 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
     #: Members per audience and partition, counted the same way.
     audience_sizes: SegmentSizes[str] = SegmentSizes()
 
-    # -- the model every worker applies ---------------------------------------------------
-    rescore_wanted = asyncio.Event()
-    rescored_any = False
-
-    def on_model(model: SegmentModel) -> None:
-        nonlocal rescored_any
-        pipeline.use_model(model)
-        metrics.model_version.set(model.version)
-        metrics.model_created.set(model.created_at)
-        metrics.model_updates.inc()
-        for measure in QUALITY_GAUGES:
-            value = model.quality.get(measure)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                metrics.quality.labels(measure).set(value)
-        if model.rescore or not rescored_any:  # and the first model this worker applies
-            rescored_any = True
-            rescore_wanted.set()
-            metrics.rescore_waiting.set(1)
-
-    # -- the audience definitions every worker applies -----------------------------------
-    audiences_wanted = asyncio.Event()  # a pass over the local customers is due
-    audiences_stamp: tuple[int, int] | None = None  # (mtime, size) of the file read last
-
-    def apply_audiences(definitions: AudienceSet) -> None:
-        pipeline.use_audiences(definitions)
-        metrics.audiences_defined.set(len(definitions))
-        log.info("audience definitions %s applied: %d audiences from %s",
-                 definitions.version, len(definitions), definitions.source)
-
-    if settings.audiences_file:  # AudienceError: the worker does not start
-        audiences_stamp = file_stamp(settings.audiences_file)
-        apply_audiences(AudienceSet.load(settings.audiences_file))
-
-        @app.timer(interval=settings.audiences_reload_s)
-        async def reload_audiences() -> None:
-            """Apply the definitions file when it changed (without a restart); a file that
-            does not load leaves the applied definitions in place."""
-            nonlocal audiences_stamp
-            stamp = file_stamp(settings.audiences_file)
-            if stamp == audiences_stamp:
-                return
-            audiences_stamp = stamp
-            try:
-                definitions = AudienceSet.load(settings.audiences_file)
-            except (AudienceError, OSError) as exc:
-                metrics.audience_reloads.labels("rejected").inc()
-                log.error("audience definitions not reloaded (%s stay applied): %s",
-                          pipeline.audiences.version, exc)
-                return
-            metrics.audience_reloads.labels("applied").inc()
-            if definitions.version != pipeline.audiences.version:  # not only touched
-                apply_audiences(definitions)
-                audiences_wanted.set()
+    # -- the model every worker applies, the learner, the audience definitions -----------
+    rescore_wanted = asyncio.Event()  # a re-scoring pass is due
+    audiences_wanted = asyncio.Event()  # a pass over the local customers' audiences is due
+    models = ModelService(settings=settings, pipeline=pipeline, metrics=metrics,
+                          model_topic=model_topic, rescore_wanted=rescore_wanted,
+                          audiences_wanted=audiences_wanted)
+    models.register(app, samples_topic)
+    feed = app.model_feed = models.feed
 
     schedule = SweepSchedule()
     #: Local customers' vectors and segments at their last evaluation, and the partitions
@@ -234,12 +178,6 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
         catch_up.reached(starts, time.monotonic())
 
     app.on_seek = on_seek
-    feed = ModelFeed(settings.bootstrap_servers, settings.segment_model_topic, on_model)
-    app.model_feed = feed
-
-    @app.task
-    async def follow_model() -> None:
-        await feed.run()
 
     # -- agents ---------------------------------------------------------------------------
     #: Where the effects of an outcome land (stream_app/core/effects.py: the order).
@@ -394,82 +332,6 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
                     schedule.observe(message.partition, out.event_ts)
                 await publish(out, message, customer)
             observe(time.perf_counter() - started)
-
-    learner: SegmentLearner | None = None
-    version = 0  # newest model version this worker published or applied
-    unpublished = 0  # samples learned since the last publish
-
-    def current_learner() -> SegmentLearner:
-        """The learner, rebuilt from the newest snapshot if another worker published one."""
-        nonlocal learner, version
-        latest = feed.latest
-        transform = FeatureTransform(settings.segment_features)
-        if latest is not None and latest.version > version and latest.spec == transform.spec:
-            learner = learner_for(learner_options(settings), latest)
-            version = latest.version
-        elif learner is None:
-            learner = learner_for(learner_options(settings))
-        return learner
-
-    #: The learner is used by one thread at a time: learning runs in a worker thread, so
-    #: River's updates and the NumPy refinements never hold up the event loop (the
-    #: ``process`` agent's latency); snapshots wait for the batch being learned.
-    learning = asyncio.Lock()
-
-    async def publish_model() -> None:
-        nonlocal version, unpublished
-        async with learning:
-            if learner is None or not learner.ready:
-                return
-            if not unpublished:
-                # No sample since the last version: a backlog was drained (or traffic
-                # paused). Refine once on everything learned since the last refinement,
-                # so a history replayed in seconds ends with the model a live run has.
-                if not learner.learned_since_refinement:
-                    return
-                await asyncio.to_thread(learner.refine)
-            version = max(version, feed.latest.version if feed.latest else 0) + 1
-            unpublished = 0
-            # Quality figures of the snapshot are NumPy work on the sample: off the loop too.
-            snapshot = await asyncio.to_thread(learner.snapshot, version)
-        await model_topic.send(value=snapshot.to_json())
-
-    def learn_batch(values: list[bytes]) -> tuple[int, bool]:
-        """Learn ``values`` (in a worker thread): how many were learned, and whether the
-        warm-up ended with them."""
-        model = current_learner()
-        warming, learned = not model.ready, 0
-        for value in values:
-            try:
-                sample = orjson.loads(value)
-                if "forget" in sample:  # erased, or consent withdrawn
-                    model.forget(str(sample["forget"]))
-                    continue
-                if sample["spec"] != model.transform.spec:
-                    continue
-                model.learn_one(sample["x"], sample.get("member"))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                log.warning("learner skipped an unreadable sample: %s", exc)
-                continue
-            learned += 1
-        return learned, warming and model.ready
-
-    @app.agent(samples_topic)
-    async def learn(stream: faust.StreamT) -> None:
-        """The single learner (the samples topic has one partition, so one worker)."""
-        nonlocal unpublished
-        await feed.caught_up.wait()
-        async for values in stream.take(LEARN_BATCH, within=LEARN_BATCH_WAIT_S):
-            async with learning:
-                learned, warmed = await asyncio.to_thread(learn_batch, values)
-                unpublished += learned
-            metrics.samples_learned.inc(learned)
-            if warmed:  # the warm-up just ended: publish the first model now
-                await publish_model()
-
-    @app.timer(interval=settings.model_publish_interval)
-    async def publish_model_periodically() -> None:
-        await publish_model()
 
     # -- background tasks -----------------------------------------------------------------
     async def queue_control(op: dict[str, Any], work: Iterable[tuple[int, bytes]],
@@ -662,15 +524,6 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
           metrics=metrics, gauges=gauges, assignment=assignment, index=index,
           audience_sizes=audience_sizes, recent_changes=recent_changes).register(app)
     return app
-
-
-def file_stamp(path: str) -> tuple[int, int] | None:
-    """``(mtime in ns, size)`` of a file, None if it cannot be read."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 def _timestamp_ms(timestamp: float | None) -> int | None:

@@ -1,0 +1,216 @@
+"""The model every worker applies, the single learner, and the audience definitions.
+
+:class:`ModelService` follows the model topic on every worker (``on_model``: apply the
+newest snapshot, set the model gauges, ask for a re-scoring pass), runs the learner agent
+on the one-partition samples topic (so on one worker; learning runs in a worker thread),
+publishes snapshots, and applies the audience definitions file (at start and whenever it
+changes, without a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from typing import Any
+
+import faust
+import orjson
+
+from stream_app.config import Settings
+from stream_app.core.audiences import AudienceError, AudienceSet
+from stream_app.core.pipeline import CustomerPipeline
+from stream_app.model.segmentation import (
+    FeatureTransform,
+    SegmentLearner,
+    SegmentModel,
+    learner_for,
+)
+from stream_app.worker.metrics import Metrics
+from stream_app.worker.model_feed import ModelFeed
+from stream_app.worker.options import learner_options
+
+log = logging.getLogger("stream_app")
+
+#: Samples the learner takes at once (or what arrived within the wait), learned in a thread.
+LEARN_BATCH = 256
+LEARN_BATCH_WAIT_S = 0.5
+QUALITY_GAUGES = ("wcss_ratio", "homogeneity", "separation_min", "separation_mean",
+                  "silhouette")
+
+
+class ModelService:
+    """Model feed, learner, snapshots and audience definitions of one worker.
+
+    ``rescore_wanted`` is set when an applied model asks for a re-scoring pass (and for the
+    first model this worker applies), ``audiences_wanted`` when reloaded definitions differ
+    from the applied ones: the re-judgement passes wait on them. Loading ``AUDIENCES_FILE``
+    happens here, in the constructor: an :class:`~stream_app.core.audiences.AudienceError`
+    stops the worker before it starts.
+    """
+
+    def __init__(self, *, settings: Settings, pipeline: CustomerPipeline, metrics: Metrics,
+                 model_topic: Any, rescore_wanted: asyncio.Event,
+                 audiences_wanted: asyncio.Event) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.model_topic = model_topic
+        self.rescore_wanted = rescore_wanted
+        self.audiences_wanted = audiences_wanted
+        self.rescored_any = False  # whether this worker applied a model yet
+        self.feed = ModelFeed(settings.bootstrap_servers, settings.segment_model_topic,
+                              self.on_model)
+        self.learner: SegmentLearner | None = None
+        self.version = 0  # newest model version this worker published or applied
+        self.unpublished = 0  # samples learned since the last publish
+        #: The learner is used by one thread at a time: learning runs in a worker thread,
+        #: so River's updates and the NumPy refinements never hold up the event loop (the
+        #: ``process`` agent's latency); snapshots wait for the batch being learned.
+        self.learning = asyncio.Lock()
+        self.audiences_stamp: tuple[int, int] | None = None  # (mtime, size) read last
+        if settings.audiences_file:  # AudienceError: the worker does not start
+            self.audiences_stamp = file_stamp(settings.audiences_file)
+            self.apply_audiences(AudienceSet.load(settings.audiences_file))
+
+    def register(self, app: Any, samples_topic: Any) -> None:
+        """The feed's task, the learner agent on ``samples_topic``, the publishing timer
+        and (with ``AUDIENCES_FILE``) the definitions' reload timer."""
+        service, settings = self, self.settings
+
+        @app.task
+        async def follow_model() -> None:
+            await service.feed.run()
+
+        @app.agent(samples_topic)
+        async def learn(stream: faust.StreamT) -> None:
+            """The single learner (the samples topic has one partition, so one worker)."""
+            await service.learn(stream)
+
+        @app.timer(interval=settings.model_publish_interval)
+        async def publish_model_periodically() -> None:
+            await service.publish_model()
+
+        if settings.audiences_file:
+
+            @app.timer(interval=settings.audiences_reload_s)
+            async def reload_audiences() -> None:
+                await service.reload_audiences()
+
+    # -- the model every worker applies ---------------------------------------------------
+    def on_model(self, model: SegmentModel) -> None:
+        """Apply ``model`` (the newest snapshot on the model topic)."""
+        metrics = self.metrics
+        self.pipeline.use_model(model)
+        metrics.model_version.set(model.version)
+        metrics.model_created.set(model.created_at)
+        metrics.model_updates.inc()
+        for measure in QUALITY_GAUGES:
+            value = model.quality.get(measure)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                metrics.quality.labels(measure).set(value)
+        if model.rescore or not self.rescored_any:  # and the first model applied here
+            self.rescored_any = True
+            self.rescore_wanted.set()
+            metrics.rescore_waiting.set(1)
+
+    # -- the audience definitions every worker applies ------------------------------------
+    def apply_audiences(self, definitions: AudienceSet) -> None:
+        self.pipeline.use_audiences(definitions)
+        self.metrics.audiences_defined.set(len(definitions))
+        log.info("audience definitions %s applied: %d audiences from %s",
+                 definitions.version, len(definitions), definitions.source)
+
+    async def reload_audiences(self) -> None:
+        """Apply the definitions file when it changed (without a restart); a file that
+        does not load leaves the applied definitions in place."""
+        path = self.settings.audiences_file
+        stamp = file_stamp(path)
+        if stamp == self.audiences_stamp:
+            return
+        self.audiences_stamp = stamp
+        try:
+            definitions = AudienceSet.load(path)
+        except (AudienceError, OSError) as exc:
+            self.metrics.audience_reloads.labels("rejected").inc()
+            log.error("audience definitions not reloaded (%s stay applied): %s",
+                      self.pipeline.audiences.version, exc)
+            return
+        self.metrics.audience_reloads.labels("applied").inc()
+        if definitions.version != self.pipeline.audiences.version:  # not only touched
+            self.apply_audiences(definitions)
+            self.audiences_wanted.set()
+
+    # -- the single learner ---------------------------------------------------------------
+    def current_learner(self) -> SegmentLearner:
+        """The learner, rebuilt from the newest snapshot if another worker published one."""
+        latest = self.feed.latest
+        transform = FeatureTransform(self.settings.segment_features)
+        if (latest is not None and latest.version > self.version
+                and latest.spec == transform.spec):
+            self.learner = learner_for(learner_options(self.settings), latest)
+            self.version = latest.version
+        elif self.learner is None:
+            self.learner = learner_for(learner_options(self.settings))
+        return self.learner
+
+    async def publish_model(self) -> None:
+        """Publish a snapshot when anything was learned since the last one."""
+        async with self.learning:
+            learner = self.learner
+            if learner is None or not learner.ready:
+                return
+            if not self.unpublished:
+                # No sample since the last version: a backlog was drained (or traffic
+                # paused). Refine once on everything learned since the last refinement,
+                # so a history replayed in seconds ends with the model a live run has.
+                if not learner.learned_since_refinement:
+                    return
+                await asyncio.to_thread(learner.refine)
+            latest = self.feed.latest
+            self.version = max(self.version, latest.version if latest else 0) + 1
+            self.unpublished = 0
+            # Quality figures of the snapshot are NumPy work on the sample: off the loop too.
+            snapshot = await asyncio.to_thread(learner.snapshot, self.version)
+        await self.model_topic.send(value=snapshot.to_json())
+
+    def learn_batch(self, values: list[bytes]) -> tuple[int, bool]:
+        """Learn ``values`` (in a worker thread): how many were learned, and whether the
+        warm-up ended with them."""
+        model = self.current_learner()
+        warming, learned = not model.ready, 0
+        for value in values:
+            try:
+                sample = orjson.loads(value)
+                if "forget" in sample:  # erased, or consent withdrawn
+                    model.forget(str(sample["forget"]))
+                    continue
+                if sample["spec"] != model.transform.spec:
+                    continue
+                model.learn_one(sample["x"], sample.get("member"))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("learner skipped an unreadable sample: %s", exc)
+                continue
+            learned += 1
+        return learned, warming and model.ready
+
+    async def learn(self, stream: faust.StreamT) -> None:
+        """The learner agent's body: batches of samples, learned in a thread."""
+        await self.feed.caught_up.wait()
+        async for values in stream.take(LEARN_BATCH, within=LEARN_BATCH_WAIT_S):
+            async with self.learning:
+                learned, warmed = await asyncio.to_thread(self.learn_batch, values)
+                self.unpublished += learned
+            self.metrics.samples_learned.inc(learned)
+            if warmed:  # the warm-up just ended: publish the first model now
+                await self.publish_model()
+
+
+def file_stamp(path: str) -> tuple[int, int] | None:
+    """``(mtime in ns, size)`` of a file, None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
