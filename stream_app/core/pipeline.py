@@ -44,7 +44,7 @@ SWEEP_SAMPLE_SHARE = 4
 #: How many features a segment change names as the reasons for the move.
 REASONS = 3
 #: Triggers of a customer leaving segmentation: its last changes are sent before the state
-#: is deleted or reduced (a replay would decide the same again, see ``publish`` in app.py).
+#: is deleted or reduced (a replay would decide the same again, see stream_app/core/effects.py).
 LEAVING = frozenset({"erasure", "consent"})
 #: The DLQ reason (and ``stream_app_invalid_events_total`` label) of a click or purchase
 #: whose ``event_id`` the customer's state remembers with other content (see

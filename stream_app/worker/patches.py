@@ -271,7 +271,7 @@ def install_retry_backoff(backoff_ms: int) -> None:
         client.__init__.__kwdefaults__["retry_backoff_ms"] = backoff_ms
 
 
-# -- A table write that reaches the producer at once (stream_app/worker/app.py) -----------
+# -- A table write that reaches the producer at once (stream_app/worker/sink.py) ----------
 
 def check_table_write() -> None:
     """Check the Faust table internals :func:`write_through` uses."""

@@ -39,9 +39,11 @@ from stream_app.worker.sweep import SweepSchedule
 class WorkerSink:
     """Table, topics and in-memory bookkeeping of one worker.
 
-    ``forget(key, partition)`` drops an erased customer, or one that withdrew consent,
-    from what the worker keeps in memory (docs/privacy.md): this sink calls it after the
-    tombstone, or after storing the state of an excluded customer.
+    An erased customer, or one that withdrew consent, is dropped from what the worker
+    keeps in memory (docs/privacy.md) after the tombstone, or after its excluded state is
+    stored: the assignment index (the examples), the map's recent changes and the sweep
+    schedule here, then ``forget(key, partition)`` for the rest (the pending control
+    batches and the catch-up's sets, :meth:`~stream_app.worker.rejudge.Rejudge.forget_customer`).
     """
 
     def __init__(self, *, customers: Any, changes_topic: Any, audience_topic: Any,
@@ -117,12 +119,19 @@ class WorkerSink:
         await patches.write_through(self.customers, effect.key, effect.state,
                                     effect.partition)
         if effect.forget:
-            self.forget(effect.key, effect.partition)  # type: ignore[arg-type]
+            self.forget_traces(effect.key, effect.partition)  # type: ignore[arg-type]
 
     async def delete_state(self, effect: DeleteState) -> None:
         await patches.write_through(self.customers, effect.key, None,
                                     effect.partition)  # a tombstone
-        self.forget(effect.key, effect.partition)  # type: ignore[arg-type]
+        self.forget_traces(effect.key, effect.partition)  # type: ignore[arg-type]
+
+    def forget_traces(self, key: bytes, partition: int) -> None:
+        """Drop the customer from the worker's memory (see the class)."""
+        self.index.forget(key)
+        self.recent_changes.forget(key)
+        self.schedule.forget(partition, key)
+        self.forget(key, partition)
 
     async def send_sample(self, effect: SendSample) -> None:
         await self.samples_topic.send(value=effect.sample)
