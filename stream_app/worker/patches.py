@@ -147,7 +147,8 @@ def install_quiet_seek() -> None:
 
     async def seek_to_committed(self: Any) -> Any:
         return await seek.seek_to_committed_rewinding(
-            self, functools.partial(original_seek_to_committed, self))
+            self, functools.partial(original_seek_to_committed, self), read_offset,
+            worker_consumer)
 
     _mark(perform_seek, original_perform_seek)
     _mark(seek_to_committed, original_seek_to_committed)

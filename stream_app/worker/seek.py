@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-
-from stream_app.worker import patches
 
 # The logger keeps its name from before the package split (log filters and docs use it).
 log = logging.getLogger("stream_app.seek")
@@ -61,20 +59,27 @@ async def perform_seek_stopped(consumer: Any, perform_seek: Callable[[], Awaitab
 
 
 async def seek_to_committed_rewinding(thread: Any,
-                                      seek_to_committed: Callable[[], Awaitable[Any]]) -> Any:
+                                      seek_to_committed: Callable[[], Awaitable[Any]],
+                                      read_offset: Callable[[Any], Mapping[Any, int | None]],
+                                      worker_consumer: Callable[[Any], Any]) -> Any:
     """The aiokafka driver's ``seek_to_committed`` of consumer ``thread`` (the original,
     bound), then :func:`rewind_dropped` for the stream partitions without a committed
     offset; reports where each partition's reading starts to the app's ``on_seek``
-    (:class:`~stream_app.worker.segmentation_app.SegmentationApp`)."""
+    (:class:`~stream_app.worker.segmentation_app.SegmentationApp`).
+
+    ``read_offset`` (Faust's last offsets handed to the streams, of a consumer) and
+    ``worker_consumer`` (the aiokafka consumer of ``thread``) are the accessors of
+    :mod:`stream_app.worker.patches`, which installs this function; they are passed in so
+    that this module touches no framework internals itself."""
     committed = await seek_to_committed()
     changelogs = thread.app.tables.changelog_topics
-    delivered = patches.read_offset(thread.consumer)  # the last offset handed to the streams
+    delivered = read_offset(thread.consumer)  # the last offset handed to the streams
     uncommitted = {tp: delivered.get(tp) for tp, offset in committed.items()
                    if (offset is None or offset <= 0) and tp.topic not in changelogs}
     starts = {tp: offset for tp, offset in committed.items()
               if offset is not None and offset > 0 and tp.topic not in changelogs}
     if uncommitted:
-        starts.update(await thread.call_thread(rewind_dropped, patches.worker_consumer(thread),
+        starts.update(await thread.call_thread(rewind_dropped, worker_consumer(thread),
                                                uncommitted))
     report = getattr(thread.app, "on_seek", None)  # None: an app other than the worker's
     if report is not None:
