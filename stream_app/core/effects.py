@@ -31,7 +31,7 @@ customer's effects keep their order, as the outcomes are taken in order.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from stream_app.core.pipeline import LEAVING, Outcome
 
@@ -234,61 +234,33 @@ class SyncSink(Protocol):
     def move_audiences(self, effect: MoveAudiences) -> None: ...
 
 
+#: The sink method that carries out each kind of effect.
+METHODS: dict[type, str] = {
+    PutState: "put_state", IndexVector: "index_vector", ScheduleSweep: "schedule_sweep",
+    MoveSegment: "move_segment", SendChange: "send_change", SendSample: "send_sample",
+    Counted: "count", MoveAudiences: "move_audiences",
+    SendAudienceChanges: "send_audience_changes", DeleteState: "delete_state",
+    DeadLetter: "dead_letter",
+}
+
+
+def _method(sink: object, effect: Effect) -> Any:
+    try:
+        return getattr(sink, METHODS[type(effect)])
+    except KeyError:
+        raise TypeError(f"not an effect: {effect!r}") from None
+
+
 async def apply(effects: Iterable[Effect], sink: Sink) -> None:
-    """Carry ``effects`` out on ``sink``, in order (awaiting only its I/O methods)."""
+    """Carry ``effects`` out on ``sink``, in order (awaiting only its I/O methods, the
+    ones that return an awaitable)."""
     for e in effects:
-        kind = type(e)
-        if kind is PutState:
-            await sink.put_state(e)  # type: ignore[arg-type]
-        elif kind is IndexVector:
-            sink.index_vector(e)  # type: ignore[arg-type]
-        elif kind is ScheduleSweep:
-            sink.schedule_sweep(e)  # type: ignore[arg-type]
-        elif kind is MoveSegment:
-            sink.move_segment(e)  # type: ignore[arg-type]
-        elif kind is SendChange:
-            await sink.send_change(e)  # type: ignore[arg-type]
-        elif kind is SendSample:
-            await sink.send_sample(e)  # type: ignore[arg-type]
-        elif kind is Counted:
-            sink.count(e)  # type: ignore[arg-type]
-        elif kind is MoveAudiences:
-            sink.move_audiences(e)  # type: ignore[arg-type]
-        elif kind is SendAudienceChanges:
-            await sink.send_audience_changes(e)  # type: ignore[arg-type]
-        elif kind is DeleteState:
-            await sink.delete_state(e)  # type: ignore[arg-type]
-        elif kind is DeadLetter:
-            await sink.dead_letter(e)  # type: ignore[arg-type]
-        else:
-            raise TypeError(f"not an effect: {e!r}")
+        done = _method(sink, e)(e)
+        if done is not None:
+            await done
 
 
 def apply_sync(effects: Iterable[Effect], sink: SyncSink) -> None:
     """:func:`apply` for a sink without coroutines: the same effects in the same order."""
     for e in effects:
-        kind = type(e)
-        if kind is PutState:
-            sink.put_state(e)  # type: ignore[arg-type]
-        elif kind is IndexVector:
-            sink.index_vector(e)  # type: ignore[arg-type]
-        elif kind is ScheduleSweep:
-            sink.schedule_sweep(e)  # type: ignore[arg-type]
-        elif kind is MoveSegment:
-            sink.move_segment(e)  # type: ignore[arg-type]
-        elif kind is SendChange:
-            sink.send_change(e)  # type: ignore[arg-type]
-        elif kind is SendSample:
-            sink.send_sample(e)  # type: ignore[arg-type]
-        elif kind is Counted:
-            sink.count(e)  # type: ignore[arg-type]
-        elif kind is MoveAudiences:
-            sink.move_audiences(e)  # type: ignore[arg-type]
-        elif kind is SendAudienceChanges:
-            sink.send_audience_changes(e)  # type: ignore[arg-type]
-        elif kind is DeleteState:
-            sink.delete_state(e)  # type: ignore[arg-type]
-        elif kind is DeadLetter:
-            sink.dead_letter(e)  # type: ignore[arg-type]
-        else:
-            raise TypeError(f"not an effect: {e!r}")
+        _method(sink, e)(e)
