@@ -335,6 +335,26 @@ class Settings:
     commit_interval_s: float = field(default=2.8, metadata={
         "env": "COMMIT_INTERVAL_S",
         "doc": "seconds between input offset commits (a clean stop commits too)"})
+    #: Seconds a customer's state may stay in the worker's cache before it is written to the
+    #: changelog (stream_app/worker/customer_store.py).
+    state_flush_interval_s: float = field(default=5.0, metadata={
+        "env": "STATE_FLUSH_INTERVAL_S",
+        "doc": "seconds a customer's state may stay cached before its changelog record is "
+               "written (each customer once per flush; a customer with a change at once); "
+               "input messages are acknowledged, and so committed, after that flush"})
+    #: Dirty customers that make the state cache flush before its interval.
+    state_cache_size: int = field(default=20_000, metadata={
+        "env": "STATE_CACHE_SIZE",
+        "doc": "customers with unwritten state that make the cache flush early (its memory "
+               "bound)"})
+    #: Input messages processed as one batch at most (Faust's ``noack_take``).
+    input_batch_size: int = field(default=500, metadata={
+        "env": "INPUT_BATCH_SIZE",
+        "doc": "input messages processed as one batch at most"})
+    #: Milliseconds the agent waits for a batch to fill before it processes what it has.
+    input_batch_wait_ms: float = field(default=10.0, metadata={
+        "env": "INPUT_BATCH_WAIT_MS",
+        "doc": "milliseconds the agent waits for a batch to fill (the latency it may add)"})
     #: ``GET /ready`` answers 503 while the worker's input lag exceeds this many messages.
     ready_max_lag: int = field(default=10_000, metadata={
         "env": "READY_MAX_LAG",
@@ -387,6 +407,12 @@ class Settings:
             raise ValueError("PRODUCER_BATCHING must be auto, on or off")
         if self.log_format not in ("text", "json"):
             raise ValueError("LOG_FORMAT must be text or json")
+        if self.state_flush_interval_s <= 0 or self.state_cache_size < 1:
+            raise ValueError("STATE_FLUSH_INTERVAL_S must be positive and STATE_CACHE_SIZE "
+                             "at least 1")
+        if self.input_batch_size < 1 or self.input_batch_wait_ms <= 0:
+            raise ValueError("INPUT_BATCH_SIZE must be at least 1 and INPUT_BATCH_WAIT_MS "
+                             "positive")
         if self.commit_interval_s <= 0:
             raise ValueError("COMMIT_INTERVAL_S must be positive")
         if self.audiences_reload_s <= 0:

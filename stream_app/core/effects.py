@@ -191,6 +191,19 @@ def effects_of(out: Outcome, key: bytes | None, partition: int,
     return effects
 
 
+def leaves(out: Outcome) -> bool:
+    """Whether ``out`` sends a leaving change (or audience change) *before* its state: its
+    effects must be applied in order, each send awaited, not gathered into a batch.
+
+    >>> leaves(Outcome(erase=True, change=b"c", trigger="erasure", event_type="erasure"))
+    True
+    >>> leaves(Outcome(state=b"s", change=b"c", trigger="event"))
+    False
+    """
+    return ((out.change is not None and out.trigger in LEAVING)
+            or (bool(out.audience_changes) and out.audience_trigger in LEAVING))
+
+
 def effects_of_batch(outcomes: Iterable[tuple[Outcome, bytes | None, int, float | None]]
                      ) -> list[Effect]:
     """One effect list for ``(outcome, key, partition, timestamp)`` taken in order: each

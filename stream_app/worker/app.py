@@ -44,6 +44,7 @@ from stream_app.worker import patches
 from stream_app.worker.assignment import Assignment
 from stream_app.worker.broker import TANSU_FETCH_MAX_WAIT_MS, faust_broker_options
 from stream_app.worker.connectivity import KAFKA_RETRY_BACKOFF_MS
+from stream_app.worker.customer_store import CustomerStore
 from stream_app.worker.gauges import Gauges
 from stream_app.worker.logs import logging_config
 from stream_app.worker.metrics import Metrics
@@ -108,8 +109,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
     model_topic = app.topic(settings.segment_model_topic)
 
     # -- tables and the worker's memory ----------------------------------------------------
-    customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes,
-                          options=settings.table_options())
+    table = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes,
+                      options=settings.table_options())
+    #: The only way to the table: states cached, flushed to the changelog once per flush.
+    customers = CustomerStore(table, metrics, flush_interval_s=settings.state_flush_interval_s,
+                              max_dirty=settings.state_cache_size)
     #: Customers per segment and partition: counted from ``customers`` after every
     #: rebalance, adjusted by each move (stream_app/worker/sizes.py).
     sizes: SegmentSizes[int] = SegmentSizes()
@@ -147,7 +151,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
                   index=index, audience_sizes=audience_sizes, recent_changes=recent_changes)
     processor = Processor(pipeline=pipeline, customers=customers, kinds=kinds, sink=sink,
                           rejudge=rejudge, schedule=schedule, metrics=metrics,
-                          assignment=assignment, feed=feed)
+                          assignment=assignment, feed=feed,
+                          batch_size=settings.input_batch_size,
+                          batch_wait_s=settings.input_batch_wait_ms / 1000)
 
     # The agents, tasks, timers, signals and pages of each service.
     models.register(app, samples_topic)

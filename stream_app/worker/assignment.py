@@ -8,8 +8,11 @@ each one's reading started at the last seek (reported by stream_app/worker/seek.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class Assignment:
@@ -44,3 +47,21 @@ class Assignment:
         """Forget the positions of a revoked input partition."""
         self.processed.pop(tp, None)
         self.seeked.pop(tp, None)
+
+    def lags(self) -> dict[Any, int]:
+        """Messages not processed yet per assigned input (and control) partition, from the
+        consumer's last known high watermark (partitions without one yet are left out)."""
+        consumer, processed, seeked = self.app.consumer, self.processed, self.seeked
+        lags = {}
+        for tp in self.inputs():
+            try:
+                high = consumer.highwater(tp)
+            except Exception as exc:  # not fetched yet, or being revoked
+                log.debug("no lag for %s: %r", tp, exc)
+                continue
+            done = processed.get(tp)
+            # Nothing processed since the assignment: where the seek put it.
+            position = done + 1 if done is not None else seeked.get(tp)
+            if high is not None and position is not None:
+                lags[tp] = max(0, high - position)
+        return lags

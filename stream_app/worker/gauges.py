@@ -57,20 +57,8 @@ class Gauges:
 
     async def input_lag(self) -> int:
         """Set each owned input partition's lag gauge; the sum over them."""
-        assignment = self.assignment
         total = 0
-        for tp in assignment.inputs():
-            try:
-                high = assignment.app.consumer.highwater(tp)
-                done = assignment.processed.get(tp)
-                # Nothing processed since the assignment: where the seek put it.
-                position = done + 1 if done is not None else assignment.seeked.get(tp)
-            except Exception as exc:  # not fetched yet, or being revoked
-                log.debug("no lag for %s: %r", tp, exc)
-                continue
-            if high is None or position is None:
-                continue
-            lag = max(0, high - position)
+        for tp, lag in self.assignment.lags().items():
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
             total += lag
         return total

@@ -85,6 +85,16 @@ class Metrics:
         self.samples_learned = Counter(p + "learner_samples_learned_total",
                                        "Feature vectors learned (on the learner worker only).",
                                        registry=r)
+        self.state_records = Counter(p + "state_records_total",
+                                     "Customer state records written to the changelog (each "
+                                     "customer once per flush of the state cache).",
+                                     registry=r)
+        self.state_record_bytes = Counter(p + "state_record_bytes_total",
+                                          "Bytes of those records (keys and values).",
+                                          registry=r)
+        self.state_dirty = Gauge(p + "state_dirty",
+                                 "Customer states written but not yet flushed to the changelog.",
+                                 registry=r)
         self.sweeps = Counter(p + "sweep_requests_total",
                               "Customers queued for re-evaluation because event time passed.",
                               registry=r)

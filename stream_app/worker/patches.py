@@ -272,30 +272,47 @@ def install_retry_backoff(backoff_ms: int) -> None:
         client.__init__.__kwdefaults__["retry_backoff_ms"] = backoff_ms
 
 
-# -- A table write that reaches the producer at once (stream_app/worker/sink.py) ----------
+# -- A table write that reaches the producer at once (stream_app/worker/customer_store.py) --
 
 def check_table_write() -> None:
-    """Check the Faust table internals :func:`write_through` uses."""
+    """Check the Faust table and store internals :func:`write_through` uses."""
+    from faust.stores import base, rocksdb
     from faust.tables.base import Collection
 
     _check_method("faust-streaming", Collection, "_on_changelog_sent", ["self", "fut"])
+    _check_method("faust-streaming", rocksdb.Store, "_db_for_partition", ["self", "partition"])
+    _check_method("faust-streaming", base.Store, "_encode_key", ["self", "key"])
+    _check_method("faust-streaming", base.Store, "_encode_value", ["self", "value"])
 
 
 async def write_through(table: Any, key: Any, value: Any, partition: int) -> None:
-    """``table[key] = value`` (None: delete), its changelog record handed to the producer
-    before this returns.
+    """``table[key] = value`` (None: delete) in the table partition ``partition``, its
+    changelog record handed to the producer before this returns.
 
     Faust's own ``table[key] = value`` queues the record in a buffer that a commit may pass
     (its flush gives up after 0.1 s), so an offset could be committed whose state never
     reached the changelog (tests/system/test_recovery.py, a worker stopped mid-stream). Sent here,
-    the record is in the producer before the event is done, and every commit flushes the
-    producer first. The table's store is written directly (``table.data``) and the send
+    the record is in the producer before the caller goes on, and every commit flushes the
+    producer first. The table's store is written directly (:func:`_store`) and the send
     reports to the table's private ``_on_changelog_sent``, as Faust's own write does."""
-    if value is None:
-        table.data.pop(key, None)
-    else:
-        table.data[key] = value
+    _store(table.data, key, value, partition)
     await table.changelog_topic.send(
         key=key, value=value, partition=partition, key_serializer=table.key_serializer,
         value_serializer=table.value_serializer if value is not None else "raw",
         callback=table._on_changelog_sent)
+
+
+def _store(store: Any, key: Any, value: Any, partition: int) -> None:
+    """Write ``key`` to ``store`` (None: delete). Faust's RocksDB store takes the partition
+    of a write from the event being processed (``current_event()``), which a batched agent
+    or the flusher task does not have: its partition's database is written directly."""
+    from faust.stores.rocksdb import Store as RocksDBStore
+
+    if value is None:
+        store.pop(key, None)
+    elif isinstance(store, RocksDBStore):
+        encoded = store._encode_key(key)
+        store._key_index[encoded] = partition
+        store._db_for_partition(partition).put(encoded, store._encode_value(value))
+    else:
+        store[key] = value

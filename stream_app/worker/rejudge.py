@@ -34,6 +34,7 @@ from stream_app.model.segmentation import SegmentModel
 from stream_app.worker.assignment import Assignment
 from stream_app.worker.catch_up import CatchUp
 from stream_app.worker.control import ControlBatches, last_control_causes
+from stream_app.worker.customer_store import CustomerStore
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.pacing import Pace
 from stream_app.worker.sizes import SegmentSizes, home_and_bucket, summary
@@ -45,6 +46,9 @@ log = logging.getLogger("stream_app")
 #: a partition's customers, not one per customer; small enough that the events queued
 #: behind one wait ~25 ms).
 CONTROL_CHUNK = 64
+#: Input (and control) messages waiting beyond which re-scoring and sweep passes hold back
+#: before each control message (at most a second each: they slow down, never stop).
+HOLD_LAG = 1_000
 #: Re-judgement passes wait after a rebalance until the assigned partitions are read up to
 #: where they ended at the assignment (stream_app/worker/catch_up.py), at most this long; the
 #: positions are looked at every CATCH_UP_POLL_S.
@@ -62,7 +66,7 @@ class Rejudge:
     """
 
     def __init__(self, *, app: Any, settings: Settings, partitions: int,
-                 pipeline: CustomerPipeline, customers: Any, control_topic: Any,
+                 pipeline: CustomerPipeline, customers: CustomerStore, control_topic: Any,
                  metrics: Metrics, assignment: Assignment, index: AssignmentIndex,
                  schedule: SweepSchedule, sizes: SegmentSizes[int],
                  audience_sizes: SegmentSizes[str], rescore_wanted: asyncio.Event,
@@ -304,7 +308,7 @@ class Rejudge:
         of a partition's customers, at most ``rate`` customers a second, counted in
         ``sent``."""
         app, batches = self.app, self.batches
-        pace = Pace(rate)
+        pace = Pace(rate, hold=self.input_lags)
         chunks: dict[int, list[bytes]] = defaultdict(list)
 
         async def send(partition: int, keys: list[bytes]) -> None:
@@ -336,14 +340,15 @@ class Rejudge:
             if not app.should_stop:  # the producer stopped before this task did
                 raise
 
+    def input_lags(self) -> bool:
+        """Whether more than :data:`HOLD_LAG` input messages wait: background work holds
+        back (up to a second per control message) so that events come first."""
+        return sum(self.assignment.lags().values()) > HOLD_LAG
+
     def stored_customers(self) -> Iterator[tuple[bytes, bytes]]:
         """``(key, state)`` of every stored customer: the keys are listed up front and each
         state is read when its turn comes (a list of every state would stay for a pass)."""
-        customers = self.customers
-        for key in list(customers.keys()):
-            stored = customers.get(key)
-            if stored is not None:
-                yield key, stored
+        return self.customers.items()
 
     def customers_of(self, homes: set[int], wanted: Callable[[bytes], bool] | None = None
                      ) -> Iterator[tuple[int, bytes]]:

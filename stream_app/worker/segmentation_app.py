@@ -7,7 +7,7 @@ them. Declared here, typed, rather than set ad hoc on a ``faust.App``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -24,6 +24,10 @@ class SegmentationApp(faust.App):
     on_seek: Callable[[dict[Any, int]], None] | None = None
     #: The task that follows the segment model topic and applies each new model.
     model_feed: ModelFeed | None = None
+    #: Awaited when the app starts to stop, after :attr:`stopping_hooks` and before Faust's
+    #: final commit: the processor writes its cached states and acknowledges what they
+    #: cover (stream_app/worker/processing.py), so a clean stop replays nothing.
+    final_flush: Callable[[], Awaitable[None]] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -32,7 +36,10 @@ class SegmentationApp(faust.App):
         self.stopping_hooks: list[Callable[[], None]] = []
 
     async def on_stop(self) -> None:
-        """Run :attr:`stopping_hooks`, then Faust's stop (final commit, producer flush)."""
+        """Run :attr:`stopping_hooks` and :attr:`final_flush`, then Faust's stop (final
+        commit, producer flush)."""
         for hook in self.stopping_hooks:
             hook()
+        if self.final_flush is not None:
+            await self.final_flush()
         await super().on_stop()

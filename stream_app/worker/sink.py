@@ -2,10 +2,15 @@
 
 :func:`~stream_app.core.effects.effects_of` decides what happens and in which order (a
 leaving change before the state, every other change after it); :class:`WorkerSink` carries
-each effect out: the state through :func:`~stream_app.worker.patches.write_through` (not
-``customers[key] = ...``: a commit could pass Faust's buffered write), the topic sends,
-the metrics, the assignment index, the sweep schedule, the segment and audience sizes and
-the map's recent changes.
+each effect out, in that order: the state through the
+:class:`~stream_app.worker.customer_store.CustomerStore` (flushed to the changelog at once),
+the topic sends, the metrics, the assignment index, the sweep schedule, the segment and
+audience sizes and the map's recent changes.
+
+:class:`BatchSink` is the batched path (every outcome that does not leave): the
+bookkeeping happens at once, the states stay in the store's cache, the sends are
+collected, and :meth:`BatchSink.drain` flushes the states of the customers with changes,
+then sends everything the batch produced, in order.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from stream_app.core.effects import (
     Counted,
     DeadLetter,
     DeleteState,
+    Effect,
     IndexVector,
     MoveAudiences,
     MoveSegment,
@@ -26,11 +32,12 @@ from stream_app.core.effects import (
     SendAudienceChanges,
     SendChange,
     SendSample,
+    apply,
 )
 from stream_app.core.pipeline import UNASSIGNED, CustomerPipeline
 from stream_app.model.assignments import AssignmentIndex
 from stream_app.web.segment_map import RecentChanges
-from stream_app.worker import patches
+from stream_app.worker.customer_store import CustomerStore
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.sizes import SegmentSizes
 from stream_app.worker.sweep import SweepSchedule
@@ -46,7 +53,7 @@ class WorkerSink:
     batches and the catch-up's sets, :meth:`~stream_app.worker.rejudge.Rejudge.forget_customer`).
     """
 
-    def __init__(self, *, customers: Any, changes_topic: Any, audience_topic: Any,
+    def __init__(self, *, customers: CustomerStore, changes_topic: Any, audience_topic: Any,
                  dlq_topic: Any, samples_topic: Any, metrics: Metrics,
                  pipeline: CustomerPipeline, index: AssignmentIndex, schedule: SweepSchedule,
                  sizes: SegmentSizes[int], audience_sizes: SegmentSizes[str],
@@ -116,14 +123,16 @@ class WorkerSink:
             counted.labels(name, action).inc()
 
     async def put_state(self, effect: PutState) -> None:
-        await patches.write_through(self.customers, effect.key, effect.state,
-                                    effect.partition)
+        """Store the state and hand it to the producer at once (the ordered path: a
+        leaving change was sent before it, its other changes go after it)."""
+        self.customers.put(effect.key, effect.state, effect.partition)  # type: ignore[arg-type]
+        await self.customers.flush_keys((effect.key,))  # type: ignore[arg-type]
         if effect.forget:
             self.forget_traces(effect.key, effect.partition)  # type: ignore[arg-type]
 
     async def delete_state(self, effect: DeleteState) -> None:
-        await patches.write_through(self.customers, effect.key, None,
-                                    effect.partition)  # a tombstone
+        self.customers.put(effect.key, None, effect.partition)  # type: ignore[arg-type]
+        await self.customers.flush_keys((effect.key,))  # type: ignore[arg-type]  # tombstone
         self.forget_traces(effect.key, effect.partition)  # type: ignore[arg-type]
 
     def forget_traces(self, key: bytes, partition: int) -> None:
@@ -156,3 +165,62 @@ class WorkerSink:
                 move(partition, None, name)
             else:
                 move(partition, name, None)
+
+
+class BatchSink:
+    """A :class:`~stream_app.core.effects.SyncSink` over a :class:`WorkerSink` for the
+    outcomes of a batch that send nothing before their state (see
+    :func:`~stream_app.core.effects.leaves`): states go to the store's cache, the
+    bookkeeping happens at once, the sends wait for :meth:`drain`."""
+
+    def __init__(self, sink: WorkerSink) -> None:
+        self.sink = sink
+        self.customers = sink.customers
+        #: The batch's sends, in the order their outcomes made them.
+        self.sends: list[Effect] = []
+        #: Customers whose state must reach the producer before the sends.
+        self.flush_first: set[bytes] = set()
+        self.count = sink.count
+        self.index_vector = sink.index_vector
+        self.schedule_sweep = sink.schedule_sweep
+        self.move_segment = sink.move_segment
+        self.move_audiences = sink.move_audiences
+
+    def put_state(self, effect: PutState) -> None:
+        self.customers.put(effect.key, effect.state, effect.partition)  # type: ignore[arg-type]
+        if effect.forget:
+            self.sink.forget_traces(effect.key, effect.partition)  # type: ignore[arg-type]
+
+    def delete_state(self, effect: DeleteState) -> None:
+        self.customers.put(effect.key, None, effect.partition)  # type: ignore[arg-type]
+        self.sink.forget_traces(effect.key, effect.partition)  # type: ignore[arg-type]
+
+    def send_change(self, effect: SendChange) -> None:
+        self._send_after_state(effect, effect.key)
+
+    def send_audience_changes(self, effect: SendAudienceChanges) -> None:
+        self._send_after_state(effect, effect.key)
+
+    def send_sample(self, effect: SendSample) -> None:
+        self.sends.append(effect)
+
+    def dead_letter(self, effect: DeadLetter) -> None:
+        self.sends.append(effect)
+
+    def _send_after_state(self, effect: SendChange | SendAudienceChanges,
+                          key: bytes | None) -> None:
+        if effect.leaving:
+            raise ValueError("a leaving change is sent before its state: apply its "
+                             "outcome in order (WorkerSink), not in a batch")
+        self.sends.append(effect)
+        if key is not None:
+            self.flush_first.add(key)
+
+    async def drain(self) -> None:
+        """Flush the states the collected changes depend on, then make the sends."""
+        if self.flush_first:
+            flush_first, self.flush_first = self.flush_first, set()
+            await self.customers.flush_keys(flush_first)
+        if self.sends:
+            sends, self.sends = self.sends, []
+            await apply(sends, self.sink)

@@ -36,6 +36,7 @@ from stream_app.web.segment_map import (
     project_segments,
 )
 from stream_app.worker.assignment import Assignment
+from stream_app.worker.customer_store import CustomerStore
 from stream_app.worker.gauges import Gauges
 from stream_app.worker.metrics import CONTENT_TYPE, Metrics
 from stream_app.worker.model_feed import ModelFeed
@@ -66,7 +67,7 @@ class Views:
     """The pages of one worker, and the cluster-wide answers they gather from its peers."""
 
     def __init__(self, *, app: Any, settings: Settings, pipeline: CustomerPipeline,
-                 customers: Any, feed: ModelFeed, metrics: Metrics, gauges: Gauges,
+                 customers: CustomerStore, feed: ModelFeed, metrics: Metrics, gauges: Gauges,
                  assignment: Assignment, index: AssignmentIndex,
                  audience_sizes: SegmentSizes[str], recent_changes: RecentChanges) -> None:
         self.app = app
@@ -197,7 +198,7 @@ class Views:
             return self.bytes(views.metrics.exposition(), content_type=CONTENT_TYPE)
 
         @app.page("/customers/{customer_id}")
-        @app.table_route(table=customers, match_info="customer_id")
+        @app.table_route(table=customers.table, match_info="customer_id")
         async def customer_view(self: View, request: Request, customer_id: str) -> Response:
             """Routed by the id to the worker owning its partition, looked up by pseudonym."""
             if not views.authorised(request):

@@ -23,10 +23,13 @@ from stream_app.core.effects import (
     apply_sync,
     effects_of,
     effects_of_batch,
+    leaves,
 )
 from stream_app.core.pipeline import Outcome
 from stream_app.worker import patches
-from stream_app.worker.sink import WorkerSink
+from stream_app.worker.customer_store import CustomerStore
+from stream_app.worker.processing import Processor
+from stream_app.worker.sink import BatchSink, WorkerSink
 
 KEY = b"k1"
 
@@ -215,8 +218,10 @@ def worker_sink(log: Log, monkeypatch: pytest.MonkeyPatch) -> WorkerSink:
 
     monkeypatch.setattr(patches, "write_through", write_through)
     monkeypatch.setattr("time.time", lambda: 2000.0)
+    store = CustomerStore({}, Metrics(Log()), flush_interval_s=5.0,  # type: ignore[arg-type]
+                          max_dirty=100)
     return WorkerSink(
-        customers=object(), changes_topic=Topic(log, "changes"),
+        customers=store, changes_topic=Topic(log, "changes"),
         audience_topic=Topic(log, "audiences"), dlq_topic=Topic(log, "dlq"),
         samples_topic=Topic(log, "samples"), metrics=Metrics(log),  # type: ignore[arg-type]
         pipeline=Pipeline(), index=Thing(log, "index"),  # type: ignore[arg-type]
@@ -279,3 +284,56 @@ def test_the_worker_sink_does_what_publish_did_for_a_dead_letter_and_a_consent(m
         ("inc", "changes['consent']"), ("recent.record", 2000.0, None, (0, -2), "consent"),
         ("inc", "flaps"),
         ("write", KEY, b"s", 2), *FORGOTTEN, ("sizes.move", 2, 0, -2)]
+
+
+# -- the batched path ----------------------------------------------------------------------
+
+def test_the_batch_sink_writes_the_states_of_changed_customers_before_the_batch_sends(
+        monkeypatch):
+    log = Log()
+    sink = worker_sink(log, monkeypatch)
+    batch = BatchSink(sink)
+    quiet = Outcome(state=b"quiet", event_type="click")  # no change: its state stays cached
+    apply_sync(effects_of(normal(), KEY, 2, 1999.5), batch)
+    apply_sync(effects_of(quiet, b"k2", 1), batch)
+    assert not any(entry[0] in ("send", "write") for entry in log)  # nothing sent yet
+    assert sink.customers.get(KEY) == b"state" and sink.customers.get(b"k2") == b"quiet"
+    asyncio.run(batch.drain())
+    sends = [entry for entry in log if entry[0] in ("send", "write")]
+    assert sends == [("write", KEY, b"state", 2), ("send", "samples", None, b"sample"),
+                     ("send", "changes", KEY, b"change"), ("send", "audiences", KEY, b"aud")]
+    assert sink.customers.dirty == {b"k2": (b"quiet", 1)}  # until the next flush
+    assert batch.sends == [] and batch.flush_first == set()
+
+
+def test_the_batch_sink_refuses_a_leaving_outcome(monkeypatch):
+    gone = Outcome(erase=True, change=b"erased", trigger="erasure", moved=(1, None),
+                   event_type="erasure")
+    assert leaves(gone) and not leaves(normal())
+    with pytest.raises(ValueError, match="leaving"):
+        apply_sync(effects_of(gone, KEY, 2), BatchSink(worker_sink(Log(), monkeypatch)))
+
+
+def test_a_customers_second_change_in_a_batch_waits_for_the_first(monkeypatch):
+    """A replay re-sends only a customer's last change: the first change of a batch leaves
+    (after the state that records it) before the second is applied."""
+    log = Log()
+    sink = worker_sink(log, monkeypatch)
+    processor = Processor(pipeline=None, customers=sink.customers, kinds={},  # type: ignore[arg-type]
+                          sink=sink, rejudge=None, schedule=None,  # type: ignore[arg-type]
+                          metrics=None, assignment=None, feed=None,  # type: ignore[arg-type]
+                          batch_size=10, batch_wait_s=0.01)
+    first = Outcome(state=b"s1", change=b"c1", trigger="event", moved=(None, 1))
+    quiet = Outcome(state=b"s2", event_type="click")
+    second = Outcome(state=b"s3", change=b"c2", trigger="event", moved=(1, 2))
+    other = Outcome(state=b"o1", change=b"o", trigger="event", moved=(None, 1))
+    outcomes = [(first, KEY, None), (quiet, KEY, None), (other, b"k2", None),
+                (second, KEY, None)]
+    asyncio.run(processor.apply(outcomes, 2))
+    asyncio.run(processor.batch.drain())
+    io = [entry[:3] for entry in log if entry[0] in ("send", "write")]
+    assert sorted(io[:2]) == [("write", KEY, b"s2"), ("write", b"k2", b"o1")]
+    assert io[2:] == [("send", "changes", KEY), ("send", "changes", b"k2"),
+                      ("write", KEY, b"s3"), ("send", "changes", KEY)]
+    assert [entry[3] for entry in log if entry[:2] == ("send", "changes")] == [
+        b"c1", b"o", b"c2"]

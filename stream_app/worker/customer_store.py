@@ -1,0 +1,113 @@
+"""The ``customers`` table behind a record cache: each customer's state is written to the
+changelog once per flush, not once per event.
+
+The worker's services read and write customer states only through :class:`CustomerStore`
+(never the Faust table itself). A write lands in the cache (``dirty``): readers see it at
+once, the table's store and its changelog get it when the cache is flushed. That is what
+Kafka Streams' record cache does, with the worker's ordering rules on top:
+
+* a customer whose outcome sends a segment or audience change is flushed (its record
+  handed to the producer) *before* that change is sent (:meth:`CustomerStore.flush_keys`),
+  so a replay after a crash finds the event applied and re-sends the change, as it always
+  did (:class:`~stream_app.core.pipeline.CustomerPipeline`);
+* an input message is acknowledged only after a flush that covers its state
+  (:meth:`~stream_app.worker.processing.Processor.flush`), and Faust commits only
+  acknowledged offsets: a crash loses the cache and replays the messages it covered, and
+  nothing they changed was announced;
+* a flush is due every ``state_flush_interval_s``, when ``state_cache_size`` customers are
+  dirty, and at once during a rebalance (Faust waits for every message to be acknowledged
+  before it gives a partition away).
+
+The store of a table (memory or RocksDB) is written at the flush too, together with the
+changelog record: a RocksDB store is never ahead of its changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from stream_app.worker import patches
+from stream_app.worker.metrics import Metrics
+
+
+class CustomerStore:
+    """Customer states by table key (bytes), cached until flushed to ``table``."""
+
+    def __init__(self, table: Any, metrics: Metrics, *, flush_interval_s: float,
+                 max_dirty: int) -> None:
+        self.table = table
+        self.metrics = metrics
+        self.flush_interval_s = flush_interval_s
+        self.max_dirty = max_dirty
+        #: Written but not flushed: key → (state, or None for deleted; input partition).
+        self.dirty: dict[bytes, tuple[bytes | None, int]] = {}
+        #: One flush at a time: two flushes of one key would race to the changelog.
+        self.lock = asyncio.Lock()
+        self.flushed_at = time.monotonic()
+
+    # -- reading --------------------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:
+        """The customer's newest state (None: none stored, or deleted)."""
+        entry = self.dirty.get(key)
+        if entry is not None:
+            return entry[0]
+        return self.table.get(key)
+
+    def keys(self) -> list[bytes]:
+        """Every stored customer's key (a list: taken now)."""
+        dirty = self.dirty
+        keys = [key for key in self.table if key not in dirty]
+        keys.extend(key for key, (state, _) in dirty.items() if state is not None)
+        return keys
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, state)`` of every stored customer; the keys are listed up front and each
+        state is read when its turn comes (a list of every state would stay for a pass)."""
+        for key in self.keys():
+            stored = self.get(key)
+            if stored is not None:
+                yield key, stored
+
+    # -- writing --------------------------------------------------------------------------
+    def put(self, key: bytes, state: bytes | None, partition: int) -> None:
+        """Store ``state`` (None: delete) for ``key``, whose events arrive on input
+        ``partition``; it reaches the table and its changelog at the next flush."""
+        self.dirty[key] = (state, partition)
+
+    def flush_due(self) -> bool:
+        """Whether the cache is to be flushed now (see the module)."""
+        return bool(self.dirty) and (
+            len(self.dirty) >= self.max_dirty
+            or time.monotonic() - self.flushed_at >= self.flush_interval_s)
+
+    async def flush(self) -> int:
+        """Hand every dirty record to the producer; the number of records."""
+        async with self.lock:
+            self.flushed_at = time.monotonic()
+            return await self._write(list(self.dirty.items()))
+
+    async def flush_keys(self, keys: Iterable[bytes]) -> None:
+        """Hand the dirty records of ``keys`` to the producer (the others stay cached)."""
+        async with self.lock:
+            dirty = self.dirty
+            await self._write([(key, entry) for key in keys
+                               if (entry := dirty.get(key)) is not None])
+
+    async def _write(self, records: list[tuple[bytes, tuple[bytes | None, int]]]) -> int:
+        """Write ``records`` to the table and its changelog; each leaves the cache once
+        written, unless a newer state came meanwhile (until then readers see it here: the
+        table may not have it yet)."""
+        table, dirty, size = self.table, self.dirty, 0
+        for key, entry in records:
+            state, partition = entry
+            await patches.write_through(table, key, state, partition)
+            if dirty.get(key) is entry:
+                del dirty[key]
+            size += len(key) + (len(state) if state is not None else 0)
+        if records:
+            self.metrics.state_records.inc(len(records))
+            self.metrics.state_record_bytes.inc(size)
+        return len(records)
