@@ -37,10 +37,14 @@ bench: $(STAMP)
 bench-sweep: $(STAMP)
 	$(BIN)/stream-app bench --sweep
 
-# 10 minutes at 80 % of the worker's measured maximum (own embedded broker, RocksDB):
-# lag, RSS and input = processed + DLQ checked; writes soak-results.json, fails if a check does.
+# 10 minutes at 50 %, then 10 at 80 % of the worker's measured maximum (own embedded broker,
+# RocksDB each): p99 latency (≤ 250 ms and flat per minute at 50 %, ≤ 1 s at 80 %), lag
+# (≤ 2 s), RSS and input = processed + DLQ checked; writes soak-50-results.json and
+# soak-results.json, fails if a check of either does.
 soak: $(STAMP)
-	$(BIN)/stream-app soak
+	$(BIN)/stream-app soak --fraction 0.5 --max-p99-ms 250 --out soak-50-results.json; \
+	  half=$$?; $(BIN)/stream-app soak --fraction 0.8 --max-p99-ms 1000; \
+	  full=$$?; test $$half = 0 -a $$full = 0
 
 # Debian's Prometheus (with promtool) and docker-compose, for the operations tests, and
 # Chromium with its WebDriver, for the browser test of the segment map.

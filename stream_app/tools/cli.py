@@ -682,8 +682,13 @@ def bench(events: int, customers: int, partitions: int, k: int, store: str,
               help="Share of invalid messages in the load (each one a dead letter).")
 @click.option("--sample-seconds", default=5.0, show_default=True,
               help="Interval of the samples (lag, RSS, events/s, latency).")
-@click.option("--max-lag-seconds", default=10.0, show_default=True,
+@click.option("--max-lag-seconds", default=2.0, show_default=True,
               help="Check: the lag never exceeds this many seconds of offered input.")
+@click.option("--max-p99-ms", default=1000.0, show_default=True,
+              help="Check: the p99 end-to-end latency over the load is at most this.")
+@click.option("--p99-flat-ratio", default=1.2, show_default=True,
+              help="Check: the last minute's p99 is at most this many times the first "
+                   "settled minute's (loads of 3 minutes or more).")
 @click.option("--rss-tolerance", default=0.10, show_default=True,
               help="Check: RSS grows by at most this fraction after the warm-up.")
 @click.option("--single-record-batches", is_flag=True,
@@ -696,10 +701,12 @@ def bench(events: int, customers: int, partitions: int, k: int, store: str,
               type=click.Path(dir_okay=False, path_type=Path), help="Results (JSON).")
 def soak(minutes: float, rate: float, fraction: float, warm_events: int, customers: int,
          partitions: int, k: int, seed: int, invalid_share: float, sample_seconds: float,
-         max_lag_seconds: float, rss_tolerance: float, single_record_batches: bool,
+         max_lag_seconds: float, max_p99_ms: float, p99_flat_ratio: float,
+         rss_tolerance: float, single_record_batches: bool,
          rocksdb_block_cache_mb: int | None, out: Path) -> None:
     """A steady load at 80 % of the worker's measured maximum for --minutes (own embedded
-    broker, RocksDB): checks lag, memory and that nothing is lost; exits 1 if one fails."""
+    broker, RocksDB): checks lag, p99 latency (bounded, flat per minute), memory and that
+    nothing is lost; exits 1 if one fails."""
     from stream_app.tools.bench import BenchError
     from stream_app.tools.soak import SoakConfig, run
 
@@ -711,7 +718,8 @@ def soak(minutes: float, rate: float, fraction: float, warm_events: int, custome
     cfg = SoakConfig(minutes=minutes, rate=rate, fraction=fraction, warm_events=warm_events,
                      customers=customers, partitions=partitions, k=k, seed=seed,
                      invalid_share=invalid_share, sample_s=sample_seconds,
-                     max_lag_s=max_lag_seconds, rss_tolerance=rss_tolerance,
+                     max_lag_s=max_lag_seconds, max_p99_ms=max_p99_ms,
+                     p99_flat_ratio=p99_flat_ratio, rss_tolerance=rss_tolerance,
                      single_record_batches=single_record_batches,
                      rocksdb_block_cache_mb=rocksdb_block_cache_mb, out=out)
     try:

@@ -95,7 +95,12 @@ class SoakConfig:
     invalid_share: float = 0.01
     sample_s: float = 5.0
     #: Bound of the lag, in seconds of offered input.
-    max_lag_s: float = 10.0
+    max_lag_s: float = 2.0
+    #: Bound of the p99 end-to-end latency over the whole load (ms).
+    max_p99_ms: float = 1000.0
+    #: The last full minute's p99 at most this many times the first settled minute's (the
+    #: second; judged on loads of three minutes or more).
+    p99_flat_ratio: float = 1.2
     #: Allowed RSS growth from the end of the warm-up to the end of the load (fraction).
     rss_tolerance: float = 0.10
     single_record_batches: bool = False
@@ -362,6 +367,7 @@ async def offer(cfg: SoakConfig, settings: Settings, child: Child, url: str, rat
     producer = asyncio.create_task(produce(settings.bootstrap_servers, settings.kind_topics,
                                            events, rate, on_sent=acked))
     next_minute = 60.0
+    minute_start, minutes = first, []
     while not producer.done():
         await asyncio.wait({producer}, timeout=cfg.sample_s)
         child.check()
@@ -371,10 +377,16 @@ async def offer(cfg: SoakConfig, settings: Settings, child: Child, url: str, rat
         if now.at >= next_minute or producer.done():
             next_minute += 60.0
             s = samples[-1]
+            minute = {"minute": len(minutes) + 1, "t_s": round(now.at, 1),
+                      "seconds": round(now.at - minute_start.at, 1),
+                      **latency_ms(minute_start, now)}
+            minutes.append(minute)
+            minute_start = now
             console.print(f"  {now.at / 60:4.1f} min  sent {offered.soak:>9,}  "
                           f"{s['events_per_s']:>7,.0f} ev/s  backlog {s['backlog']:>6,}  "
                           f"lag {s['consumer_lag']:>6,}  RSS {s['rss_mb']:6.0f} MB  "
-                          f"p99 {s['p99_ms'] if s['changes'] else '-'} ms")
+                          f"p99 of the minute {minute['p99_ms'] if minute['changes'] else '-'}"
+                          " ms")
     sent = await producer  # every message acknowledged
     offered.soak = sent
     end_of_load = last
@@ -395,7 +407,8 @@ async def offer(cfg: SoakConfig, settings: Settings, child: Child, url: str, rat
             "invalid_by_kind": mixer.invalid, "seconds": round(produced_in, 1),
             "achieved_rate": round(sent / produced_in, 1) if produced_in else 0.0,
             "drained": drained, "drain_s": round(drain_s, 1), "dlq_messages": dlq,
-            "first": first, "end_of_load": end_of_load, "final": final, "samples": samples}
+            "first": first, "end_of_load": end_of_load, "final": final, "samples": samples,
+            "minutes": minutes}
 
 
 async def count_messages(settings: Settings, topic: str, expect: int, quiet_s: float) -> int:
@@ -469,7 +482,12 @@ def results_document(cfg: SoakConfig, settings: Settings, warm: int, app: dict[s
                                - first.sums.get("stream_app_segment_changes_total", 0.0)),
         "model_version": int(final.sums.get("stream_app_model_version", 0.0)),
     }
+    summary["minutes"] = soak["minutes"]
     checks = {
+        "p99_bounded": {"passed": (summary["latency"]["p99_ms"] is not None
+                                   and summary["latency"]["p99_ms"] <= cfg.max_p99_ms),
+                        "value_ms": summary["latency"]["p99_ms"], "bound_ms": cfg.max_p99_ms},
+        "p99_flat": p99_flat(soak["minutes"], cfg.p99_flat_ratio),
         "lag_bounded": {"passed": bool(rate) and lag_messages <= cfg.max_lag_s * rate,
                         "value_s": summary["max_lag_seconds"], "bound_s": cfg.max_lag_s},
         "rss_flat": {"passed": rss_end <= rss_warm * (1 + cfg.rss_tolerance),
@@ -491,9 +509,30 @@ def results_document(cfg: SoakConfig, settings: Settings, warm: int, app: dict[s
         "max_rate_phase": app,
         "summary": summary,
         "checks": checks,
-        "passed": all(c["passed"] for c in checks.values()),
+        # A check that could not be judged (None) does not fail the run.
+        "passed": all(c["passed"] is not False for c in checks.values()),
         "samples": samples,
     }
+
+
+def p99_flat(minutes: list[dict[str, Any]], ratio: float) -> dict[str, Any]:
+    """Whether the p99 latency stays flat: the last full minute's p99 at most ``ratio``
+    times the first settled minute's (the second: the first includes the start of the
+    load). ``passed`` is None for loads shorter than three full minutes.
+
+    >>> rows = [{"seconds": 60, "p99_ms": p} for p in (300.0, 100.0, 110.0, 118.0)]
+    >>> p99_flat(rows, 1.2)["passed"], p99_flat(rows[:3] + [{"seconds": 60, "p99_ms": 150}],
+    ...                                         1.2)["passed"]
+    (True, False)
+    >>> p99_flat(rows[:2], 1.2)["passed"] is None
+    True
+    """
+    full = [m for m in minutes if m["seconds"] >= 59.0 and m.get("p99_ms") is not None]
+    if len(full) < 3:
+        return {"passed": None, "ratio": ratio, "why": "fewer than three full minutes"}
+    settled, last = full[1]["p99_ms"], full[-1]["p99_ms"]
+    return {"passed": last <= ratio * settled, "first_settled_ms": settled, "last_ms": last,
+            "ratio": ratio}
 
 
 def print_results(doc: dict[str, Any], console: Console) -> None:
@@ -508,7 +547,9 @@ def print_results(doc: dict[str, Any], console: Console) -> None:
     table.add_column("check")
 
     def verdict(name: str) -> str:
-        return "[green]ok[/]" if checks[name]["passed"] else "[red]FAILED[/]"
+        passed = checks[name]["passed"]
+        return ("not judged" if passed is None else "[green]ok[/]" if passed
+                else "[red]FAILED[/]")
 
     rows = [
         ("maximum rate (warm-up replay)", f"{s['max_rate']:,.0f} events/s", ""),
@@ -525,7 +566,10 @@ def print_results(doc: dict[str, Any], console: Console) -> None:
         ("invalid sent / DLQ metric", f"{c['invalid_sent']:,} / {c['dlq_metric']:,}", ""),
         ("latency p50 / p95 / p99", f"{lat['p50_ms']} / {lat['p95_ms']} / {lat['p99_ms']} ms "
                                     f"({lat['changes']:,} changes, "
-                                    f"{lat['changes_over_top_bucket']:,} over 30 s)", ""),
+                                    f"{lat['changes_over_top_bucket']:,} over 30 s)",
+         verdict("p99_bounded")),
+        ("p99 per minute", " ".join(str(m["p99_ms"]) for m in s["minutes"]) + " ms",
+         verdict("p99_flat")),
         ("worker CPU", f"{s['worker_cpu_cores']:.2f} cores, "
                        f"{s['worker_cpu_us_per_event']:.0f} µs/event", ""),
         ("worker waiting for a CPU", f"{s['worker_cpu_wait_share']:.0%} of the time", ""),

@@ -9,6 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from stream_app.tools.bench import TARGETS
+
 MODE_FIELDS = {"events", "seconds", "events_per_s", "cpu_seconds", "peak_rss_mb"}
 
 
@@ -35,6 +37,11 @@ def test_bench_small_run_writes_complete_results(tmp_path: Path) -> None:
     assert set(doc["ratios"]) == {"app/ceiling", "app/naive", "app/direct"}
     assert all(ratio > 0 for ratio in doc["ratios"].values())
     assert 0 <= doc["moves_per_event"] <= doc["changes_per_event"]
+    assert doc["changelog_records_per_event"] > 0 and doc["changelog_bytes_per_event"] > 0
+    assert [t["met"] for t in doc["targets"]] == [
+        t["value"] >= bound if op == ">=" else t["value"] <= bound
+        for t, (_, _, op, bound) in zip(doc["targets"], TARGETS)]
+    assert "targets" in run.stdout
 
     latency = doc["latency"]
     assert latency["offered_rate"] > 0 and latency["sent"] > 0

@@ -26,15 +26,22 @@ def test_short_soak_reports_samples_and_holds_its_checks(tmp_path: Path) -> None
     run = subprocess.run(
         [sys.executable, "-m", "stream_app.tools.cli", "soak", "--minutes", "0.5", "--rate", "250",
          "--warm-events", "3000", "--customers", "300", "--sample-seconds", "3",
-         "--invalid-share", "0.02", "--out", str(out)],
+         "--invalid-share", "0.02", "--out", str(out),
+         # Bounds for a loaded CI machine: the targets are `make soak`'s, not a test's.
+         "--max-lag-seconds", "10", "--max-p99-ms", "5000"],
         capture_output=True, text=True, timeout=220,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     doc = orjson.loads(out.read_bytes())
 
     assert doc["passed"] is True
-    assert set(doc["checks"]) == {"lag_bounded", "rss_flat", "nothing_lost"}
-    assert all(check["passed"] for check in doc["checks"].values()), doc["checks"]
+    assert set(doc["checks"]) == {"lag_bounded", "rss_flat", "nothing_lost", "p99_bounded",
+                                  "p99_flat"}
+    assert doc["checks"]["p99_flat"]["passed"] is None  # judged on 3 minutes or more
+    assert all(check["passed"] for name, check in doc["checks"].items()
+               if name != "p99_flat"), doc["checks"]
+    assert doc["checks"]["p99_bounded"]["value_ms"] <= 5000
+    assert [m["minute"] for m in doc["summary"]["minutes"]] == [1]  # the load's half minute
     assert doc["config"]["store"] == "rocksdb" and doc["config"]["minutes"] == 0.5
 
     summary = doc["summary"]
