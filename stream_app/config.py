@@ -337,11 +337,13 @@ class Settings:
         "doc": "seconds between input offset commits (a clean stop commits too)"})
     #: Seconds a customer's state may stay in the worker's cache before it is written to the
     #: changelog (stream_app/worker/customer_store.py).
-    state_flush_interval_s: float = field(default=5.0, metadata={
+    state_flush_interval_s: float = field(default=15.0, metadata={
         "env": "STATE_FLUSH_INTERVAL_S",
         "doc": "seconds a customer's state may stay cached before its changelog record is "
                "written (each customer once per flush; a customer with a change at once); "
-               "input messages are acknowledged, and so committed, after that flush"})
+               "input messages are acknowledged, and so committed, after that flush: a crash "
+               "replays up to this much input. Longer: fewer changelog records per event "
+               "(docs/performance.md)"})
     #: Dirty customers that make the state cache flush before its interval.
     state_cache_size: int = field(default=20_000, metadata={
         "env": "STATE_CACHE_SIZE",

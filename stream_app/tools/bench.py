@@ -815,9 +815,12 @@ def print_results(doc: dict[str, Any], console: Console) -> None:
 def print_targets(doc: dict[str, Any], console: Console) -> None:
     """The targets, met or not, with the measured figure."""
     console.print("targets (docs/performance.md):")
+    styles = {True: ("met", "green"), False: ("NOT MET", "red"), None: ("not measured", "")}
     for t in doc.get("targets", ()):
-        verdict = {True: "[green]met[/]", False: "[red]NOT MET[/]", None: "not measured"}
-        console.print(f"  {verdict[t['met']]:>18}  {t['target']}: {t['value']}")
+        word, style = styles[t["met"]]
+        padded = f"{word:>12}"
+        console.print(f"  [{style}]{padded}[/]  {t['target']}: {t['value']}" if style
+                      else f"  {padded}  {t['target']}: {t['value']}")
 
 
 def run(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any]:

@@ -32,6 +32,9 @@ from typing import Any
 from stream_app.worker import patches
 from stream_app.worker.metrics import Metrics
 
+#: Records a flush writes before it lets the agent's own flush (of a changed customer) in.
+FLUSH_CHUNK = 256
+
 
 class CustomerStore:
     """Customer states by table key (bytes), cached until flushed to ``table``."""
@@ -84,30 +87,42 @@ class CustomerStore:
             or time.monotonic() - self.flushed_at >= self.flush_interval_s)
 
     async def flush(self) -> int:
-        """Hand every dirty record to the producer; the number of records."""
-        async with self.lock:
-            self.flushed_at = time.monotonic()
-            return await self._write(list(self.dirty.items()))
+        """Hand every dirty record to the producer; the number of records.
+
+        In chunks of :data:`FLUSH_CHUNK`, the lock released in between: the agent, which
+        flushes the customers with changes itself before it sends their changes, waits
+        for one chunk, not for the whole cache (thousands of records)."""
+        self.flushed_at = time.monotonic()
+        keys, written = list(self.dirty), 0
+        for start in range(0, len(keys), FLUSH_CHUNK):
+            async with self.lock:
+                written += await self._write(keys[start:start + FLUSH_CHUNK])
+            await asyncio.sleep(0)
+        return written
 
     async def flush_keys(self, keys: Iterable[bytes]) -> None:
         """Hand the dirty records of ``keys`` to the producer (the others stay cached)."""
         async with self.lock:
-            dirty = self.dirty
-            await self._write([(key, entry) for key in keys
-                               if (entry := dirty.get(key)) is not None])
+            await self._write(keys)
 
-    async def _write(self, records: list[tuple[bytes, tuple[bytes | None, int]]]) -> int:
-        """Write ``records`` to the table and its changelog; each leaves the cache once
-        written, unless a newer state came meanwhile (until then readers see it here: the
-        table may not have it yet)."""
-        table, dirty, size = self.table, self.dirty, 0
-        for key, entry in records:
+    async def _write(self, keys: Iterable[bytes]) -> int:
+        """Write the cached states of ``keys`` (those still cached: another flush may have
+        written one meanwhile) to the table and its changelog, each as it is when its turn
+        comes, under the lock: a customer's records reach the producer in the order of its
+        states. A record leaves the cache once written, unless a newer state came meanwhile
+        (until then readers find it here: the table may not have it yet)."""
+        table, dirty, size, count = self.table, self.dirty, 0, 0
+        for key in keys:
+            entry = dirty.get(key)
+            if entry is None:
+                continue
             state, partition = entry
             await patches.write_through(table, key, state, partition)
             if dirty.get(key) is entry:
                 del dirty[key]
+            count += 1
             size += len(key) + (len(state) if state is not None else 0)
-        if records:
-            self.metrics.state_records.inc(len(records))
+        if count:
+            self.metrics.state_records.inc(count)
             self.metrics.state_record_bytes.inc(size)
-        return len(records)
+        return count
