@@ -14,9 +14,9 @@ Kafka Streams' record cache does, with the worker's ordering rules on top:
   (:meth:`~stream_app.worker.processing.Processor.flush`), and Faust commits only
   acknowledged offsets: a crash loses the cache and replays the messages it covered, and
   nothing they changed was announced;
-* a flush is due every ``state_flush_interval_s``, when ``state_cache_size`` customers are
-  dirty, and at once during a rebalance (Faust waits for every message to be acknowledged
-  before it gives a partition away).
+* a flush is due every ``state_flush_interval_s`` (spread over a third of it), when
+  ``state_cache_size`` customers are dirty, and at once during a rebalance (Faust waits
+  for every message to be acknowledged before it gives a partition away).
 
 The store of a table (memory or RocksDB) is written at the flush too, together with the
 changelog record: a RocksDB store is never ahead of its changelog.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from stream_app.worker import patches
@@ -34,6 +34,8 @@ from stream_app.worker.metrics import Metrics
 
 #: Records a flush writes before it lets the agent's own flush (of a changed customer) in.
 FLUSH_CHUNK = 256
+#: Seconds between a spread flush's looks at whether to hurry.
+HURRY_POLL_S = 0.05
 
 
 class CustomerStore:
@@ -86,17 +88,26 @@ class CustomerStore:
             len(self.dirty) >= self.max_dirty
             or time.monotonic() - self.flushed_at >= self.flush_interval_s)
 
-    async def flush(self) -> int:
+    async def flush(self, spread_s: float = 0.0,
+                    hurry: Callable[[], bool] | None = None) -> int:
         """Hand every dirty record to the producer; the number of records.
 
         In chunks of :data:`FLUSH_CHUNK`, the lock released in between: the agent, which
         flushes the customers with changes itself before it sends their changes, waits
-        for one chunk, not for the whole cache (thousands of records)."""
-        self.flushed_at = time.monotonic()
+        for one chunk, not for the whole cache (thousands of records). ``spread_s``: the
+        chunks are spread over that many seconds, so that a flush takes a steady share of
+        the event loop instead of stopping the events behind it for a second; until
+        ``hurry()`` says otherwise (a rebalance, a stop)."""
+        started = self.flushed_at = time.monotonic()
         keys, written = list(self.dirty), 0
-        for start in range(0, len(keys), FLUSH_CHUNK):
+        chunks = max(1, -(-len(keys) // FLUSH_CHUNK))
+        for n, start in enumerate(range(0, len(keys), FLUSH_CHUNK), 1):
             async with self.lock:
                 written += await self._write(keys[start:start + FLUSH_CHUNK])
+            ahead = started + spread_s * n / chunks - time.monotonic()
+            while ahead > 0 and not (hurry is not None and hurry()):
+                await asyncio.sleep(min(ahead, HURRY_POLL_S))
+                ahead = started + spread_s * n / chunks - time.monotonic()
             await asyncio.sleep(0)
         return written
 

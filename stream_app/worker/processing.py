@@ -12,8 +12,9 @@ the batch's changes after the states they depend on. Control messages are handed
 :meth:`~stream_app.worker.rejudge.Rejudge.control`.
 
 A message is acknowledged (and so committed by Faust) only after a flush of the store
-that covers its state (:meth:`Processor.flush`): at the store's interval, when its cache is
-full, at once in a rebalance, and when nothing is left to write.
+that covers its state (:meth:`Processor.flush`, by the ``flush_states`` task, never by the
+agent, which goes on with the events): at the store's interval (spread over a third of
+it), when its cache is full, at once in a rebalance, and when nothing is left to write.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import faust
@@ -66,6 +67,8 @@ class Processor:
         #: Events of the batch by (topic, type), for ``stream_app_events_consumed_total``.
         self.consumed: Counter[tuple[str, str]] = Counter()
         self.stream: Any = None
+        self.flushing = asyncio.Lock()
+        self.stopping = False
 
     def register(self, app: Any, inputs: Any) -> None:
         """The agent on the input topics ``inputs``, and the flusher task."""
@@ -84,7 +87,8 @@ class Processor:
             while True:
                 await asyncio.sleep(FLUSH_POLL_S)
                 if processor.flush_wanted(app.rebalancing):
-                    await processor.flush()
+                    await processor.flush(processor.flush_spread(app.rebalancing),
+                                          hurry=lambda: app.rebalancing or processor.stopping)
 
     async def process(self, stream: faust.StreamT) -> None:
         """Every input message, in partition order: update the customer, emit changes.
@@ -97,10 +101,7 @@ class Processor:
         async for events in stream.noack_take(self.batch_size, within=self.batch_wait_s):
             await self.process_batch(events)
             self.held.extend(events)
-            if self.customers.flush_due():
-                await self.flush()
-            else:
-                self.metrics.state_dirty.set(len(self.customers.dirty))
+            self.metrics.state_dirty.set(len(self.customers.dirty))
 
     def flush_wanted(self, rebalancing: bool) -> bool:
         """Whether the flusher is to flush now: the store is due, a rebalance waits for
@@ -109,18 +110,30 @@ class Processor:
             return False
         return rebalancing or not self.customers.dirty or self.customers.flush_due()
 
-    async def flush(self) -> None:
-        """Write every cached state to the changelog, then acknowledge the messages that
-        were processed before (their offsets may be committed from now on)."""
-        held, self.held = self.held, []
-        await self.customers.flush()
-        self.metrics.state_dirty.set(len(self.customers.dirty))
-        ack = self.stream.ack
-        for event in held:
-            await ack(event)
+    def flush_spread(self, rebalancing: bool) -> float:
+        """Seconds to spread the next flush over: a third of the flush interval, none when
+        a rebalance waits or the cache is full."""
+        store = self.customers
+        if rebalancing or len(store.dirty) >= store.max_dirty:
+            return 0.0
+        return store.flush_interval_s / 3
+
+    async def flush(self, spread_s: float = 0.0,
+                    hurry: Callable[[], bool] | None = None) -> None:
+        """Write every cached state to the changelog (spread over ``spread_s`` unless
+        ``hurry()``), then acknowledge the messages that were processed before (their
+        offsets may be committed from now on)."""
+        async with self.flushing:  # one at a time: acknowledgements go in order
+            held, self.held = self.held, []
+            await self.customers.flush(spread_s, hurry)
+            self.metrics.state_dirty.set(len(self.customers.dirty))
+            ack = self.stream.ack
+            for event in held:
+                await ack(event)
 
     async def final_flush(self) -> None:
         """The flush of a clean stop (nothing is acknowledged without a stream)."""
+        self.stopping = True  # a spread flush under way hurries
         if self.stream is not None and (self.held or self.customers.dirty):
             await self.flush()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -128,3 +129,17 @@ def test_a_state_being_flushed_stays_readable_and_a_newer_one_stays_dirty(monkey
     assert store.dirty == {b"a": (b"a2", 0)} and store.get(b"a") == b"a2"
     asyncio.run(store.flush())
     assert log[-1] == (b"a", b"a2") and store.dirty == {}
+
+
+def test_a_spread_flush_takes_its_time_unless_told_to_hurry(written):
+    store = CustomerStore({}, Metrics(), flush_interval_s=5.0, max_dirty=10_000)
+
+    def timed(hurry: Any = None) -> float:
+        for n in range(600):  # three chunks
+            store.put(f"k{n}".encode(), b"x", 0)
+        started = time.monotonic()
+        assert asyncio.run(store.flush(0.3, hurry)) == 600
+        return time.monotonic() - started
+
+    assert timed() >= 0.3 and store.dirty == {}
+    assert timed(lambda: True) < 0.3 and len(written) == 1200
