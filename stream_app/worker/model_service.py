@@ -196,12 +196,16 @@ class ModelService:
         return learned, warming and model.ready
 
     async def learn(self, stream: faust.StreamT) -> None:
-        """The learner agent's body: batches of samples, learned in a thread."""
+        """The learner agent's body: batches of samples, learned in a thread, acknowledged
+        once learned (Faust's ``take`` would acknowledge a batch whose learning raised)."""
         await self.feed.caught_up.wait()
-        async for values in stream.take(LEARN_BATCH, within=LEARN_BATCH_WAIT_S):
+        async for events in stream.noack_take(LEARN_BATCH, within=LEARN_BATCH_WAIT_S):
+            values = [event.value for event in events]
             async with self.learning:
                 learned, warmed = await asyncio.to_thread(self.learn_batch, values)
                 self.unpublished += learned
+            for event in events:
+                await stream.ack(event)
             self.metrics.samples_learned.inc(learned)
             if warmed:  # the warm-up just ended: publish the first model now
                 await self.publish_model()
