@@ -689,6 +689,8 @@ def bench(events: int, customers: int, partitions: int, k: int, store: str,
 @click.option("--p99-flat-ratio", default=1.2, show_default=True,
               help="Check: the last minute's p99 is at most this many times the first "
                    "settled minute's (loads of 3 minutes or more).")
+@click.option("--max-changes-per-event", default=0.05, show_default=True,
+              help="Check: segment changes per offered event (a mature population).")
 @click.option("--rss-tolerance", default=0.10, show_default=True,
               help="Check: RSS grows by at most this fraction after the warm-up.")
 @click.option("--single-record-batches", is_flag=True,
@@ -702,7 +704,7 @@ def bench(events: int, customers: int, partitions: int, k: int, store: str,
 def soak(minutes: float, rate: float, fraction: float, warm_events: int, customers: int,
          partitions: int, k: int, seed: int, invalid_share: float, sample_seconds: float,
          max_lag_seconds: float, max_p99_ms: float, p99_flat_ratio: float,
-         rss_tolerance: float, single_record_batches: bool,
+         max_changes_per_event: float, rss_tolerance: float, single_record_batches: bool,
          rocksdb_block_cache_mb: int | None, out: Path) -> None:
     """A steady load at 80 % of the worker's measured maximum for --minutes (own embedded
     broker, RocksDB): checks lag, p99 latency (bounded, flat per minute), memory and that
@@ -719,7 +721,8 @@ def soak(minutes: float, rate: float, fraction: float, warm_events: int, custome
                      customers=customers, partitions=partitions, k=k, seed=seed,
                      invalid_share=invalid_share, sample_s=sample_seconds,
                      max_lag_s=max_lag_seconds, max_p99_ms=max_p99_ms,
-                     p99_flat_ratio=p99_flat_ratio, rss_tolerance=rss_tolerance,
+                     p99_flat_ratio=p99_flat_ratio,
+                     max_changes_per_event=max_changes_per_event, rss_tolerance=rss_tolerance,
                      single_record_batches=single_record_batches,
                      rocksdb_block_cache_mb=rocksdb_block_cache_mb, out=out)
     try:

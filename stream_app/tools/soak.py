@@ -101,6 +101,8 @@ class SoakConfig:
     #: The last full minute's p99 at most this many times the first settled minute's (the
     #: second; judged on loads of three minutes or more).
     p99_flat_ratio: float = 1.2
+    #: Segment changes per offered event at most (the warm-up made the population mature).
+    max_changes_per_event: float = 0.05
     #: Allowed RSS growth from the end of the warm-up to the end of the load (fraction).
     rss_tolerance: float = 0.10
     single_record_batches: bool = False
@@ -483,11 +485,15 @@ def results_document(cfg: SoakConfig, settings: Settings, warm: int, app: dict[s
         "model_version": int(final.sums.get("stream_app_model_version", 0.0)),
     }
     summary["minutes"] = soak["minutes"]
+    summary["changes_per_event"] = round(summary["segment_changes"] / max(soak["sent"], 1), 4)
     checks = {
         "p99_bounded": {"passed": (summary["latency"]["p99_ms"] is not None
                                    and summary["latency"]["p99_ms"] <= cfg.max_p99_ms),
                         "value_ms": summary["latency"]["p99_ms"], "bound_ms": cfg.max_p99_ms},
         "p99_flat": p99_flat(soak["minutes"], cfg.p99_flat_ratio),
+        "changes_per_event": {
+            "passed": summary["changes_per_event"] <= cfg.max_changes_per_event,
+            "value": summary["changes_per_event"], "bound": cfg.max_changes_per_event},
         "lag_bounded": {"passed": bool(rate) and lag_messages <= cfg.max_lag_s * rate,
                         "value_s": summary["max_lag_seconds"], "bound_s": cfg.max_lag_s},
         "rss_flat": {"passed": rss_end <= rss_warm * (1 + cfg.rss_tolerance),
@@ -570,6 +576,8 @@ def print_results(doc: dict[str, Any], console: Console) -> None:
          verdict("p99_bounded")),
         ("p99 per minute", " ".join(str(m["p99_ms"]) for m in s["minutes"]) + " ms",
          verdict("p99_flat")),
+        ("segment changes per event", f"{s['changes_per_event']}",
+         verdict("changes_per_event")),
         ("worker CPU", f"{s['worker_cpu_cores']:.2f} cores, "
                        f"{s['worker_cpu_us_per_event']:.0f} µs/event", ""),
         ("worker waiting for a CPU", f"{s['worker_cpu_wait_share']:.0%} of the time", ""),

@@ -49,7 +49,10 @@ class CustomerStore:
         self.max_dirty = max_dirty
         #: Written but not flushed: key → (state, or None for deleted; input partition).
         self.dirty: dict[bytes, tuple[bytes | None, int]] = {}
-        #: One flush at a time: two flushes of one key would race to the changelog.
+        #: Bytes of the records ``dirty`` would write (keys and states).
+        self.dirty_bytes = 0
+        #: Held while records are written (a chunk, or a changed customer's): two writers
+        #: of one key would race to the changelog.
         self.lock = asyncio.Lock()
         self.flushed_at = time.monotonic()
 
@@ -80,7 +83,12 @@ class CustomerStore:
     def put(self, key: bytes, state: bytes | None, partition: int) -> None:
         """Store ``state`` (None: delete) for ``key``, whose events arrive on input
         ``partition``; it reaches the table and its changelog at the next flush."""
-        self.dirty[key] = (state, partition)
+        dirty = self.dirty
+        old = dirty.get(key)
+        if old is not None:
+            self.dirty_bytes -= _size(key, old[0])
+        dirty[key] = (state, partition)
+        self.dirty_bytes += _size(key, state)
 
     def flush_due(self) -> bool:
         """Whether the cache is to be flushed now (see the module)."""
@@ -129,11 +137,18 @@ class CustomerStore:
                 continue
             state, partition = entry
             await patches.write_through(table, key, state, partition)
+            record = _size(key, state)
             if dirty.get(key) is entry:
                 del dirty[key]
+                self.dirty_bytes -= record
             count += 1
-            size += len(key) + (len(state) if state is not None else 0)
+            size += record
         if count:
             self.metrics.state_records.inc(count)
             self.metrics.state_record_bytes.inc(size)
         return count
+
+
+def _size(key: bytes, state: bytes | None) -> int:
+    """Bytes of a changelog record's key and value."""
+    return len(key) + (len(state) if state is not None else 0)

@@ -95,6 +95,9 @@ class Metrics:
         self.state_dirty = Gauge(p + "state_dirty",
                                  "Customer states written but not yet flushed to the changelog.",
                                  registry=r)
+        self.state_dirty_bytes = Gauge(p + "state_dirty_bytes",
+                                       "Bytes of the records those states will write.",
+                                       registry=r)
         self.sweeps = Counter(p + "sweep_requests_total",
                               "Customers queued for re-evaluation because event time passed.",
                               registry=r)

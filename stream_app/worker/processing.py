@@ -101,7 +101,12 @@ class Processor:
         async for events in stream.noack_take(self.batch_size, within=self.batch_wait_s):
             await self.process_batch(events)
             self.held.extend(events)
-            self.metrics.state_dirty.set(len(self.customers.dirty))
+            self.note_dirty()
+
+    def note_dirty(self) -> None:
+        """The gauges of the states cached, not written yet."""
+        self.metrics.state_dirty.set(len(self.customers.dirty))
+        self.metrics.state_dirty_bytes.set(self.customers.dirty_bytes)
 
     def flush_wanted(self, rebalancing: bool) -> bool:
         """Whether the flusher is to flush now: the store is due, a rebalance waits for
@@ -126,7 +131,7 @@ class Processor:
         async with self.flushing:  # one at a time: acknowledgements go in order
             held, self.held = self.held, []
             await self.customers.flush(spread_s, hurry)
-            self.metrics.state_dirty.set(len(self.customers.dirty))
+            self.note_dirty()
             ack = self.stream.ack
             for event in held:
                 await ack(event)

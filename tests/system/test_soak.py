@@ -28,7 +28,7 @@ def test_short_soak_reports_samples_and_holds_its_checks(tmp_path: Path) -> None
          "--warm-events", "3000", "--customers", "300", "--sample-seconds", "3",
          "--invalid-share", "0.02", "--out", str(out),
          # Bounds for a loaded CI machine: the targets are `make soak`'s, not a test's.
-         "--max-lag-seconds", "10", "--max-p99-ms", "5000"],
+         "--max-lag-seconds", "10", "--max-p99-ms", "5000", "--max-changes-per-event", "1"],
         capture_output=True, text=True, timeout=220,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
@@ -36,7 +36,8 @@ def test_short_soak_reports_samples_and_holds_its_checks(tmp_path: Path) -> None
 
     assert doc["passed"] is True
     assert set(doc["checks"]) == {"lag_bounded", "rss_flat", "nothing_lost", "p99_bounded",
-                                  "p99_flat"}
+                                  "p99_flat", "changes_per_event"}
+    assert 0 <= doc["summary"]["changes_per_event"] <= 1
     assert doc["checks"]["p99_flat"]["passed"] is None  # judged on 3 minutes or more
     assert all(check["passed"] for name, check in doc["checks"].items()
                if name != "p99_flat"), doc["checks"]

@@ -40,8 +40,10 @@ def test_a_write_is_read_at_once_and_reaches_the_changelog_once_per_flush(writte
     assert table == {b"old": b"s0"} and written == []
     assert sorted(store.keys()) == [b"a"]
     assert dict(store.items()) == {b"a": b"a4"}
+    assert store.dirty_bytes == len(b"a") + len(b"a4") + len(b"old")
     assert asyncio.run(store.flush()) == 2
     assert written == [(b"a", b"a4", 3), (b"old", None, 1)]
+    assert store.dirty_bytes == 0
     assert table == {b"a": b"a4"} and store.dirty == {}
     assert metrics.state_records._value.get() == 2
     assert metrics.state_record_bytes._value.get() == len(b"a") + len(b"a4") + len(b"old")
