@@ -3,49 +3,71 @@
 De-duplication memory is bounded: the ids of clicks within the allowed lateness of the
 customer's newest click (any older copy would be late and change nothing), at most
 :data:`MAX_RECENT_IDS`, and the ids of the newest :data:`MAX_ORDER_IDS` purchases (a
-late duplicate purchase would otherwise count twice in the lifetime totals).
+late duplicate purchase would otherwise count twice in the lifetime totals). A copy of an
+id older than those (a customer with more than 384 clicks within the lateness) is applied
+again: the bounds keep a heavy customer's record under 8 KB (``make bench`` measures it).
 
-Next to each remembered id the state keeps a 48-bit digest of the event's content, 8
-base64 characters (:meth:`~stream_app.core.validation.Event.content_digest`), so that a copy
-of a remembered id is told apart: the same content is an honest redelivery
-(:data:`DUPLICATE`), other content a producer reusing ids (:data:`CONFLICT`, sent to the
-DLQ as ``conflicting_duplicate``). The digests of a list are one string (``"es"``,
-``"os"``), kept and stored as it is (no encoding per event), parallel to the ids and
-aligned at their end: ids stored by a version that kept no digests (the first ones of a
-list loaded from such a state) have none, and a copy of them counts as honest.
+Next to each remembered id the state keeps a digest of the event's content
+(:meth:`~stream_app.core.validation.Event.content_digest`), so that a copy of a remembered
+id is told apart: the same content is an honest redelivery (:data:`DUPLICATE`), other
+content a producer reusing ids (:data:`CONFLICT`, sent to the DLQ as
+``conflicting_duplicate``). Ids remembered by a version that kept no digests have none,
+and a copy of them counts as honest. The memory is packed
+(:class:`~stream_app.core.dedup.RememberedIds`).
+
+A record is the state's JSON document, followed, when any id is remembered, by a NUL
+byte and the packed memory: clicks (``"ne"`` of them), then purchases. JSON never holds
+a raw NUL, so the document ends at the first one. Records of earlier versions (the
+memory as JSON lists ``"e"``/``"o"`` with base64 digests ``"es"``/``"os"``) are read
+and written back in this form.
 
 >>> s = CustomerState()
 >>> s.remember("evt-1", 1_000, purchase=False, lateness_ms=3_600_000)
 True
 >>> s.remember("evt-1", 1_000, purchase=False, lateness_ms=3_600_000)
 False
->>> s.admit("o-1", 1_000, True, 3_600_000, content="content1")
+>>> s.admit("o-1", 1_000, True, 3_600_000, content=b"ct1")
 'new'
->>> s.admit("o-1", 1_000, True, 3_600_000, content="content1")
+>>> s.admit("o-1", 1_000, True, 3_600_000, content=b"ct1")
 'duplicate'
->>> s.admit("o-1", 1_000, True, 3_600_000, content="content2")
+>>> s.admit("o-1", 1_000, True, 3_600_000, content=b"ct2")
 'conflict'
->>> CustomerState.from_bytes(s.to_bytes()).segment is None
-True
+>>> r = CustomerState.from_bytes(s.to_bytes())
+>>> r.segment is None, len(r.recent), len(r.orders), CustomerState.document(s.to_bytes())["ne"]
+(True, 1, 1, 1)
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal
 
 import orjson
 
 from stream_app.core.changes import event_digest
+from stream_app.core.dedup import (
+    CONTENT_BYTES,
+    KEY_BYTES,
+    NO_CONTENT,
+    RememberedIds,
+    content_key,
+    id_key,
+)
 from stream_app.core.features import FeatureWindow
 
-MAX_RECENT_IDS = 1024
-MAX_ORDER_IDS = 1000
-#: Characters of the content digest kept next to each remembered event id (6 bytes in
-#: base64, see ``Event.content_digest``).
-DIGEST_CHARS = 8
-#: The digest of an id remembered without its content (:meth:`CustomerState.remember`
-#: called without one): a copy of it counts as honest.
-NO_DIGEST = "*" * DIGEST_CHARS  # not a base64 character: never a real digest
+__all__ = ["CONFLICT", "DUPLICATE", "MAX_ORDER_IDS", "MAX_RECENT_IDS", "NEW", "Admission",
+           "CustomerState", "event_digest"]
+
+#: Click ids remembered at most (13 bytes each in a record).
+MAX_RECENT_IDS = 384
+#: Purchase ids remembered (9 bytes each in a record).
+MAX_ORDER_IDS = 256
+#: Where a record's JSON document ends and its packed memory begins.
+_SEPARATOR = b"\x00"
+#: Characters of a content digest in records of earlier versions (6 bytes in base64),
+#: and what stood for none.
+_LEGACY_DIGEST_CHARS = 8
+_LEGACY_NO_DIGEST = "*" * _LEGACY_DIGEST_CHARS
 
 #: What :meth:`CustomerState.admit` found: an id not remembered (now it is), a copy of a
 #: remembered id with the same content (or none to compare), or with other content.
@@ -60,9 +82,9 @@ class CustomerState:
 
     __slots__ = (
         "audiences", "audiences_version", "evaluated_at", "evaluations", "excluded",
-        "last_audience", "last_change", "left_segment", "model_version", "order_sums", "orders",
+        "last_audience", "last_change", "left_segment", "model_version", "orders",
         "partition", "pending", "pending_count", "profile", "profile_ts", "recent",
-        "recent_sums", "sampled_at", "segment", "window",
+        "sampled_at", "segment", "window",
     )
 
     def __init__(self) -> None:
@@ -71,13 +93,8 @@ class CustomerState:
         self.profile_ts = 0
         self.segment: int | None = None
         self.model_version = 0
-        self.recent: list[list[int]] = []  # [digest, ts] of recent events
-        self.orders: list[int] = []  # digests of the newest purchases
-        #: Content digests (:data:`DIGEST_CHARS` each) of the last ``len // DIGEST_CHARS``
-        #: entries of ``recent`` and ``orders``, in their order; entries before those
-        #: (stored by a version that kept no digests) have none.
-        self.recent_sums = ""
-        self.order_sums = ""
+        self.recent = RememberedIds(timed=True)  # the recent clicks
+        self.orders = RememberedIds(timed=False)  # the newest purchases
         self.sampled_at = 0  # event time of the last sample sent to the learner
         self.evaluated_at = 0  # event time the features were last evaluated at
         self.left_segment: int | None = None  # the segment left at the last change
@@ -111,7 +128,7 @@ class CustomerState:
         return self.admit(event_id, ts, purchase, lateness_ms) == NEW
 
     def admit(self, event_id: str, ts: int, purchase: bool, lateness_ms: int,
-              content: str | None = None) -> Admission:
+              content: bytes | None = None) -> Admission:
         """Record an event id with the digest of its ``content`` unless it is remembered.
 
         Returns :data:`NEW` (recorded: apply the event), :data:`DUPLICATE` (the id is
@@ -121,36 +138,24 @@ class CustomerState:
         :data:`MAX_ORDER_IDS`, clicks within ``lateness_ms`` of the newest click (see the
         module).
         """
-        digest = event_digest(event_id)
+        key = id_key(event_id)
         if purchase:
             orders = self.orders
-            try:
-                index = orders.index(digest)
-            except ValueError:
-                pass
-            else:
-                return _judge(self.order_sums, len(orders), index, content)
-            orders.append(digest)
-            self.order_sums += content or NO_DIGEST
-            if len(orders) > MAX_ORDER_IDS:
-                del orders[0]
-                if len(self.order_sums) > DIGEST_CHARS * len(orders):
-                    self.order_sums = self.order_sums[DIGEST_CHARS:]
+            index = orders.find(key)
+            if index >= 0:
+                return _judge(orders.content(index), content)
+            orders.add(key, content)
+            orders.trim(MAX_ORDER_IDS)
             return NEW
+        recent = self.recent
         horizon = max(self.window.newest_click, ts) - lateness_ms
-        for index, (d, t) in enumerate(self.recent):
-            if d == digest and t >= horizon:
-                return _judge(self.recent_sums, len(self.recent), index, content)
+        index = recent.find(key, horizon)
+        if index >= 0:
+            return _judge(recent.content(index), content)
         if ts >= horizon:
-            keep = [i for i, r in enumerate(self.recent) if r[1] >= horizon]
-            sums = self.recent_sums
-            if len(keep) < len(self.recent):
-                sums = _kept(sums, len(self.recent), keep)
-            recent = [self.recent[i] for i in keep]
-            recent.append([digest, ts])
-            sums += content or NO_DIGEST
-            self.recent = recent[-MAX_RECENT_IDS:]
-            self.recent_sums = sums[-DIGEST_CHARS * len(self.recent):]
+            recent.expire(horizon)
+            recent.add(key, content, ts)
+            recent.trim(MAX_RECENT_IDS)
         return NEW
 
     def update_profile(self, attributes: dict[str, Any], ts: int) -> bool:
@@ -186,10 +191,7 @@ class CustomerState:
             "pt": self.profile_ts,
             "s": self.segment,
             "v": self.model_version,
-            "e": self.recent,
-            "o": self.orders,
-            "es": self.recent_sums,
-            "os": self.order_sums,
+            "ne": len(self.recent),
             "t": self.sampled_at,
             "c": self.evaluated_at,
             "l": self.left_segment,
@@ -200,7 +202,17 @@ class CustomerState:
         }
         if self.audiences_version:  # only where audiences are in use
             document.update(a=self.audiences, av=self.audiences_version, la=self.last_audience)
-        return orjson.dumps(document)
+        if not self.recent.entries and not self.orders.entries:
+            return orjson.dumps(document)
+        return b"".join((orjson.dumps(document), _SEPARATOR, self.recent.entries,
+                         self.orders.entries))
+
+    @staticmethod
+    def document(stored: bytes) -> dict[str, Any]:
+        """The JSON document of a stored state (without the packed memory), for a look
+        at a few fields without building the state."""
+        end = stored.find(_SEPARATOR)
+        return orjson.loads(stored if end < 0 else stored[:end])
 
     @staticmethod
     def audiences_outdated(stored: bytes, version: str, defined: bool) -> bool:
@@ -218,13 +230,17 @@ class CustomerState:
         >>> CustomerState.audiences_outdated(CustomerState().to_bytes(), "0a1b2c3d4e5f", False)
         False
         """
-        if f'"av":"{version}"'.encode() in stored or stored.startswith(b'{"x":true'):
+        end = stored.find(_SEPARATOR)
+        end = len(stored) if end < 0 else end  # the packed memory may hold any bytes
+        if stored.find(f'"av":"{version}"'.encode(), 0, end) >= 0 \
+                or stored.startswith(b'{"x":true'):
             return False
-        return defined or b'"a":["' in stored
+        return defined or stored.find(b'"a":["', 0, end) >= 0
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
-        raw = orjson.loads(data)
+        end = data.find(_SEPARATOR)
+        raw = orjson.loads(data if end < 0 else data[:end])
         s = cls()
         s.partition = raw.get("pp")
         if raw.get("x"):
@@ -236,11 +252,16 @@ class CustomerState:
         s.profile_ts = raw["pt"]
         s.segment = raw["s"]
         s.model_version = raw["v"]
-        s.recent = raw["e"]
-        s.orders = raw["o"]
-        # States stored before content digests were kept have none ("es"/"os" absent).
-        s.recent_sums = _aligned(raw.get("es", ""), len(s.recent))
-        s.order_sums = _aligned(raw.get("os", ""), len(s.orders))
+        if "e" in raw:  # an earlier version's record: the memory as JSON lists
+            s.recent = _legacy(True, [tuple(item) for item in raw["e"]], raw.get("es", ""),
+                               MAX_RECENT_IDS)
+            s.orders = _legacy(False, [(item, 0) for item in raw["o"]], raw.get("os", ""),
+                               MAX_ORDER_IDS)
+        elif end >= 0:
+            packed = memoryview(data)[end + 1:]
+            clicks = raw["ne"] * s.recent.size
+            s.recent = RememberedIds(True, packed[:clicks])
+            s.orders = RememberedIds(False, packed[clicks:])
         s.sampled_at = raw["t"]
         s.evaluated_at = raw["c"]
         s.left_segment = raw["l"]
@@ -254,26 +275,34 @@ class CustomerState:
         return s
 
 
-def _judge(sums: str, count: int, index: int, content: str | None) -> Admission:
-    """Whether the copy of entry ``index`` of a list of ``count`` remembered ids, whose
-    last ``len(sums) // DIGEST_CHARS`` have the digests ``sums``, is an honest one: the
-    same ``content``, or a digest missing on either side."""
-    slot = index - (count - len(sums) // DIGEST_CHARS)
-    if content is None or slot < 0:
+def _judge(kept: bytes, content: bytes | None) -> Admission:
+    """Whether a copy of a remembered id whose content digest is ``kept`` is an honest
+    one: the same ``content``, or a digest missing on either side."""
+    if content is None or kept == NO_CONTENT:
         return DUPLICATE  # remembered by a version without digests (or nothing to compare)
-    kept = sums[slot * DIGEST_CHARS:(slot + 1) * DIGEST_CHARS]
-    return DUPLICATE if kept in (content, NO_DIGEST) else CONFLICT
+    return DUPLICATE if kept == content_key(content) else CONFLICT
 
 
-def _kept(sums: str, count: int, keep: list[int]) -> str:
-    """The digests of the entries ``keep`` (ascending indices into a list of ``count``
-    ids whose last ``len(sums) // DIGEST_CHARS`` have the digests ``sums``)."""
-    first = count - len(sums) // DIGEST_CHARS
-    return "".join(sums[(i - first) * DIGEST_CHARS:(i - first + 1) * DIGEST_CHARS]
-                   for i in keep if i >= first)
+def _legacy(timed: bool, ids: list[tuple[int, int]], sums: str, keep: int) -> RememberedIds:
+    """The memory of an earlier version's record: ``ids`` as ``(event_digest, ts)``
+    (``ts`` 0 for purchases), the last ``len(sums) // 8`` of them with base64 content
+    digests ``sums`` (``"********"``: none), newest ``keep`` kept.
 
-
-def _aligned(sums: str, count: int) -> str:
-    """``sums`` as digests of at most the last ``count`` ids (whole digests only)."""
-    usable = min(len(sums) // DIGEST_CHARS, count) * DIGEST_CHARS
-    return sums[len(sums) - usable:] if usable else ""
+    >>> m = _legacy(False, [(event_digest("a"), 0), (event_digest("b"), 0)], "YWJjZGVm", 8)
+    >>> m.keys() == [id_key("a"), id_key("b")], m.content(0) == NO_CONTENT, m.content(1)
+    (True, True, b'abc')
+    """
+    memory = RememberedIds(timed)
+    digests = min(len(sums) // _LEGACY_DIGEST_CHARS, len(ids))
+    sums = sums[len(sums) - digests * _LEGACY_DIGEST_CHARS:]
+    first = len(ids) - digests  # the ids before it were stored without digests
+    for index, (digest, ts) in enumerate(ids):
+        content = None
+        if index >= first:
+            at = (index - first) * _LEGACY_DIGEST_CHARS
+            text = sums[at:at + _LEGACY_DIGEST_CHARS]
+            if text != _LEGACY_NO_DIGEST:
+                content = base64.urlsafe_b64decode(text)[:CONTENT_BYTES]
+        memory.add((digest >> 15).to_bytes(KEY_BYTES, "big"), content, ts)
+    memory.trim(keep)
+    return memory

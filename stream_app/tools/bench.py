@@ -475,6 +475,11 @@ class WorkerWatch:
         "state_dirty": "stream_app_state_dirty",  # one record each at the next flush
         "state_dirty_bytes": "stream_app_state_dirty_bytes",
         "state_record_bytes": "stream_app_state_record_bytes_total",
+        "gc_collections": "stream_app_gc_pause_seconds_count",
+    }
+    #: Worker figures in seconds, reported with the results in milliseconds.
+    DURATIONS = {
+        "gc_pause_ms": "stream_app_gc_pause_seconds_sum",  # all generations
     }
 
     @property
@@ -483,7 +488,9 @@ class WorkerWatch:
 
     def counters(self) -> dict[str, int]:
         """The :attr:`COUNTERS` as of the last poll."""
-        return {key: int(self.metrics.get(name, 0.0)) for key, name in self.COUNTERS.items()}
+        counts = {key: int(self.metrics.get(name, 0.0)) for key, name in self.COUNTERS.items()}
+        return counts | {key: int(self.metrics.get(name, 0.0) * 1000)
+                         for key, name in self.DURATIONS.items()}
 
     async def refresh(self) -> dict[str, float]:
         try:

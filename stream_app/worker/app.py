@@ -43,6 +43,7 @@ from stream_app.web.segment_map import RecentChanges
 from stream_app.worker import patches
 from stream_app.worker.assignment import Assignment
 from stream_app.worker.broker import TANSU_FETCH_MAX_WAIT_MS, faust_broker_options
+from stream_app.worker.collector import CollectorPauses
 from stream_app.worker.connectivity import KAFKA_RETRY_BACKOFF_MS
 from stream_app.worker.customer_store import CustomerStore
 from stream_app.worker.gauges import Gauges
@@ -96,6 +97,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
         **faust_broker_options(tansu, settings.single_record_batches),
     )
     metrics = Metrics()
+    CollectorPauses(metrics.gc_pauses).install()
     pipeline = CustomerPipeline(pipeline_options(settings))
 
     # -- topics ---------------------------------------------------------------------------

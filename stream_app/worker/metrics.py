@@ -64,6 +64,12 @@ class Metrics:
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
         )
+        self.gc_pauses = Histogram(
+            p + "gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector, by generation (2: the whole heap "
+            "not frozen at startup).", ["generation"], registry=r,
+            buckets=(1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
         self.customers = Gauge(p + "customers", "Customers in this worker's active partitions.",
                                registry=r)
         self.segment_size = Gauge(p + "segment_size",

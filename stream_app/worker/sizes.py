@@ -28,10 +28,10 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Generic, TypeVar
 
-import orjson
 from aiokafka.partitioner import murmur2
 
 from stream_app.core.pipeline import EXCLUDED, UNASSIGNED
+from stream_app.core.state import CustomerState
 
 B = TypeVar("B", bound=Hashable)
 
@@ -48,10 +48,11 @@ def home_and_bucket(key: bytes, stored: bytes, partitions: int) -> tuple[int, in
 def summary(key: bytes, stored: bytes, partitions: int) -> tuple[int, int, list[str]]:
     """:func:`home_and_bucket` and the names of the customer's audiences.
 
+    >>> import orjson
     >>> summary(b"c", orjson.dumps({"s": 2, "pp": 1, "a": ["vip"], "av": "0a"}), 4)
     (1, 2, ['vip'])
     """
-    raw = orjson.loads(stored)
+    raw = CustomerState.document(stored)
     home = raw.get("pp")
     if home is None:
         home = (murmur2(key) & 0x7FFFFFFF) % partitions

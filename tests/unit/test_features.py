@@ -23,6 +23,7 @@ import random
 import orjson
 import pytest
 
+from stream_app.core.dedup import id_key
 from stream_app.core.features import (
     ALLOWED_LATENESS_MS,
     DAY_MS,
@@ -31,7 +32,7 @@ from stream_app.core.features import (
     RETENTION_DAYS,
     FeatureWindow,
 )
-from stream_app.core.state import MAX_ORDER_IDS, MAX_RECENT_IDS, CustomerState, event_digest
+from stream_app.core.state import MAX_ORDER_IDS, MAX_RECENT_IDS, CustomerState
 from stream_app.core.validation import Event
 
 D = 20_000  # a UTC day number (2024-10-04)
@@ -698,7 +699,7 @@ def test_remember_drops_repeated_click_ids():
     assert s.remember("a", at(D, 1), purchase=False, lateness_ms=HOUR_MS) is False
     assert s.remember("b", at(D, 1), purchase=False, lateness_ms=HOUR_MS) is False
     assert s.remember("c", at(D, 1), purchase=False, lateness_ms=HOUR_MS) is True
-    assert [d for d, _ in s.recent] == [event_digest(x) for x in "abc"]
+    assert s.recent.keys() == [id_key(x) for x in "abc"]
 
 
 def test_click_ids_are_remembered_within_the_lateness_only():
@@ -712,13 +713,13 @@ def test_click_ids_are_remembered_within_the_lateness_only():
     newer = click(at(D, 11) + 1)
     assert remember_and_apply(s, newer) == "applied"
     # Now older than the lateness: forgotten, and a copy is late (it changes nothing).
-    assert all(t >= at(D, 11) + 1 - HOUR_MS for _, t in s.recent)
-    assert event_digest(first.event_id) not in [d for d, _ in s.recent]
+    assert all(t >= at(D, 11) + 1 - HOUR_MS for t in s.recent.times())
+    assert id_key(first.event_id) not in s.recent
     before = s.window.to_dict()
     assert remember_and_apply(s, first) == "late"
     assert s.window.to_dict() == before
     # A late click is not remembered at all.
-    assert event_digest(first.event_id) not in [d for d, _ in s.recent]
+    assert id_key(first.event_id) not in s.recent
     assert remember_and_apply(s, newer) == "duplicate"
 
 
@@ -727,7 +728,7 @@ def test_remember_horizon_uses_the_newer_of_as_of_and_ts():
     assert s.remember("x", at(D, 10), purchase=False, lateness_ms=HOUR_MS)
     # The window never saw these events (as_of 0): the horizon is the event's own ts.
     assert s.remember("y", at(D, 12), purchase=False, lateness_ms=HOUR_MS)
-    assert [d for d, _ in s.recent] == [event_digest("y")]  # x is older than 11:00
+    assert s.recent.keys() == [id_key("y")]  # x is older than 11:00
     assert s.remember("x", at(D, 10), purchase=False, lateness_ms=HOUR_MS) is True
     assert s.remember("y", at(D, 12), purchase=False, lateness_ms=HOUR_MS) is False
 
@@ -749,10 +750,9 @@ def test_purchase_ids_are_remembered_regardless_of_time():
     assert remember_and_apply(s, late) == "duplicate"
     assert remember_and_apply(s, order) == "duplicate"
     assert s.window.features()["orders_total"] == 3
-    assert s.orders == [event_digest(e.event_id) for e in (order, newer, late)]
+    assert s.orders.keys() == [id_key(e.event_id) for e in (order, newer, late)]
     # Purchases are not kept among the recent (click) ids.
-    assert not {event_digest(e.event_id) for e in (order, newer, late)} & {
-        d for d, _ in s.recent}
+    assert not {id_key(e.event_id) for e in (order, newer, late)} & set(s.recent.keys())
 
 
 def test_click_memory_follows_the_click_stream_only():
@@ -776,7 +776,7 @@ def test_remember_keeps_a_bounded_memory_of_purchases():
     assert s.remember("first", at(D), purchase=True, lateness_ms=HOUR_MS) is False
     assert s.remember("one-more", at(D), purchase=True, lateness_ms=HOUR_MS)
     assert len(s.orders) == MAX_ORDER_IDS
-    assert event_digest("first") not in s.orders  # the oldest purchase id is forgotten
+    assert id_key("first") not in s.orders  # the oldest purchase id is forgotten
     assert s.remember("o-0", at(D), purchase=True, lateness_ms=HOUR_MS) is False
 
 
@@ -850,8 +850,8 @@ def test_customer_state_bytes_round_trip():
     assert r.profile == s.profile and r.profile_ts == at(D, 2)
     assert r.segment == 7 and r.model_version == 12 and r.sampled_at == at(D, 3)
     assert r.evaluated_at == at(D + 2, 1) and r.clock == s.clock == at(D + 2, 1)
-    assert r.recent == s.recent and len(r.recent) == 5
-    assert r.orders == s.orders and len(r.orders) == 5
+    assert r.recent.entries == s.recent.entries and len(r.recent) == 5
+    assert r.orders.entries == s.orders.entries and len(r.orders) == 5
     assert r.to_bytes() == data
     # The restored de-duplication memory and profile rules work as before.
     assert r.remember("evt-3", at(D, 23, 33), False, HOUR_MS) is False
@@ -864,8 +864,8 @@ def test_customer_state_bytes_round_trip():
 
 def test_fresh_customer_state_round_trip():
     r = CustomerState.from_bytes(CustomerState().to_bytes())
-    assert r.segment is None and r.profile == {} and r.recent == [] and r.model_version == 0
-    assert r.orders == [] and r.profile_ts == 0 and r.evaluated_at == 0 and r.clock == 0
+    assert r.segment is None and r.profile == {} and len(r.recent) == 0 and r.model_version == 0
+    assert len(r.orders) == 0 and r.profile_ts == 0 and r.evaluated_at == 0 and r.clock == 0
     assert r.window.features() == FeatureWindow().features()
 
 
@@ -1048,7 +1048,7 @@ def test_customer_state_with_duplicates_matches_brute_force(seed):
     # Every purchase is remembered; clicks only within the lateness of the newest click.
     assert len(state.orders) == sum(1 for e in events if e.kind == "purchase")
     horizon = state.window.newest_click - ALLOWED_LATENESS_MS
-    assert all(t >= horizon for _, t in state.recent)
+    assert all(t >= horizon for t in state.recent.times())
     assert len(state.recent) <= MAX_RECENT_IDS
 
 

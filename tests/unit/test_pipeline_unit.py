@@ -19,6 +19,7 @@ from jsonschema import Draft7Validator
 from stream_app.config import Settings
 from stream_app.core.audiences import AudienceSet
 from stream_app.core.changes import iso_ms
+from stream_app.core.dedup import NO_CONTENT, id_key
 from stream_app.core.features import DAY_MS, FEATURE_NAMES, HOUR_MS
 from stream_app.core.pipeline import UNASSIGNED, CustomerPipeline, Outcome, member_pseudonym
 from stream_app.core.schemas import load_schema
@@ -871,19 +872,60 @@ def test_content_digests_follow_their_ids_when_the_memory_is_trimmed():
     purchase ids out of the bounded memory, also when a list began without digests."""
     s = CustomerState.from_bytes(OLD_STATE)  # click ids at T0, T0 + 2 min, no digests
     # A click an hour and a half later: both old click ids leave the lateness.
-    assert s.admit("new-c1", T0 + 90 * MIN_MS, False, HOUR_MS, "click-01") == NEW
-    assert s.admit("new-c2", T0 + 91 * MIN_MS, False, HOUR_MS, "click-02") == NEW
-    assert len(s.recent) == 2 and len(s.recent_sums) == 16
-    assert s.admit("new-c1", T0 + 90 * MIN_MS, False, HOUR_MS, "click-01") == DUPLICATE
-    assert s.admit("new-c2", T0 + 91 * MIN_MS, False, HOUR_MS, "click-01") == CONFLICT
+    assert s.admit("new-c1", T0 + 90 * MIN_MS, False, HOUR_MS, b"c01") == NEW
+    assert s.admit("new-c2", T0 + 91 * MIN_MS, False, HOUR_MS, b"c02") == NEW
+    assert len(s.recent) == 2 and s.recent.keys() == [id_key("new-c1"), id_key("new-c2")]
+    assert s.admit("new-c1", T0 + 90 * MIN_MS, False, HOUR_MS, b"c01") == DUPLICATE
+    assert s.admit("new-c2", T0 + 91 * MIN_MS, False, HOUR_MS, b"c01") == CONFLICT
     for i in range(MAX_ORDER_IDS):
-        assert s.admit(f"o-{i}", T0, True, HOUR_MS, f"buy-{i:04d}") == NEW
-    # The old purchase id (no digest) was the oldest: forgotten, the 1000 newest kept.
-    assert len(s.orders) == MAX_ORDER_IDS and len(s.order_sums) == 8 * MAX_ORDER_IDS
+        assert s.admit(f"o-{i}", T0, True, HOUR_MS, i.to_bytes(3, "big")) == NEW
+    # The old purchase id (no digest) was the oldest: forgotten, the newest kept.
+    assert len(s.orders) == MAX_ORDER_IDS and id_key("old-o1") not in s.orders
     r = CustomerState.from_bytes(s.to_bytes())
-    assert r.admit("o-0", T0, True, HOUR_MS, "buy-0000") == DUPLICATE
-    assert r.admit("o-999", T0, True, HOUR_MS, "buy-0998") == CONFLICT
-    assert r.admit("o-1000", T0, True, HOUR_MS, "buy-1000") == NEW
-    assert r.admit("o-1", T0, True, HOUR_MS, "buy-0001") == DUPLICATE
-    assert r.admit("o-1", T0, True, HOUR_MS, "buy-0002") == CONFLICT
-    assert r.admit("o-0", T0, True, HOUR_MS, "buy-0000") == NEW  # forgotten
+    last = MAX_ORDER_IDS - 1
+    assert r.admit("o-0", T0, True, HOUR_MS, (0).to_bytes(3, "big")) == DUPLICATE
+    assert r.admit(f"o-{last}", T0, True, HOUR_MS, (last - 1).to_bytes(3, "big")) == CONFLICT
+    assert r.admit(f"o-{last + 1}", T0, True, HOUR_MS, b"new") == NEW
+    assert r.admit("o-1", T0, True, HOUR_MS, (1).to_bytes(3, "big")) == DUPLICATE
+    assert r.admit("o-1", T0, True, HOUR_MS, (2).to_bytes(3, "big")) == CONFLICT
+    assert r.admit("o-0", T0, True, HOUR_MS, (0).to_bytes(3, "big")) == NEW  # forgotten
+
+
+#: A state as the version before the packed memory stored it (ids as JSON numbers, their
+#: content digests as base64 text): clicks v1-c1 (page_view at T0) and v1-c2 (search at
+#: T0 + 1 min), purchase v1-o1 (10.00 at T0 + 30 s), customer c9.
+DIGEST_STATE = (
+    b'{"w":{"a":1728036060000,"nc":1728036060000,"no":1728036030000,'
+    b'"d":[[20000,1,1000,0,1,1,1,0,3,0,0]],"h":[[480010,1]],"s":{},"c":{},"o":1,"r":1000,'
+    b'"f":1728036030000,"l":1728036030000},"p":{},"pt":0,"s":null,"v":0,'
+    b'"e":[[5547050705740072381,1728036000000],[665808705858276102,1728036060000]],'
+    b'"o":[4006430902903873607],"es":"iOFRhAcd9C_nPQpU","os":"E_cyZKXT","t":0,"c":0,'
+    b'"l":null,"n":0,"q":[null,0],"lc":null,"pp":null}')
+
+
+def test_a_state_of_the_json_memory_version_judges_copies_as_it_did(model):
+    """A record of the previous version loads with its ids and their content: copies with
+    the same content are duplicates, with other content conflicts; it is written back in
+    the packed form, smaller, and reads the same again."""
+    state = CustomerState.from_bytes(DIGEST_STATE)
+    assert state.recent.keys() == [id_key("v1-c1"), id_key("v1-c2")]
+    assert state.orders.keys() == [id_key("v1-o1")]
+    pipeline = CustomerPipeline(pipeline_options(settings()))
+    pipeline.use_model(model)
+    c = Customer(pipeline, "c9")
+    c.stored = DIGEST_STATE
+    click = {"event_id": "v1-c1", "customer_id": "c9", "ts": T0, "event_type": "page_view"}
+    order = {"event_id": "v1-o1", "customer_id": "c9", "ts": T0 + 30_000, "order_id": "o1",
+             "amount": 10.0, "quantity": 1}
+    assert c.send("click", orjson.dumps(click)).duplicate is True
+    assert c.send("purchase", orjson.dumps(order)).duplicate is True
+    assert c.send("click", orjson.dumps({**click, "event_type": "search"})).reason == (
+        "conflicting_duplicate")
+    assert c.send("purchase", orjson.dumps({**order, "amount": 11.0})).reason == (
+        "conflicting_duplicate")
+    assert c.stored == DIGEST_STATE  # nothing applied
+    packed = state.to_bytes()
+    assert len(packed) < len(DIGEST_STATE) and b'"e":' not in packed
+    again = CustomerState.from_bytes(packed)
+    assert again.to_bytes() == packed and again.window.features() == state.window.features()
+    assert again.orders.content(0) == state.orders.content(0) != NO_CONTENT
