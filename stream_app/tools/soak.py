@@ -202,14 +202,16 @@ class Reading:
     cpu_s: float
     #: Seconds the worker's main thread (the event loop) waited for a CPU while runnable.
     runqueue_wait_s: float
+    #: CPU seconds of the embedded broker (on a small machine it competes with the worker).
+    broker_cpu_s: float
 
     @property
     def consumed(self) -> float:
         return self.sums.get(WorkerWatch.CONSUMED, 0.0)
 
 
-def read_metrics(url: str, child: Child, at: float) -> Reading:
-    """Scrape ``url`` (blocking) and read the worker's RSS and CPU."""
+def read_metrics(url: str, child: Child, at: float, broker_pid: int) -> Reading:
+    """Scrape ``url`` (blocking) and read the worker's RSS and CPU, and the broker's CPU."""
     import urllib.request
 
     with urllib.request.urlopen(url, timeout=5.0) as resp:
@@ -224,7 +226,7 @@ def read_metrics(url: str, child: Child, at: float) -> Reading:
             elif s.name == f"{LATENCY_METRIC}_bucket":
                 buckets[float(s.labels["le"])] = s.value
     return Reading(at, sums, invalid, buckets, rss_mb(child.pid), proc_cpu_seconds(child.pid),
-                   runqueue_wait_s(child.pid))
+                   runqueue_wait_s(child.pid), proc_cpu_seconds(broker_pid))
 
 
 def runqueue_wait_s(pid: int) -> float:
@@ -314,12 +316,13 @@ def sample(previous: Reading, now: Reading, offered: Offered) -> dict[str, Any]:
             # the machine, not the worker, limits the rate
             "cpu_wait_share": round((now.runqueue_wait_s - previous.runqueue_wait_s) / seconds,
                                     3),
+            "broker_cpu_cores": round((now.broker_cpu_s - previous.broker_cpu_s) / seconds, 3),
             "load_avg_1m": round(os.getloadavg()[0], 2),
             **latency_ms(previous, now)}
 
 
 async def soak_all(cfg: SoakConfig, settings: Settings, workdir: Path,
-                   console: Console) -> dict[str, Any]:
+                   console: Console, broker_pid: int) -> dict[str, Any]:
     """Warm-up (maximum rate), settle, soak, drain, checks: the results document."""
     bench_cfg = cfg.bench()
     started = time.monotonic()
@@ -336,21 +339,24 @@ async def soak_all(cfg: SoakConfig, settings: Settings, workdir: Path,
     child, url = start_worker(settings, workdir)
     try:
         watch = WorkerWatch(child, url)
+        broker_cpu = proc_cpu_seconds(broker_pid)
         app = await measure_app(watch, warm, warm)  # one event per message
+        app.extra["broker_cpu_seconds"] = round(proc_cpu_seconds(broker_pid) - broker_cpu, 2)
         max_rate = app.events_per_s
         rate = cfg.rate or cfg.fraction * max_rate
         phase(f"maximum {max_rate:,.0f} events/s; waiting for the worker to settle")
         settled_in = await watch.settle()
         phase(f"offering {rate:,.0f} events/s for {cfg.minutes:g} min "
               f"({cfg.invalid_share:.1%} invalid)")
-        soak = await offer(cfg, settings, child, url, rate, Offered(warm), console)
+        soak = await offer(cfg, settings, child, url, rate, Offered(warm), console,
+                           broker_pid)
     finally:
         child.stop()
     return results_document(cfg, settings, warm, app.to_dict(), rate, settled_in, soak)
 
 
 async def offer(cfg: SoakConfig, settings: Settings, child: Child, url: str, rate: float,
-                offered: Offered, console: Console) -> dict[str, Any]:
+                offered: Offered, console: Console, broker_pid: int) -> dict[str, Any]:
     """The soak phase: paced load with samples, then the drain and the dead-letter count."""
     duration = 60 * cfg.minutes
     mixer = InvalidMixer(cfg.invalid_share, time.monotonic() + duration)
@@ -361,7 +367,8 @@ async def offer(cfg: SoakConfig, settings: Settings, child: Child, url: str, rat
         offered.soak = n
 
     async def scrape() -> Reading:
-        return await asyncio.to_thread(read_metrics, url, child, time.monotonic() - t0)
+        return await asyncio.to_thread(read_metrics, url, child, time.monotonic() - t0,
+                                       broker_pid)
 
     dlq_before = await count_messages(settings, settings.dlq_topic, 0, quiet_s=1.0)
     first = last = await scrape()
@@ -387,6 +394,7 @@ async def offer(cfg: SoakConfig, settings: Settings, child: Child, url: str, rat
             console.print(f"  {now.at / 60:4.1f} min  sent {offered.soak:>9,}  "
                           f"{s['events_per_s']:>7,.0f} ev/s  backlog {s['backlog']:>6,}  "
                           f"lag {s['consumer_lag']:>6,}  RSS {s['rss_mb']:6.0f} MB  "
+                          f"CPU worker {s['cpu_cores']:.2f} broker {s['broker_cpu_cores']:.2f}  "
                           f"p99 of the minute {minute['p99_ms'] if minute['changes'] else '-'}"
                           " ms")
     sent = await producer  # every message acknowledged
@@ -478,6 +486,8 @@ def results_document(cfg: SoakConfig, settings: Settings, warm: int, app: dict[s
                                          / max(end.consumed - first.consumed, 1), 1),
         "worker_cpu_wait_share": round((end.runqueue_wait_s - first.runqueue_wait_s)
                                        / max(end.at - first.at, 1e-9), 3),
+        "broker_cpu_cores": round((end.broker_cpu_s - first.broker_cpu_s)
+                                  / max(end.at - first.at, 1e-9), 3),
         "latency": latency_ms(first, end),
         "counts": counts,
         "segment_changes": int(end.sums.get("stream_app_segment_changes_total", 0.0)
@@ -581,6 +591,7 @@ def print_results(doc: dict[str, Any], console: Console) -> None:
         ("worker CPU", f"{s['worker_cpu_cores']:.2f} cores, "
                        f"{s['worker_cpu_us_per_event']:.0f} µs/event", ""),
         ("worker waiting for a CPU", f"{s['worker_cpu_wait_share']:.0%} of the time", ""),
+        ("embedded broker's CPU", f"{s['broker_cpu_cores']:.2f} cores", ""),
         ("drained in", f"{s['drain_s']} s", ""),
     ]
     for row in rows:
@@ -595,8 +606,8 @@ def run(cfg: SoakConfig, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
 
     async def body(bench_cfg: BenchConfig, settings: Settings, workdir: Path,
-                   console: Console) -> dict[str, Any]:
-        return await soak_all(cfg, settings, workdir, console)
+                   console: Console, broker_pid: int) -> dict[str, Any]:
+        return await soak_all(cfg, settings, workdir, console, broker_pid)
 
     doc = measure(cfg.bench(), console, body)
     write_json(cfg.out, doc)

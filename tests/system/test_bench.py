@@ -34,6 +34,7 @@ def test_bench_small_run_writes_complete_results(tmp_path: Path) -> None:
         assert mode["events_per_s"] > 0, name
         assert mode["seconds"] > 0 and mode["cpu_seconds"] >= 0 and mode["peak_rss_mb"] > 0, name
     assert doc["modes"]["ceiling"]["events_per_s"] > doc["modes"]["app"]["events_per_s"]
+    assert doc["modes"]["app"]["broker_cpu_seconds"] > 0  # the broker served the app mode
     assert set(doc["ratios"]) == {"app/ceiling", "app/naive", "app/direct"}
     assert all(ratio > 0 for ratio in doc["ratios"].values())
     assert 0 <= doc["moves_per_event"] <= doc["changes_per_event"]

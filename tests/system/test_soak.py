@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,11 @@ import pytest
 
 SAMPLE_FIELDS = {"t_s", "offered", "consumed", "backlog", "consumer_lag", "events_per_s",
                  "rss_mb", "cpu_cores", "cpu_wait_share", "load_avg_1m", "p50_ms", "p95_ms",
-                 "p99_ms", "changes"}
+                 "p99_ms", "changes", "broker_cpu_cores"}
 SUMMARY_FIELDS = {"max_rate", "offered_rate", "achieved_rate", "max_lag_messages",
                   "max_lag_seconds", "rss_start_mb", "rss_after_warmup_mb", "rss_end_mb",
                   "rss_after_drain_mb", "rss_slope_mb_per_min", "latency", "counts", "drained",
-                  "worker_cpu_us_per_event", "worker_cpu_wait_share"}
+                  "worker_cpu_us_per_event", "worker_cpu_wait_share", "broker_cpu_cores"}
 
 
 @pytest.mark.timeout(240)
@@ -52,6 +53,9 @@ def test_short_soak_reports_samples_and_holds_its_checks(tmp_path: Path) -> None
     assert summary["drained"] is True
     assert summary["max_lag_seconds"] <= doc["config"]["max_lag_s"]
     assert summary["rss_start_mb"] > 0 and summary["rss_end_mb"] > 0
+    # The broker served the load: its CPU is measured (and on 2 cores, at most 2 of them).
+    assert 0 < summary["broker_cpu_cores"] <= (os.cpu_count() or 2)
+    assert doc["max_rate_phase"]["broker_cpu_seconds"] > 0
 
     counts = summary["counts"]
     assert counts["warm_up_input"] == 3000
