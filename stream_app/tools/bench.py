@@ -673,8 +673,8 @@ async def measure_latency(cfg: BenchConfig, settings: Settings, watch: WorkerWat
 
 async def measure_all(cfg: BenchConfig, settings: Settings, workdir: Path,
                       console: Console, broker_pid: int) -> dict[str, Any]:
-    """Topics, workload, the four modes and the latency phase (and the broker's CPU over
-    the whole run)."""
+    """Topics, workload, the four modes and the latency phase (and the broker's CPU
+    during the app mode)."""
     direct_topic = "bench-direct-segment-changes"
     await prepare_topics(settings)
     await prepare_topics(dataclasses.replace(settings, segment_changes_topic=direct_topic))
