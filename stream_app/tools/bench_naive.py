@@ -13,7 +13,8 @@ Run by the benchmark as a child process::
 configured like a worker (``KAFKA_BOOTSTRAP_SERVERS``, ``STREAM_APP_ID``, the input topic
 variables, ``TOPIC_PARTITIONS``, ``DATA_DIR``, ``STREAM_APP_EMBEDDED_BROKER``) plus
 ``BENCH_NAIVE_EXPECTED`` (messages to wait for) and ``BENCH_NAIVE_REPORT`` (a JSON file
-rewritten every :data:`REPORT_EVERY` messages and when the expected count is reached:
+rewritten on the first message, every :data:`REPORT_EVERY` messages and when the expected
+count is reached:
 ``count``, ``done``, wall times ``first``/``last`` and process CPU seconds
 ``cpu_first``/``cpu_last`` of the first and latest processed message).
 """
@@ -51,7 +52,7 @@ class Progress:
         if self.count == 0:
             self.first, self.cpu_first = self.last, self.cpu_last
         self.count += 1
-        if self.count == self.expected or self.count % REPORT_EVERY == 0:
+        if self.count in (1, self.expected) or self.count % REPORT_EVERY == 0:
             self.write()
 
     def write(self) -> None:

@@ -14,15 +14,27 @@ from stream_app.tools.bench import TARGETS
 MODE_FIELDS = {"events", "seconds", "events_per_s", "cpu_seconds", "peak_rss_mb"}
 
 
+def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``stream-app bench ARGS``, asserted to succeed; on failure or timeout the assertion
+    shows the end of what it printed (its phases say where it stopped)."""
+    argv = [sys.executable, "-m", "stream_app.tools.cli", "bench", *args]
+    try:
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        printed = exc.stdout or b""  # bytes on POSIX, whatever text= says
+        if isinstance(printed, bytes):
+            printed = printed.decode(errors="replace")
+        raise AssertionError(f"bench still running after {timeout} s; it printed:\n"
+                             f"{printed[-3000:]}") from None
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
 @pytest.mark.timeout(450)
 def test_bench_small_run_writes_complete_results(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "stream_app.tools.cli", "bench", "--events", "3000",
-         "--customers", "300", "--latency-seconds", "5", "--out", str(out)],
-        capture_output=True, text=True, timeout=400,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = run_bench(["--events", "3000", "--customers", "300", "--latency-seconds", "5",
+                     "--out", str(out)], timeout=400)
     doc = orjson.loads(out.read_bytes())
 
     assert doc["config"]["events"] == 3000
@@ -55,13 +67,9 @@ def test_bench_small_run_writes_complete_results(tmp_path: Path) -> None:
 def test_bench_json_array_workload_counts_events(tmp_path: Path) -> None:
     """Messages of up to 5 events of one customer: every mode reads every event."""
     out = tmp_path / "arrays.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "stream_app.tools.cli", "bench", "--events", "3000",
-         "--customers", "300", "--events-per-message", "5", "--latency-seconds", "3",
-         "--modes", "ceiling,direct,naive,app", "--out", str(out)],
-        capture_output=True, text=True, timeout=400,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run_bench(["--events", "3000", "--customers", "300", "--events-per-message", "5",
+               "--latency-seconds", "3", "--modes", "ceiling,direct,naive,app", "--out", str(out)],
+              timeout=400)
     doc = orjson.loads(out.read_bytes())
     config = doc["config"]
     assert config["events"] == 3000 and config["events_per_message"] == 5
@@ -74,14 +82,9 @@ def test_bench_json_array_workload_counts_events(tmp_path: Path) -> None:
 @pytest.mark.timeout(600)
 def test_bench_sweep_measures_every_point_on_both_stores(tmp_path: Path) -> None:
     out = tmp_path / "sweep.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "stream_app.tools.cli", "bench", "--sweep",
-         "--sweep-customers", "150,300", "--sweep-k", "4", "--sweep-events-per-customer", "3",
-         "--sweep-stores", "memory,rocksdb", "--events", "900", "--customers", "150",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=550,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = run_bench(["--sweep", "--sweep-customers", "150,300", "--sweep-k", "4",
+                     "--sweep-events-per-customer", "3", "--sweep-stores", "memory,rocksdb",
+                     "--events", "900", "--customers", "150", "--out", str(out)], timeout=550)
     doc = orjson.loads(out.read_bytes())
     points = [(r["vary"], r["customers"], r["k"], r["store"], r["events"]) for r in doc["sweep"]]
     assert points == [("customers", 150, 32, "memory", 450), ("customers", 300, 32, "memory", 900),
