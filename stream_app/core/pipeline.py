@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
 
 from stream_app.core.audiences import AudienceChange, AudienceSet
 from stream_app.core.changes import SegmentChange, dead_letter
+from stream_app.core.explain import (
+    change_history,
+    explain_audiences,
+    explain_placement,
+    segment_summary,
+)
 from stream_app.core.features import HOUR_MS
 from stream_app.core.privacy import Pseudonymiser
 from stream_app.core.state import CONFLICT, DUPLICATE, CustomerState, event_digest
@@ -559,9 +567,12 @@ class CustomerPipeline:
         state.segment = segment
         ts = ev.ts if ev is not None else state.clock
         state.last_change = [event_digest(cause_id), trigger, previous, ts]
+        why = reasons(model, raw, previous, segment, decided_values(model, features, state))
+        state.remember_change(ts, trigger, previous, segment, model.version,
+                              [reason["feature"] for reason in why])
         out.change = self._change(model, ev.customer_id if ev is not None else customer_id or "",
                                   features, state, raw, distances, previous, trigger, cause_id,
-                                  ts)
+                                  ts, why)
         out.trigger = trigger
         out.moved = (None if out.moved is not None else
                      (UNASSIGNED if previous is None else previous), segment)
@@ -574,16 +585,20 @@ class CustomerPipeline:
             return None
         return model.labels[segment]
 
+    def audience_attributes(self, state: CustomerState, features: dict[str, float | None]
+                            ) -> dict[str, object]:
+        """What audience conditions see of a customer: features, profile and segment."""
+        segment = state.segment
+        return {**features, **state.profile, "segment": segment,
+                "segment_label": self._segment_label(segment)}
+
     def _judge_audiences(self, state: CustomerState, out: Outcome,
                          features: dict[str, float | None], trigger: str, cause_id: str,
                          ts: int, customer_id: str) -> bool:
         """Judge the customer's audiences with its features, profile and segment; fill
         ``out.audience_changes``; True if the state changed (memberships or version)."""
         audiences = self.audiences
-        segment = state.segment
-        label = self._segment_label(segment)
-        attributes = {**features, **state.profile, "segment": segment, "segment_label": label}
-        after = audiences.memberships(attributes, state.audiences)
+        after = audiences.memberships(self.audience_attributes(state, features), state.audiences)
         judged_before = state.audiences_version == audiences.version
         state.audiences_version = audiences.version
         entered, exited = audiences.changes(state.audiences, after)
@@ -652,11 +667,13 @@ class CustomerPipeline:
     @staticmethod
     def _change(model: SegmentModel, customer_id: str, features: dict[str, float | None],
                 state: CustomerState, raw: list[float | None], distances: np.ndarray,
-                previous: int | None, trigger: str, cause_id: str | int, ts: int) -> bytes:
-        """The segment change that put ``state`` in its segment (from ``previous``)."""
+                previous: int | None, trigger: str, cause_id: str | int, ts: int,
+                why: list[dict[str, object]] | None = None) -> bytes:
+        """The segment change that put ``state`` in its segment (from ``previous``);
+        ``why``: its :func:`reasons` when already found."""
         segment = state.segment
         assert segment is not None
-        decided = {name: features.get(name, state.profile.get(name)) for name in model.features}
+        decided = decided_values(model, features, state)
         return SegmentChange(
             customer_id=customer_id,
             previous_segment=previous,
@@ -671,7 +688,8 @@ class CustomerPipeline:
             cause_id=cause_id,
             features=decided,
             distance=round(float(distances[segment]), 6),
-            extra={"reasons": reasons(model, raw, previous, segment, decided)},
+            extra={"reasons": why if why is not None
+                   else reasons(model, raw, previous, segment, decided)},
         ).to_json()
 
     def _restated(self, state: CustomerState, out: Outcome, customer_id: str, cause: int,
@@ -703,6 +721,46 @@ class CustomerPipeline:
                                   trigger, cause, ts)
         out.trigger = trigger
         return True
+
+    def explain(self, stored: bytes) -> dict[str, Any]:
+        """Why the customer whose stored state is ``stored`` is where it is: its segment in
+        plain terms, its place among the segments (:func:`explain_placement`; None before
+        it can be placed), its last changes, and every audience clause by clause."""
+        state = CustomerState.from_bytes(stored)
+        model = self.model
+        features = state.window.features(state.clock)
+        placement, why_not = None, None
+        if state.excluded:
+            why_not = "consent to segmentation withdrawn"
+        elif model is None:
+            why_not = "no model yet"
+        elif not self.placeable(state):
+            why_not = (f"too little behaviour: a purchase, or {self.min_events} clicks in "
+                       "90 days, places a customer")
+        else:
+            raw = self._model_transform.vector(features, state.profile)
+            placement = explain_placement(
+                model, raw, decided_values(model, features, state), state.segment,
+                margin=self.margin, confirmations=self.confirmations, pending=state.pending,
+                pending_count=state.pending_count)
+        attributes = self.audience_attributes(state, features)
+        return {
+            "segment_detail": segment_summary(model, state.segment) if model else None,
+            "placement": placement,
+            "not_placed_because": why_not,
+            "changes": change_history(state.changes, model),
+            "audience_conditions": explain_audiences(self.audiences, attributes,
+                                                     state.audiences),
+        }
+
+    def audience_view(self, stored: bytes) -> tuple[dict[str, object], list[str]] | None:
+        """A stored customer as audience conditions see it, and the audiences it is in
+        (what a preview judges); None when its consent to segmentation is withdrawn."""
+        state = CustomerState.from_bytes(stored)
+        if state.excluded:
+            return None
+        return (self.audience_attributes(state, state.window.features(state.clock)),
+                state.audiences)
 
     def placeable(self, state: CustomerState) -> bool:
         """Whether the customer has behaviour enough to be placed in a segment: one
@@ -738,6 +796,12 @@ def member_pseudonym(customer_id: str) -> str:
     True
     """
     return hashlib.blake2b(customer_id.encode(), digest_size=8, person=b"stream-app").hexdigest()
+
+
+def decided_values(model: SegmentModel, features: Mapping[str, float | None],
+                   state: CustomerState) -> dict[str, object]:
+    """The values of the model's features for a customer: its features and profile."""
+    return {name: features.get(name, state.profile.get(name)) for name in model.features}
 
 
 def reasons(model: SegmentModel, raw: list[float | None], previous: int | None, segment: int,

@@ -55,13 +55,15 @@ from stream_app.core.dedup import (
 )
 from stream_app.core.features import FeatureWindow
 
-__all__ = ["CONFLICT", "DUPLICATE", "MAX_ORDER_IDS", "MAX_RECENT_IDS", "NEW", "Admission",
-           "CustomerState", "event_digest"]
+__all__ = ["CHANGE_HISTORY", "CONFLICT", "DUPLICATE", "MAX_ORDER_IDS", "MAX_RECENT_IDS", "NEW",
+           "Admission", "CustomerState", "event_digest"]
 
 #: Click ids remembered at most (13 bytes each in a record).
 MAX_RECENT_IDS = 384
 #: Purchase ids remembered (9 bytes each in a record).
 MAX_ORDER_IDS = 256
+#: Segment changes a customer's record keeps for its explanation (about 60 bytes each).
+CHANGE_HISTORY = 3
 #: Where a record's JSON document ends and its packed memory begins.
 _SEPARATOR = b"\x00"
 #: Characters of a content digest in records of earlier versions (6 bytes in base64),
@@ -81,8 +83,8 @@ class CustomerState:
     """Feature window, profile, current segment and de-duplication memory of a customer."""
 
     __slots__ = (
-        "audiences", "audiences_version", "evaluated_at", "evaluations", "excluded",
-        "last_audience", "last_change", "left_segment", "model_version", "orders",
+        "audiences", "audiences_version", "changes", "evaluated_at", "evaluations",
+        "excluded", "last_audience", "last_change", "left_segment", "model_version", "orders",
         "partition", "pending", "pending_count", "profile", "profile_ts", "recent",
         "sampled_at", "segment", "window",
     )
@@ -109,6 +111,9 @@ class CustomerState:
         #: ``[cause digest, trigger, previous segment, ts]`` of the last segment change
         #: (re-sent if its cause comes again: the change may have been lost in a crash).
         self.last_change: list[Any] | None = None
+        #: The last :data:`CHANGE_HISTORY` segment changes, oldest first, as ``[ts, trigger,
+        #: previous segment, segment, model version, [reason features]]`` (explanations).
+        self.changes: list[list[Any]] = []
         #: Names of the audiences the customer is in, and the version of the definitions
         #: that last judged them ("" : never judged).
         self.audiences: list[str] = []
@@ -116,6 +121,12 @@ class CustomerState:
         #: ``[cause digest, trigger, ts, [[audience, action], ...]]`` of the last audience
         #: changes (re-sent if their cause comes again, like ``last_change``).
         self.last_audience: list[Any] | None = None
+
+    def remember_change(self, ts: int, trigger: str, previous: int | None, segment: int,
+                        model_version: int, reasons: list[str]) -> None:
+        """Keep a segment change for explanations (the newest :data:`CHANGE_HISTORY`)."""
+        self.changes = [*self.changes[1 - CHANGE_HISTORY:],
+                        [ts, trigger, previous, segment, model_version, reasons]]
 
     @property
     def clock(self) -> int:
@@ -200,6 +211,8 @@ class CustomerState:
             "lc": self.last_change,
             "pp": self.partition,
         }
+        if self.changes:
+            document["h"] = self.changes
         if self.audiences_version:  # only where audiences are in use
             document.update(a=self.audiences, av=self.audiences_version, la=self.last_audience)
         if not self.recent.entries and not self.orders.entries:
@@ -268,6 +281,7 @@ class CustomerState:
         s.evaluations = raw["n"]
         s.pending, s.pending_count = raw["q"]
         s.last_change = raw.get("lc")
+        s.changes = raw.get("h", [])
         if "av" in raw:
             s.audiences = raw["a"]
             s.audiences_version = raw["av"]

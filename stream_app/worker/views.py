@@ -1,27 +1,34 @@
 """The worker's HTTP pages, and the documents they answer with.
 
-``/health``, ``/ready``, ``/metrics``, ``/customers/{id}`` (routed to the worker owning the
-customer's partition), ``/model``, ``/segments``, ``/segments/{id}``, ``/segments/_local``
-(what one worker knows, asked by its peers), ``/audiences``, and the live segment map:
-``/`` (a page for people) and ``/map/data`` (what it shows). Views that name customers need
-the bearer token when ``API_TOKEN`` is set. The document builders at the bottom are pure.
+``/health``, ``/ready``, ``/metrics``, ``/customers/{id}`` and ``/customers/{id}/explain``
+(routed to the worker owning the customer's partition), ``/model``, ``/segments``,
+``/segments/{id}``, ``/segments/_local`` (what one worker knows, asked by its peers),
+``/audiences``, ``POST /audiences/preview`` (candidate definitions judged on every worker's
+customers, without applying them; ``/audiences/_preview_local`` is one worker's part), and
+the live segment map: ``/`` (a page for people) and ``/map/data`` (what it shows). Views
+that name customers need the bearer token when ``API_TOKEN`` is set. The document
+builders at the bottom are pure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import orjson
 from faust.web import Request, Response, View
 
 from stream_app.config import Settings
-from stream_app.core.audiences import AudienceSet
+from stream_app.core.audiences import AudienceError, AudienceSet
 from stream_app.core.changes import iso_ms
 from stream_app.core.features import FEATURE_NAMES
 from stream_app.core.pipeline import EXCLUDED, UNASSIGNED, CustomerPipeline
+from stream_app.core.preview import AudiencePreview, merge_previews
 from stream_app.core.state import CustomerState
 from stream_app.model.assignments import AssignmentIndex
 from stream_app.model.labels import describe, typical_values
@@ -40,7 +47,7 @@ from stream_app.worker.customer_store import CustomerStore
 from stream_app.worker.gauges import Gauges
 from stream_app.worker.metrics import CONTENT_TYPE, Metrics
 from stream_app.worker.model_feed import ModelFeed
-from stream_app.worker.sizes import SegmentSizes, summed
+from stream_app.worker.sizes import SegmentSizes, home_and_bucket, summed
 
 log = logging.getLogger("stream_app")
 
@@ -50,6 +57,12 @@ JSON = "application/json"
 NUMPY_AND_INT_KEYS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 #: Seconds between two looks at whether the map's size history wants a point.
 SIZE_SAMPLE_INTERVAL_S = 2.0
+#: A preview's time limit (seconds) unless ``?time_limit=`` asks for another, and the
+#: largest it may ask for.
+PREVIEW_TIME_LIMIT_S = 30.0
+PREVIEW_MAX_TIME_LIMIT_S = 600.0
+#: Customers a preview judges between two yields to the event loop (events come first).
+PREVIEW_CHUNK = 256
 
 
 def json_response(view: View, body: Any, status: int = 200) -> Response:
@@ -107,24 +120,77 @@ class Views:
     async def peer_views(self) -> list[dict[str, Any]]:
         """:meth:`local_view` of every worker, this one first (a peer that does not answer
         is left out)."""
+        return [self.local_view(), *[view async for view in self.ask_peers(
+            "/segments/_local", "segment sizes")]]
+
+    async def ask_peers(self, path: str, what: str, body: bytes | None = None,
+                        timeout_s: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The JSON answer of every other worker to ``GET path`` (``POST`` with ``body``);
+        a peer that does not answer is logged (as ``what`` unavailable) and left out."""
         app = self.app
-        views = [self.local_view()]
         me = str(app.conf.canonical_url).rstrip("/")
         for host in app.router.tables_metadata():
             url = str(host).rstrip("/")
             if url == me:
                 continue
+            request = (app.http_client.get(f"{url}{path}", headers=self.peer_headers)
+                       if body is None else
+                       app.http_client.post(f"{url}{path}", data=body, headers={
+                           **self.peer_headers, "Content-Type": JSON},
+                           timeout=aiohttp.ClientTimeout(total=timeout_s)))
             try:
-                async with app.http_client.get(f"{url}/segments/_local",
-                                               headers=self.peer_headers) as resp:
+                async with request as resp:
                     if resp.status != 200:  # a 401: the workers' API_TOKENs differ
-                        log.warning("segment sizes from %s unavailable: HTTP %d", url,
-                                    resp.status)
+                        log.warning("%s from %s unavailable: HTTP %d", what, url, resp.status)
                         continue
-                    views.append(orjson.loads(await resp.read()))
+                    answer = orjson.loads(await resp.read())
             except Exception as exc:  # a peer that is down only makes the answer partial
-                log.warning("segment sizes from %s unavailable: %s", url, exc)
-        return views
+                log.warning("%s from %s unavailable: %s", what, url, exc)
+                continue
+            yield answer
+
+    async def local_preview(self, candidate: AudienceSet, deadline: float) -> dict[str, Any]:
+        """This worker's part of an audience preview: its own customers (of the input
+        partitions it owns) judged by ``candidate``, read-only, yielding to the event loop
+        every :data:`PREVIEW_CHUNK` customers, stopped at ``deadline`` (monotonic)."""
+        pipeline, partitions = self.pipeline, self.settings.topic_partitions
+        local = self.assignment.local_partitions()
+        preview = AudiencePreview(candidate, pipeline.audiences)
+        complete, started = True, time.monotonic()
+        for n, (key, stored) in enumerate(self.customers.items(), 1):
+            if home_and_bucket(key, stored, partitions)[0] in local:
+                seen = pipeline.audience_view(stored)
+                if seen is not None:
+                    preview.add(key.decode(), *seen)
+            if n % PREVIEW_CHUNK == 0:
+                if time.monotonic() > deadline:
+                    complete = False
+                    break
+                await asyncio.sleep(0)
+        return preview.document() | {"complete": complete, "partitions": sorted(local),
+                                     "seconds": round(time.monotonic() - started, 3)}
+
+    async def cluster_preview(self, candidate: AudienceSet, time_limit_s: float
+                              ) -> dict[str, Any]:
+        """Every worker's :meth:`local_preview`, merged (this worker's part first)."""
+        deadline = time.monotonic() + time_limit_s
+        body = orjson.dumps({"audiences": [
+            {"name": a.name, "condition": a.condition,
+             **({"exit_condition": a.exit_condition} if a.exit_condition else {})}
+            for a in candidate.audiences]})
+        path = f"/audiences/_preview_local?time_limit={time_limit_s}"
+        parts = [await self.local_preview(candidate, deadline), *[
+            part async for part in self.ask_peers(path, "audience preview", body,
+                                                  timeout_s=time_limit_s + 10)]]
+        reported = sorted(p for part in parts for p in part["partitions"])
+        return merge_previews(parts, candidate) | {
+            "applied_version": self.pipeline.audiences.version,
+            "complete": all(part["complete"] for part in parts)
+            and set(reported) >= set(range(self.settings.topic_partitions)),
+            "partitions_reporting": reported,
+            "workers": len(parts),
+            "seconds": round(time_limit_s - max(0.0, deadline - time.monotonic()), 3),
+        }
 
     async def cluster_view(self, views: list[dict[str, Any]] | None = None
                            ) -> tuple[dict[int, dict[int, int]], dict[int, list[str]]]:
@@ -179,6 +245,29 @@ class Views:
         ) | {"audiences": audiences_document(pipeline.audiences,
                                              audience_members(views))["audiences"]}
 
+    async def preview_answer(self, view: View, request: Request, cluster: bool) -> Response:
+        """The answer of ``POST /audiences/preview`` (``cluster``) or of its local part."""
+        if not self.authorised(request):
+            return unauthorised(view)
+        try:
+            limit = float(request.query.get("time_limit", PREVIEW_TIME_LIMIT_S))
+        except ValueError:
+            limit = -1.0
+        if not 0 < limit <= PREVIEW_MAX_TIME_LIMIT_S:
+            return json_response(view, {"error": "time_limit: seconds, more than 0 and at "
+                                                 f"most {PREVIEW_MAX_TIME_LIMIT_S:.0f}"}, 400)
+        try:
+            candidate = AudienceSet.from_document(
+                orjson.loads(await view.read_request_content(request)), "<preview>")
+        except orjson.JSONDecodeError as exc:
+            return json_response(view, {"error": f"not a JSON document: {exc}"}, 400)
+        except AudienceError as exc:
+            return json_response(view, {"error": str(exc)}, 400)
+        if cluster:
+            return json_response(view, await self.cluster_preview(candidate, limit))
+        return json_response(view, await self.local_preview(candidate,
+                                                            time.monotonic() + limit))
+
     def register(self, app: Any) -> None:
         """Declare the pages (and the map's size sampling timer) on ``app``."""
         views, pipeline, customers = self, self.pipeline, self.customers
@@ -208,6 +297,35 @@ class Views:
             if stored is None:
                 return json_response(self, {"error": "unknown customer"}, 404)
             return json_response(self, customer_document(key.decode(), stored, pipeline.model))
+
+        @app.page("/customers/{customer_id}/explain")
+        @app.table_route(table=customers.table, match_info="customer_id")
+        async def explain_view(self: View, request: Request, customer_id: str) -> Response:
+            """Why the customer is where it is (routed like ``/customers/{id}``)."""
+            if not views.authorised(request):
+                return unauthorised(self)
+            key = pipeline.customer_key(customer_id.encode())
+            stored = customers.get(key)
+            if stored is None:
+                return json_response(self, {"error": "unknown customer"}, 404)
+            model = pipeline.model
+            return json_response(self, customer_document(key.decode(), stored, model)
+                                 | pipeline.explain(stored))
+
+        @app.page("/audiences/preview")
+        class AudiencePreviewView(View):
+            """``POST`` a definitions document (``{"audiences": [...]}``, JSON): what it
+            would hold on every worker's customers, without applying it."""
+
+            async def post(self, request: Request) -> Response:
+                return await views.preview_answer(self, request, cluster=True)
+
+        @app.page("/audiences/_preview_local")
+        class LocalPreviewView(View):
+            """One worker's part of a preview (asked by the worker answering one)."""
+
+            async def post(self, request: Request) -> Response:
+                return await views.preview_answer(self, request, cluster=False)
 
         @app.page("/model")
         async def model_view(self: View, request: Request) -> Response:
