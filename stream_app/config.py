@@ -140,6 +140,12 @@ class Settings:
     audience_changes_topic: str = field(default="audience-changes", metadata={
         "env": "AUDIENCE_CHANGES_TOPIC",
         "doc": "output: audience enter/exit events (see *Audiences*)"})
+    #: Output topic of the segment catalogue (schemas/segment-catalogue.schema.json).
+    segment_catalogue_topic: str = field(default="segment-catalogue", metadata={
+        "env": "SEGMENT_CATALOGUE_TOPIC",
+        "doc": "output: one message per segment whose meaning a model version changed "
+               "(created, revived, retired, merged, relabelled, moved; see *Segment "
+               "catalogue*); one partition, kept forever"})
     #: Right to be forgotten: a message keyed by a customer id erases the customer.
     erasure_topic: str = field(default="customer-erasure", metadata={
         "env": "ERASURE_TOPIC",

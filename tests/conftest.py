@@ -128,6 +128,7 @@ class Worker:
             "PROFILES_TOPIC": topics["profile"],
             "SEGMENT_CHANGES_TOPIC": topics["changes"],
             "AUDIENCE_CHANGES_TOPIC": topics["audiences"],
+            "SEGMENT_CATALOGUE_TOPIC": topics.get("catalogue", f"{app_id}-segment-catalogue"),
             "DLQ_TOPIC": topics["dlq"],
             "ERASURE_TOPIC": topics["erasure"],
             "WEB_PORT": str(self.web_port),
@@ -202,7 +203,8 @@ def make_worker(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[...
     topics = {"click": f"{prefix}-clickstream", "purchase": f"{prefix}-purchases",
               "profile": f"{prefix}-profiles", "changes": f"{prefix}-segment-changes",
               "dlq": f"{prefix}-dlq", "erasure": f"{prefix}-customer-erasure",
-              "audiences": f"{prefix}-audience-changes"}
+              "audiences": f"{prefix}-audience-changes",
+              "catalogue": f"{prefix}-segment-catalogue"}
     workers: list[Worker] = []
 
     def make(**env: Any) -> Worker:

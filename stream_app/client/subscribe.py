@@ -80,6 +80,7 @@ IDLE_POLL_MS = 1000
 DEFAULT_SERVERS = ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 DEFAULT_SEGMENT_CHANGES_TOPIC = ("SEGMENT_CHANGES_TOPIC", "segment-changes")
 DEFAULT_AUDIENCE_CHANGES_TOPIC = ("AUDIENCE_CHANGES_TOPIC", "audience-changes")
+DEFAULT_CATALOGUE_TOPIC = ("SEGMENT_CATALOGUE_TOPIC", "segment-catalogue")
 
 
 def from_env(default: tuple[str, str], environ: Mapping[str, str] | None = None) -> str:
@@ -116,13 +117,14 @@ def _validator(schema_file: str) -> Callable[[Any], Any]:
 
 
 @cache
-def trigger_names(schema_file: str) -> tuple[str, ...]:
-    """The triggers a message of ``schema_file`` may name, as the schema lists them.
+def trigger_names(schema_file: str, field_name: str = "trigger") -> tuple[str, ...]:
+    """The triggers (or the values of another enumerated ``field_name``) a message of
+    ``schema_file`` may name, as the schema lists them.
 
     >>> trigger_names(SegmentChangeEvent.SCHEMA)
     ('event', 'inactivity', 'model_update', 'profile', 'erasure', 'consent')
     """
-    return tuple(load_schema(schema_file)["properties"]["trigger"]["enum"])
+    return tuple(load_schema(schema_file)["properties"][field_name]["enum"])
 
 
 def _document(raw: bytes | str | None, schema_file: str, what: str) -> dict[str, Any]:
@@ -314,6 +316,76 @@ class AudienceChangeEvent:
                 f"[{self.trigger}]  {segment}")
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogueChangeEvent:
+    """One message of ``segment-catalogue``: a model version changed what a segment means
+    (``schemas/segment-catalogue.schema.json``). ``related`` is the segment a ``merged``
+    one went ``into``, a ``retired`` one's ``successor``, or the one a ``revived`` one
+    ``revives``. ``raw_json`` is the message exactly as published (not compared).
+
+    >>> event = CatalogueChangeEvent.from_json(
+    ...     b'{"event_id": "5f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f", "segment": 7,'
+    ...     b' "kind": "relabelled", "model_version": 12, "previous_model_version": 11,'
+    ...     b' "label": "frequent app buyers", "previous_label": "app buyers",'
+    ...     b' "active": true, "size": 412, "typical": "3 orders in 90 days",'
+    ...     b' "centre": {"orders_90d": 3.1}, "moved_by": 0.21,'
+    ...     b' "emitted_at": "2026-11-24T10:00:00.123Z"}')
+    >>> line = event.summary()
+    >>> line[:24], line[line.index("v12"):line.index("  (")]
+    ('2026-11-24 10:00:00.123 ', 'v12  segment 7 relabelled: "app buyers" → "frequent app buyers"')
+    """
+
+    SCHEMA: ClassVar[str] = "segment-catalogue.schema.json"
+
+    event_id: str
+    segment: int
+    kind: str
+    model_version: int
+    previous_model_version: int | None
+    label: str
+    previous_label: str | None
+    active: bool
+    size: int | None
+    typical: str
+    related: int | None
+    emitted_at: datetime
+    raw_json: bytes = field(default=b"", repr=False, compare=False)
+
+    #: Segments a catalogue message refers to, by the name its kind gives them.
+    RELATED: ClassVar[dict[str, str]] = {"merged": "into", "retired": "successor",
+                                         "revived": "revives"}
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> CatalogueChangeEvent:
+        """Parse one message; ``ValueError`` if it is not a valid catalogue message."""
+        what = "a segment catalogue message"
+        doc = _document(raw, cls.SCHEMA, what)
+        return cls(
+            event_id=doc["event_id"], segment=doc["segment"], kind=doc["kind"],
+            model_version=doc["model_version"],
+            previous_model_version=doc["previous_model_version"], label=doc["label"],
+            previous_label=doc["previous_label"], active=doc["active"], size=doc["size"],
+            typical=doc["typical"], related=doc.get(cls.RELATED.get(doc["kind"], ""), None),
+            emitted_at=_timestamp(doc, "emitted_at", what), raw_json=_as_bytes(raw))
+
+    @property
+    def trigger(self) -> str:
+        """The kind (what ``stream-app watch`` colours by)."""
+        return self.kind
+
+    def summary(self) -> str:
+        """One readable line: when, model version, segment, what changed, size."""
+        what = {"relabelled": f'relabelled: "{self.previous_label}" → "{self.label}"',
+                "merged": f'"{self.label}" merged into segment {self.related}',
+                "retired": f'"{self.label}" retired (its customers go to segment '
+                           f"{self.related})",
+                "revived": f'"{self.label}" revives retired segment {self.related}'}.get(
+            self.kind, f'{self.kind}: "{self.label}"')
+        size = f"  ({self.size} customers)" if self.size is not None else ""
+        return (f"{_clock(self.emitted_at)}  v{self.model_version}  segment {self.segment} "
+                f"{what}{size}")
+
+
 def _clock(moment: datetime) -> str:
     """``2026-11-24 10:00:00.000``, in UTC."""
     utc = moment.astimezone(timezone.utc)
@@ -327,7 +399,7 @@ def _number(value: float | None) -> str:
     return str(value) if isinstance(value, int) else f"{value:.4g}"
 
 
-ChangeEvent = TypeVar("ChangeEvent", SegmentChangeEvent, AudienceChangeEvent)
+ChangeEvent = TypeVar("ChangeEvent", SegmentChangeEvent, AudienceChangeEvent, CatalogueChangeEvent)
 
 
 # -- the subscription ------------------------------------------------------------------
@@ -726,3 +798,36 @@ def subscribe_audiences(bootstrap_servers: str | Sequence[str] | None = None, *,
                         topic or from_env(DEFAULT_AUDIENCE_CHANGES_TOPIC),
                         from_beginning, group_id, commit_interval_s, connect_timeout_s,
                         consumer_options)
+
+
+def subscribe_catalogue(bootstrap_servers: str | Sequence[str] | None = None, *,
+                        topic: str | None = None, segments: Iterable[int] | None = None,
+                        kinds: Iterable[str] | None = None, from_beginning: bool = False,
+                        group_id: str | None = None, commit_interval_s: float = 0.0,
+                        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+                        consumer_options: Mapping[str, Any] | None = None,
+                        ) -> Subscription[CatalogueChangeEvent]:
+    """Follow the segment catalogue: an async iterator of :class:`CatalogueChangeEvent`.
+
+    The same as :func:`subscribe` (parameters, delivery, stopping), for the topic
+    ``SEGMENT_CATALOGUE_TOPIC`` (``segment-catalogue``). ``segments`` keeps the messages
+    about these segments (and those naming them as ``into``, ``successor`` or
+    ``revives``); ``kinds`` keeps these kinds only.
+
+    Examples
+    --------
+    >>> async def follow_segment_7() -> None:
+    ...     async for event in subscribe_catalogue(segments=[7], from_beginning=True):
+    ...         print(event.summary())
+    """
+    chosen_segments = _chosen(segments, None, "segments")
+    chosen_kinds = _chosen(kinds, trigger_names(CatalogueChangeEvent.SCHEMA, "kind"), "kinds")
+
+    def keep(event: CatalogueChangeEvent) -> bool:
+        return ((chosen_segments is None or event.segment in chosen_segments
+                 or event.related in chosen_segments)
+                and (chosen_kinds is None or event.kind in chosen_kinds))
+
+    return Subscription(CatalogueChangeEvent.from_json, keep, bootstrap_servers,
+                        topic or from_env(DEFAULT_CATALOGUE_TOPIC), from_beginning, group_id,
+                        commit_interval_s, connect_timeout_s, consumer_options)

@@ -2,7 +2,7 @@
 
 A new :class:`~stream_app.model.segmentation.SegmentModel` version may add segments,
 retire some, rename some or move their centres. :func:`catalogue_changes` compares two
-versions and returns one :class:`CatalogueEvent` per affected segment id, in id order,
+versions and returns one :class:`CatalogueChange` per affected segment id, in id order,
 for the ``segment-catalogue`` topic (``schemas/segment-catalogue.schema.json``).
 
 Centres are compared in z-score space (:meth:`SegmentModel.z_scores`: population
@@ -96,7 +96,7 @@ RECENT = 100
 
 
 @dataclass(frozen=True, slots=True)
-class CatalogueEvent:
+class CatalogueChange:
     """One change in the meaning of a segment, announced with a model version.
 
     Attributes
@@ -215,7 +215,7 @@ def catalogue_changes(
     model: SegmentModel,
     sizes: Mapping[int, int] | None = None,
     now_ms: int | None = None,
-) -> list[CatalogueEvent]:
+) -> list[CatalogueChange]:
     """The changes in the meaning of segments that ``model`` makes over ``previous``.
 
     Centres are compared in z-score space (each model's :meth:`SegmentModel.z_scores` of
@@ -250,7 +250,7 @@ def catalogue_changes(
 
     Returns
     -------
-    list of CatalogueEvent
+    list of CatalogueChange
         In segment id order.
     """
     emitted = int(time.time() * 1000) if now_ms is None else int(now_ms)
@@ -269,9 +269,9 @@ def catalogue_changes(
     retired_ids = [i for i in range(model.k) if not model.is_active(i)]
 
     def event(segment: int, kind: str, moved_by: float | None,
-              related: int | None = None) -> CatalogueEvent:
+              related: int | None = None) -> CatalogueChange:
         was = previous is not None and segment < previous.k
-        return CatalogueEvent(
+        return CatalogueChange(
             segment=segment, kind=kind, model_version=model.version,
             previous_model_version=None if previous is None else previous.version,
             label=model.labels[segment],
@@ -284,7 +284,7 @@ def catalogue_changes(
             related=related, emitted_at_ms=emitted,
         )
 
-    events: list[CatalogueEvent] = []
+    events: list[CatalogueChange] = []
     for i in range(model.k):
         now_active = model.is_active(i)
         if previous is None or prev_z is None:
@@ -314,7 +314,7 @@ def catalogue_changes(
 
 
 class SegmentHistory:
-    """Each segment's history, folded from catalogue messages (:meth:`CatalogueEvent.to_dict`,
+    """Each segment's history, folded from catalogue messages (:meth:`CatalogueChange.to_dict`,
     e.g. read back from the ``segment-catalogue`` topic), in any order.
 
     A message whose ``event_id`` was folded already is ignored. Per segment:
@@ -337,7 +337,7 @@ class SegmentHistory:
         Parameters
         ----------
         message : mapping
-            A message as :meth:`CatalogueEvent.to_dict` makes it.
+            A message as :meth:`CatalogueChange.to_dict` makes it.
         """
         segment = int(message["segment"])
         kind = str(message["kind"])

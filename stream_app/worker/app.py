@@ -43,6 +43,7 @@ from stream_app.web.segment_map import RecentChanges
 from stream_app.worker import patches
 from stream_app.worker.assignment import Assignment
 from stream_app.worker.broker import TANSU_FETCH_MAX_WAIT_MS, faust_broker_options
+from stream_app.worker.catalogue import SegmentCatalogue
 from stream_app.worker.collector import CollectorPauses
 from stream_app.worker.connectivity import KAFKA_RETRY_BACKOFF_MS
 from stream_app.worker.customer_store import CustomerStore
@@ -109,6 +110,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
     dlq_topic = app.topic(settings.dlq_topic)
     samples_topic = app.topic(settings.samples_topic)
     model_topic = app.topic(settings.segment_model_topic)
+    catalogue_topic = app.topic(settings.segment_catalogue_topic)
 
     # -- tables and the worker's memory ----------------------------------------------------
     table = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes,
@@ -135,6 +137,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
                           model_topic=model_topic, rescore_wanted=rescore_wanted,
                           audiences_wanted=audiences_wanted)
     feed = app.model_feed = models.feed
+    catalogue = SegmentCatalogue(app=app, settings=settings, topic=catalogue_topic)
+    models.listeners.append(catalogue.on_model)
     rejudge = Rejudge(app=app, settings=settings, partitions=partitions, pipeline=pipeline,
                       customers=customers, control_topic=control_topic, metrics=metrics,
                       assignment=assignment, index=index, schedule=schedule, sizes=sizes,
@@ -150,7 +154,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
                     audience_sizes=audience_sizes, assignment=assignment)
     views = Views(app=app, settings=settings, pipeline=pipeline, customers=customers,
                   feed=feed, metrics=metrics, gauges=gauges, assignment=assignment,
-                  index=index, audience_sizes=audience_sizes, recent_changes=recent_changes)
+                  index=index, audience_sizes=audience_sizes, recent_changes=recent_changes,
+                  catalogue=catalogue.history)
+    catalogue.sizes = views.segment_totals
     processor = Processor(pipeline=pipeline, customers=customers, kinds=kinds, sink=sink,
                           rejudge=rejudge, schedule=schedule, metrics=metrics,
                           assignment=assignment, feed=feed,
@@ -159,6 +165,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
 
     # The agents, tasks, timers, signals and pages of each service.
     models.register(app, samples_topic)
+    catalogue.register(app)
     processor.register(app, inputs)
     rejudge.register(app)
     gauges.register(app)

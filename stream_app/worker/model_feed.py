@@ -50,25 +50,39 @@ class ModelFeed:
 
     async def run(self) -> None:
         """Follow the topic until cancelled."""
-        tp = TopicPartition(self.topic, 0)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers, group_id=None,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-        )
-        await consumer.start()
-        try:
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            if end == 0:
-                self.caught_up.set()
-            while True:
-                batch = await consumer.getmany(tp, timeout_ms=500)
-                for msg in batch.get(tp, ()):
-                    self.apply(msg.value)
-                if not self.caught_up.is_set() and await consumer.position(tp) >= end:
-                    self.caught_up.set()
-                    log.info("segment model feed caught up at version %s",
-                             self.latest.version if self.latest else 0)
-        finally:
-            await consumer.stop()
+        def caught_up() -> None:
+            log.info("segment model feed caught up at version %s",
+                     self.latest.version if self.latest else 0)
+
+        await follow_topic(self.bootstrap_servers, self.topic, self.apply, self.caught_up,
+                           caught_up)
+
+
+async def follow_topic(bootstrap_servers: list[str], topic: str,
+                       apply: Callable[[bytes | None], object], caught_up: asyncio.Event,
+                       on_caught_up: Callable[[], None] | None = None) -> None:
+    """Read partition 0 of ``topic`` from the beginning until cancelled, with no consumer
+    group, calling ``apply`` with every message's value; ``caught_up`` is set (and
+    ``on_caught_up`` called) once the messages there at the start are read."""
+    tp = TopicPartition(topic, 0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None,
+        enable_auto_commit=False, auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        if end == 0:
+            caught_up.set()
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for msg in batch.get(tp, ()):
+                apply(msg.value)
+            if not caught_up.is_set() and await consumer.position(tp) >= end:
+                caught_up.set()
+                if on_caught_up is not None:
+                    on_caught_up()
+    finally:
+        await consumer.stop()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -62,6 +63,8 @@ class ModelService:
         self.rescored_any = False  # whether this worker applied a model yet
         self.feed = ModelFeed(settings.bootstrap_servers, settings.segment_model_topic,
                               self.on_model)
+        #: Called with every model applied, after it is (the segment catalogue).
+        self.listeners: list[Callable[[SegmentModel], None]] = []
         self.learner: SegmentLearner | None = None
         self.version = 0  # newest model version this worker published or applied
         self.unpublished = 0  # samples learned since the last publish
@@ -114,6 +117,8 @@ class ModelService:
             self.rescored_any = True
             self.rescore_wanted.set()
             metrics.rescore_waiting.set(1)
+        for listener in self.listeners:
+            listener(model)
 
     # -- the audience definitions every worker applies ------------------------------------
     def apply_audiences(self, definitions: AudienceSet) -> None:

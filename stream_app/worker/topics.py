@@ -95,6 +95,8 @@ def plan_topics(settings: Settings, existing: dict[str, int]) -> TopicPlan:
         settings.dlq_topic: (partitions, {}),
         settings.samples_topic: (1, {"retention.ms": str(24 * 3600 * 1000)}),
         settings.segment_model_topic: (1, {"cleanup.policy": "compact"}),
+        # A segment's history (GET /segments) is read from the whole topic: kept forever.
+        settings.segment_catalogue_topic: (1, {"retention.ms": "-1"}),
     }
     to_create = [
         NewTopic(name, n, replication, topic_configs=configs)

@@ -25,6 +25,7 @@ from faust.web import Request, Response, View
 
 from stream_app.config import Settings
 from stream_app.core.audiences import AudienceError, AudienceSet
+from stream_app.core.catalogue import SegmentHistory
 from stream_app.core.changes import iso_ms
 from stream_app.core.features import FEATURE_NAMES
 from stream_app.core.pipeline import EXCLUDED, UNASSIGNED, CustomerPipeline
@@ -55,6 +56,8 @@ log = logging.getLogger("stream_app")
 EXAMPLES = 5
 JSON = "application/json"
 NUMPY_AND_INT_KEYS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+#: Catalogue messages the map shows, newest first.
+CATALOGUE_SHOWN = 10
 #: Seconds between two looks at whether the map's size history wants a point.
 SIZE_SAMPLE_INTERVAL_S = 2.0
 #: A preview's time limit (seconds) unless ``?time_limit=`` asks for another, and the
@@ -82,7 +85,8 @@ class Views:
     def __init__(self, *, app: Any, settings: Settings, pipeline: CustomerPipeline,
                  customers: CustomerStore, feed: ModelFeed, metrics: Metrics, gauges: Gauges,
                  assignment: Assignment, index: AssignmentIndex,
-                 audience_sizes: SegmentSizes[str], recent_changes: RecentChanges) -> None:
+                 audience_sizes: SegmentSizes[str], recent_changes: RecentChanges,
+                 catalogue: SegmentHistory) -> None:
         self.app = app
         self.settings = settings
         self.pipeline = pipeline
@@ -94,6 +98,7 @@ class Views:
         self.index = index
         self.audience_sizes = audience_sizes
         self.recent_changes = recent_changes
+        self.catalogue = catalogue
         self.size_history = SizeHistory()  # cluster-wide segment sizes, every 10 s for an hour
         self.page = map_page()
         self.bearer = f"Bearer {settings.api_token}".encode()
@@ -206,6 +211,11 @@ class Views:
                 found.setdefault(int(seg), []).extend(ids)
         return sizes, found
 
+    async def segment_totals(self) -> dict[int, int]:
+        """Customers per segment id, cluster-wide."""
+        sizes, _ = await self.cluster_view()
+        return summed(sizes)
+
     async def sample_segment_sizes(self) -> None:
         """Add the cluster-wide segment sizes to the map's history when a point is due
         (the first as soon as there is a model)."""
@@ -243,7 +253,8 @@ class Views:
             now=time.time(), model_created=model.created_at if model is not None else None,
             authorised=allowed, token_required=bool(self.settings.api_token),
         ) | {"audiences": audiences_document(pipeline.audiences,
-                                             audience_members(views))["audiences"]}
+                                             audience_members(views))["audiences"],
+             "catalogue": self.catalogue.recent(CATALOGUE_SHOWN)}
 
     async def preview_answer(self, view: View, request: Request, cluster: bool) -> Response:
         """The answer of ``POST /audiences/preview`` (``cluster``) or of its local part."""
@@ -353,7 +364,8 @@ class Views:
         @app.page("/segments")
         async def segments_view(self: View, request: Request) -> Response:
             sizes, _ = await views.cluster_view()
-            return json_response(self, segments_document(pipeline.model, sizes))
+            return json_response(self, segments_document(pipeline.model, sizes,
+                                                         views.catalogue))
 
         @app.page("/segments/{segment_id}")
         async def segment_view(self: View, request: Request, segment_id: str) -> Response:
@@ -471,10 +483,12 @@ def audiences_document(definitions: AudienceSet, members: dict[str, int]) -> dic
     }
 
 
-def segments_document(model: SegmentModel | None, sizes: dict[int, dict[int, int]]
-                      ) -> dict[str, Any]:
+def segments_document(model: SegmentModel | None, sizes: dict[int, dict[int, int]],
+                      history: SegmentHistory | None = None) -> dict[str, Any]:
     """The body of ``GET /segments``: every active segment with label, size, typical
-    values and centre, and the retired segment ids with their last label."""
+    values and centre, and the retired segment ids with their last label; with
+    ``history`` (the segment catalogue), each one's first version and last relabel."""
+    history = history if history is not None else SegmentHistory()
     totals = summed(sizes)
     segments = []
     retired = []
@@ -482,7 +496,8 @@ def segments_document(model: SegmentModel | None, sizes: dict[int, dict[int, int
         centres = model.centres_in_feature_units()
         for i in range(model.k):
             if not model.active[i]:
-                retired.append({"id": i, "label": model.labels[i], "size": totals.get(i, 0)})
+                retired.append({"id": i, "label": model.labels[i], "size": totals.get(i, 0),
+                                "history": history.of(i)})
                 continue
             segments.append({
                 "id": i,
@@ -490,6 +505,7 @@ def segments_document(model: SegmentModel | None, sizes: dict[int, dict[int, int
                 "size": totals.get(i, 0),
                 "typical": typical_values(model.features, centres[i]),
                 "centre": {n: round(float(v), 4) for n, v in zip(model.features, centres[i])},
+                "history": history.of(i),
             })
     return {
         "model_version": model.version if model else 0,

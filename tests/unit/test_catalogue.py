@@ -12,7 +12,7 @@ from stream_app.core.catalogue import (
     CATALOGUE_KINDS,
     MOVE_THRESHOLD,
     RECENT,
-    CatalogueEvent,
+    CatalogueChange,
     SegmentHistory,
     catalogue_changes,
 )
@@ -41,7 +41,7 @@ def model(version: int, centres: list[list[float]], labels: tuple[str, ...] | No
     )
 
 
-def kinds(events: list[CatalogueEvent]) -> list[tuple[int, str, int | None]]:
+def kinds(events: list[CatalogueChange]) -> list[tuple[int, str, int | None]]:
     return [(e.segment, e.kind, e.related) for e in events]
 
 
@@ -193,7 +193,7 @@ def test_versions_with_other_features_compare_on_the_shared_ones():
                                                 (2, "created", None)]
 
 
-def scenario() -> list[CatalogueEvent]:
+def scenario() -> list[CatalogueChange]:
     v2 = model(2, [[0.0, 2.0], [3.0, 0.0], [6.0, 6.0], [3.1, 0.0], [9.0, 0.0]],
                labels=("frequent buyer", "heavy browser", "night owl", "a", "b"),
                active=[True, False, True, True, True])
