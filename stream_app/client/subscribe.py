@@ -381,7 +381,8 @@ class CatalogueChangeEvent:
                            f"{self.related})",
                 "revived": f'"{self.label}" revives retired segment {self.related}'}.get(
             self.kind, f'{self.kind}: "{self.label}"')
-        size = f"  ({self.size} customers)" if self.size is not None else ""
+        size = ("" if self.size is None else
+                f"  ({self.size} customer{'' if self.size == 1 else 's'})")
         return (f"{_clock(self.emitted_at)}  v{self.model_version}  segment {self.segment} "
                 f"{what}{size}")
 

@@ -279,7 +279,7 @@ def catalogue_changes(
             active=model.is_active(segment),
             size=None if sizes is None else int(sizes.get(segment, 0)),
             typical=typical_values(model.features, units[segment]),
-            centre={n: round(float(v), 4) for n, v in zip(model.features, units[segment])},
+            centre={n: round(float(v), 4) + 0.0 for n, v in zip(model.features, units[segment])},
             moved_by=None if moved_by is None else round(moved_by, 4),
             related=related, emitted_at_ms=emitted,
         )

@@ -218,7 +218,15 @@ def explain_placement(model: SegmentModel, raw: list[float | None],
     pull it towards the runner-up."""
     d = model.distances(raw)
     order = [int(i) for i in np.argsort(d) if np.isfinite(d[i])]
-    here = segment if model.is_active(segment) else (order[0] if order else None)
+    if segment is not None and not model.is_active(segment) and order:
+        nearest = [{"segment": i, "label": model.labels[i], "distance": round(float(d[i]), 4),
+                    "relative_to_own": None} for i in order[:NEAREST]]
+        known = "retired" if 0 <= segment < model.k else "not in this model"
+        return {"nearest": nearest, "runner_up": None, "pending": None,
+                "summary": f"its segment {segment} is {known}: at its next evaluation it "
+                           f"moves to the nearest live segment, {order[0]} "
+                           f"({model.labels[order[0]]})."}
+    here = segment if segment is not None else (order[0] if order else None)
     base = float(d[here]) if here is not None else 0.0
 
     def relative(i: int) -> float | None:

@@ -188,7 +188,12 @@ class Views:
             part async for part in self.ask_peers(path, "audience preview", body,
                                                   timeout_s=time_limit_s + 10)]]
         reported = sorted(p for part in parts for p in part["partitions"])
-        return merge_previews(parts, candidate) | {
+        merged = merge_previews(parts, candidate)
+        model = self.pipeline.model
+        shown = {int(s) for a in merged["audiences"] for s in a["segments"] if s.isdigit()}
+        return merged | {
+            "segment_labels": {s: model.labels[s] for s in sorted(shown)
+                               if model is not None and s < model.k},
             "applied_version": self.pipeline.audiences.version,
             "complete": all(part["complete"] for part in parts)
             and set(reported) >= set(range(self.settings.topic_partitions)),
