@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,8 @@ RECENT_CHANGES = 100
 CSP_NONE = "'none'"
 #: Features named per end of a map axis.
 AXIS_FEATURES = 2
+#: Segment-catalogue messages the page shows (the newest).
+CATALOGUE_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -278,14 +281,19 @@ def merge_changes(per_worker: Iterable[Iterable[Mapping[str, Any]]],
 def map_document(segments: Mapping[str, Any], projection: Projection | None,
                  features: Sequence[str], history: list[dict[str, Any]],
                  changes: list[dict[str, Any]], *, now: float, model_created: float | None,
-                 authorised: bool, token_required: bool) -> dict[str, Any]:
+                 authorised: bool, token_required: bool,
+                 catalogue: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The body of ``GET /map/data``.
 
     ``segments`` is the body of ``GET /segments`` (its centres are left out here: the
     details come from ``GET /segments/{id}``); ``projection`` that of its model's centres
     (None before the first model); ``history`` and ``changes`` as :class:`SizeHistory` and
     :func:`merge_changes` give them (``changes`` without customer ids unless
-    ``authorised``).
+    ``authorised``); ``catalogue`` the latest segment-catalogue messages, newest first
+    (``schemas/segment-catalogue.schema.json``, as
+    :meth:`~stream_app.core.catalogue.SegmentHistory.recent` gives them), of which the
+    first :data:`CATALOGUE_SHOWN` are passed on (copied; they name no customer, so readers
+    without the token see them too).
 
     >>> doc = map_document({"model_version": 2, "customers": 3, "unassigned": 0,
     ...                     "excluded": 0, "segments": [{"id": 0, "label": "app",
@@ -294,8 +302,8 @@ def map_document(segments: Mapping[str, Any], projection: Projection | None,
     ...                    model_created=4.0, authorised=True, token_required=False)
     >>> doc["segments"]
     [{'id': 0, 'label': 'app', 'size': 3, 'x': 0.0, 'y': 0.0}]
-    >>> doc["k"], doc["explained"], doc["axes"]["x"]
-    (1, 1.0, {'low': '', 'high': ''})
+    >>> doc["k"], doc["explained"], doc["axes"]["x"], doc["catalogue"]
+    (1, 1.0, {'low': '', 'high': ''}, [])
     """
     rows = []
     points = projection.points if projection is not None else []
@@ -325,6 +333,7 @@ def map_document(segments: Mapping[str, Any], projection: Projection | None,
         "changes": changes,
         "authorised": authorised,
         "token_required": token_required,
+        "catalogue": [dict(message) for message in islice(catalogue, CATALOGUE_SHOWN)],
     }
 
 

@@ -35,6 +35,7 @@ from stream_app.model.assignments import AssignmentIndex
 from stream_app.model.labels import describe, typical_values
 from stream_app.model.segmentation import FeatureTransform, SegmentModel
 from stream_app.web.segment_map import (
+    CATALOGUE_SHOWN,
     RecentChanges,
     SizeHistory,
     map_document,
@@ -56,8 +57,6 @@ log = logging.getLogger("stream_app")
 EXAMPLES = 5
 JSON = "application/json"
 NUMPY_AND_INT_KEYS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-#: Catalogue messages the map shows, newest first.
-CATALOGUE_SHOWN = 10
 #: Seconds between two looks at whether the map's size history wants a point.
 SIZE_SAMPLE_INTERVAL_S = 2.0
 #: A preview's time limit (seconds) unless ``?time_limit=`` asks for another, and the
@@ -257,9 +256,9 @@ class Views:
             merge_changes((view.get("recent", ()) for view in views), customers=allowed),
             now=time.time(), model_created=model.created_at if model is not None else None,
             authorised=allowed, token_required=bool(self.settings.api_token),
+            catalogue=self.catalogue.recent(CATALOGUE_SHOWN),
         ) | {"audiences": audiences_document(pipeline.audiences,
-                                             audience_members(views))["audiences"],
-             "catalogue": self.catalogue.recent(CATALOGUE_SHOWN)}
+                                             audience_members(views))["audiences"]}
 
     async def preview_answer(self, view: View, request: Request, cluster: bool) -> Response:
         """The answer of ``POST /audiences/preview`` (``cluster``) or of its local part."""

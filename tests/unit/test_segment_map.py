@@ -9,7 +9,10 @@ from itertools import combinations
 import numpy as np
 import pytest
 
+from stream_app.core.catalogue import SegmentHistory, catalogue_changes
+from stream_app.model.segmentation import SegmentModel
 from stream_app.web.segment_map import (
+    CATALOGUE_SHOWN,
     HISTORY_INTERVAL_S,
     HISTORY_SPAN_S,
     RECENT_CHANGES,
@@ -195,6 +198,46 @@ def test_map_document_places_each_segment_and_leaves_centres_out() -> None:
                          [], now=2.0, model_created=None, authorised=True,
                          token_required=False)
     assert empty["segments"] == [] and empty["explained"] is None
+    assert doc["catalogue"] == [] == empty["catalogue"]  # none given: an empty list
+
+
+def snapshot(version: int, centres: list[list[float]], labels: tuple[str, ...],
+             active: list[bool]) -> SegmentModel:
+    return SegmentModel(
+        version=version, features=("orders_90d", "views_7d"),
+        transforms=("identity", "identity"), impute=np.zeros(2), mean=np.array([2.0, 10.0]),
+        std=np.array([1.0, 5.0]), centres=np.array(centres, dtype=float), labels=labels,
+        samples_seen=100, created_at=0.0, active=np.array(active))
+
+
+def test_map_document_passes_the_newest_catalogue_messages_on() -> None:
+    history = SegmentHistory()
+    v1 = snapshot(1, [[2, 0], [0, 3], [-1, -1]], ("frequent buyer", "heavy browser",
+                                                  "rarely buys"), [True] * 3)
+    v2 = snapshot(2, [[2, 1], [0, 3], [-1, -1], [4, 4]],
+                  ("frequent buyer", "heavy browser · app", "rarely buys", "big spender"),
+                  [True, True, False, True])
+    for event in catalogue_changes(None, v1, now_ms=0) + catalogue_changes(v1, v2, now_ms=1):
+        history.add(event.to_dict())
+    messages = history.recent(100)
+    doc = map_document({"model_version": 2, "segments": []}, None, (), [], [], now=2.0,
+                       model_created=1.0, authorised=False, token_required=True,
+                       catalogue=messages)
+    # Newest version first, as given; every field of the message kept, for everyone.
+    assert [(m["model_version"], m["segment"], m["kind"]) for m in doc["catalogue"]] == [
+        (2, 0, "moved"), (2, 1, "relabelled"), (2, 2, "retired"), (2, 3, "created"),
+        (1, 0, "created"), (1, 1, "created"), (1, 2, "created")]
+    relabelled = doc["catalogue"][1]
+    assert (relabelled["previous_label"], relabelled["label"]) == ("heavy browser",
+                                                                   "heavy browser · app")
+    assert doc["catalogue"][2]["successor"] == 0
+    assert doc["catalogue"] == messages and doc["catalogue"][0] is not messages[0]
+    # At most CATALOGUE_SHOWN, the first ones, also from a generator (read no further).
+    many = ({"event_id": str(i), "segment": i, "kind": "created"} for i in range(50))
+    doc = map_document({"segments": []}, None, (), [], [], now=2.0, model_created=None,
+                       authorised=True, token_required=False, catalogue=many)
+    assert [m["segment"] for m in doc["catalogue"]] == list(range(CATALOGUE_SHOWN))
+    assert next(many)["segment"] == CATALOGUE_SHOWN
 
 
 def test_page_is_self_contained_and_its_policy_admits_only_its_own_code() -> None:
@@ -216,8 +259,16 @@ def test_page_is_self_contained_and_its_policy_admits_only_its_own_code() -> Non
     assert len(directives["style-src"].split()) == 1
     # The hooks the browser test and users rely on are in the page.
     for hook in ('id="map"', 'id="history"', 'id="changes"', 'id="details"', 'id="legend"',
-                 'id="token-form"', "sessionStorage", "data-segment"):
+                 'id="token-form"', "sessionStorage", "data-segment", 'id="catalogue"',
+                 'id="customer-form"', 'id="explain"'):
         assert hook in html, hook
+    # Data reaches the page only as text: no HTML parsed from strings, no inline handlers
+    # or style attributes (the policy would block them), and the customer id is encoded.
+    for parsed in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
+                   "DOMParser", "eval(", "new Function", 'setAttribute("style"', " style=",
+                   " onclick="):
+        assert parsed not in html, parsed
+    assert "customers/${encodeURIComponent(id)}/explain" in html
 
 
 def test_since_parameter() -> None:
