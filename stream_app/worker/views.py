@@ -16,7 +16,6 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -124,19 +123,19 @@ class Views:
     async def peer_views(self) -> list[dict[str, Any]]:
         """:meth:`local_view` of every worker, this one first (a peer that does not answer
         is left out)."""
-        return [self.local_view(), *[view async for view in self.ask_peers(
-            "/segments/_local", "segment sizes")]]
+        return [self.local_view(), *await self.ask_peers("/segments/_local", "segment sizes")]
 
     async def ask_peers(self, path: str, what: str, body: bytes | None = None,
-                        timeout_s: float | None = None) -> AsyncIterator[dict[str, Any]]:
-        """The JSON answer of every other worker to ``GET path`` (``POST`` with ``body``);
-        a peer that does not answer is logged (as ``what`` unavailable) and left out."""
+                        timeout_s: float | None = None) -> list[dict[str, Any]]:
+        """The JSON answers of the other workers to ``GET path`` (``POST`` with ``body``),
+        asked at once; a peer that does not answer is logged (as ``what`` unavailable)
+        and left out."""
         app = self.app
         me = str(app.conf.canonical_url).rstrip("/")
-        for host in app.router.tables_metadata():
-            url = str(host).rstrip("/")
-            if url == me:
-                continue
+        urls = [url for url in (str(host).rstrip("/") for host in app.router.tables_metadata())
+                if url != me]
+
+        async def ask(url: str) -> dict[str, Any] | None:
             request = (app.http_client.get(f"{url}{path}", headers=self.peer_headers)
                        if body is None else
                        app.http_client.post(f"{url}{path}", data=body, headers={
@@ -146,18 +145,20 @@ class Views:
                 async with request as resp:
                     if resp.status != 200:  # a 401: the workers' API_TOKENs differ
                         log.warning("%s from %s unavailable: HTTP %d", what, url, resp.status)
-                        continue
-                    answer = orjson.loads(await resp.read())
+                        return None
+                    return orjson.loads(await resp.read())
             except Exception as exc:  # a peer that is down only makes the answer partial
                 log.warning("%s from %s unavailable: %s", what, url, exc)
-                continue
-            yield answer
+                return None
+
+        answers = await asyncio.gather(*(ask(url) for url in urls))
+        return [answer for answer in answers if answer is not None]
 
     async def local_preview(self, candidate: AudienceSet, deadline: float) -> dict[str, Any]:
         """This worker's part of an audience preview: its own customers (of the input
         partitions it owns) judged by ``candidate``, read-only, yielding to the event loop
         every :data:`PREVIEW_CHUNK` customers, stopped at ``deadline`` (monotonic)."""
-        pipeline, partitions = self.pipeline, self.settings.topic_partitions
+        pipeline, partitions = self.pipeline, self.app.conf.topic_partitions
         local = self.assignment.local_partitions()
         preview = AudiencePreview(candidate, pipeline.audiences)
         complete, started = True, time.monotonic()
@@ -177,15 +178,17 @@ class Views:
     async def cluster_preview(self, candidate: AudienceSet, time_limit_s: float
                               ) -> dict[str, Any]:
         """Every worker's :meth:`local_preview`, merged (this worker's part first)."""
-        deadline = time.monotonic() + time_limit_s
+        started = time.monotonic()
+        deadline = started + time_limit_s
         body = orjson.dumps({"audiences": [
             {"name": a.name, "condition": a.condition,
              **({"exit_condition": a.exit_condition} if a.exit_condition else {})}
             for a in candidate.audiences]})
         path = f"/audiences/_preview_local?time_limit={time_limit_s}"
-        parts = [await self.local_preview(candidate, deadline), *[
-            part async for part in self.ask_peers(path, "audience preview", body,
-                                                  timeout_s=time_limit_s + 10)]]
+        # The peers scan while this one does.
+        peers = asyncio.ensure_future(self.ask_peers(path, "audience preview", body,
+                                                     timeout_s=time_limit_s + 10))
+        parts = [await self.local_preview(candidate, deadline), *await peers]
         reported = sorted(p for part in parts for p in part["partitions"])
         merged = merge_previews(parts, candidate)
         model = self.pipeline.model
@@ -195,10 +198,10 @@ class Views:
                                if model is not None and s < model.k},
             "applied_version": self.pipeline.audiences.version,
             "complete": all(part["complete"] for part in parts)
-            and set(reported) >= set(range(self.settings.topic_partitions)),
+            and set(reported) >= set(range(self.app.conf.topic_partitions)),
             "partitions_reporting": reported,
             "workers": len(parts),
-            "seconds": round(time_limit_s - max(0.0, deadline - time.monotonic()), 3),
+            "seconds": round(time.monotonic() - started, 3),
         }
 
     async def cluster_view(self, views: list[dict[str, Any]] | None = None
