@@ -387,6 +387,19 @@ class AudienceSet:
         path = Path(path)
         return cls.from_document(_read(path)[0], str(path))
 
+    def to_document(self) -> dict[str, Any]:
+        """The definitions as a document :meth:`from_document` reads (the same version).
+
+        >>> d = AudienceSet.from_document({"audiences": [{"name": "a", "condition": "age > 1"}]})
+        >>> AudienceSet.from_document(d.to_document()).version == d.version
+        True
+        """
+        return {"audiences": [
+            {"name": a.name, **({"description": a.description} if a.description else {}),
+             "condition": a.condition,
+             **({"exit_condition": a.exit_condition} if a.exit_condition is not None else {})}
+            for a in self.audiences]}
+
     def memberships(self, attributes: Mapping[str, object], current: Sequence[str]) -> list[str]:
         """The audiences (sorted names) a customer is in after judging ``attributes``.
 

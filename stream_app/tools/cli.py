@@ -1,5 +1,5 @@
 """The ``stream-app`` command line: worker, broker, demo, generate, replay, watch, forget,
-audiences, verify, evaluate, bench, soak.
+audiences, verify, explain, evaluate, bench, soak.
 
 Options that configure the app write the environment variable of the same setting
 (see :mod:`stream_app.config`), so options and environment are interchangeable.
@@ -18,7 +18,12 @@ from typing import Any
 
 import click
 
-from stream_app.client.subscribe import AudienceChangeEvent, SegmentChangeEvent, trigger_names
+from stream_app.client.subscribe import (
+    AudienceChangeEvent,
+    CatalogueChangeEvent,
+    SegmentChangeEvent,
+    trigger_names,
+)
 from stream_app.config import Settings
 from stream_app.model.options import CLUSTERERS
 from stream_app.tools.generator import PROFILES
@@ -327,6 +332,83 @@ def audiences_check(file: Path) -> None:
     click.echo(describe(definitions))
 
 
+@audiences.command("preview")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--url", default=None,
+              help="A worker's HTTP address; it asks the others (default: "
+                   "http://127.0.0.1:$WEB_PORT).")
+@click.option("--token", default="", envvar="API_TOKEN", show_envvar=True,
+              help="The workers' API token (Authorization: Bearer), when they have one.")
+@click.option("--time-limit", "time_limit", default=30.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True, max=600),
+              help="Seconds the workers may spend judging; past it the answer is partial.")
+@click.option("--json", "as_json", is_flag=True, help="Print the worker's answer as JSON.")
+def audiences_preview(file: Path, url: str | None, token: str, time_limit: float,
+                      as_json: bool) -> None:
+    """What the definitions of FILE would hold on the running workers' customers, without
+    applying them: members, who would enter and exit, segment and audience overlaps, a few
+    member ids, and the applied audiences FILE drops. Nothing is written or sent.
+
+    Status 0 when every customer was judged, 3 when the answer is partial (the time limit,
+    or a worker that did not answer), 2 when FILE is invalid (every problem, as `audiences
+    check` lists them) or the worker cannot be reached or refuses the token.
+    """
+    from stream_app.client.worker_api import WorkerAccessError, WorkerError, preview_text
+    from stream_app.core.audiences import check_file
+
+    definitions, problems = check_file(file)
+    if definitions is None:
+        for problem in problems:
+            click.echo(f"stream-app audiences preview: {problem}", err=True)
+        click.echo(f"stream-app audiences preview: {file}: {len(problems)} problem"
+                   f"{'s' if len(problems) != 1 else ''}; nothing previewed", err=True)
+        sys.exit(2)
+    url = url or f"http://127.0.0.1:{load_settings().web_port}"
+    try:
+        answer = _previewing(url, definitions.to_document(), token, time_limit,
+                             len(definitions))
+    except WorkerAccessError as exc:
+        click.echo(f"stream-app audiences preview: {exc}", err=True)
+        sys.exit(exc.status)
+    except ValueError as exc:  # the worker refused the document (400)
+        click.echo(f"stream-app audiences preview: the worker refused {file}: {exc}", err=True)
+        sys.exit(2)
+    except WorkerError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(preview_text(answer))
+    if not answer.get("complete"):
+        click.echo("stream-app audiences preview: partial answer: not every customer was "
+                   "judged (a larger --time-limit, or a worker that did not answer)", err=True)
+        sys.exit(3)
+
+
+def _previewing(url: str, document: dict[str, Any], token: str, time_limit: float,
+                count: int) -> dict[str, Any]:
+    """:func:`~stream_app.client.worker_api.preview` in a thread, with a spinner and the
+    seconds waited on stderr (on a terminal)."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    from rich.console import Console
+
+    from stream_app.client.worker_api import preview
+
+    console = Console(stderr=True)
+    started = time.monotonic()
+    what = f"previewing {count} audience{'s' if count != 1 else ''} at {url}"
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(preview, url, document, token, time_limit)
+        with console.status(what) as status:
+            while not wait([future], timeout=0.2).done:
+                status.update(f"{what}: {time.monotonic() - started:.0f} s "
+                              f"(at most {time_limit:g} s)")
+        return future.result()
+
+
 @main.command()
 @settings_options((*COMMON[:2], ("--erasure-topic", "ERASURE_TOPIC", "Erasure request topic.")))
 @click.argument("customer_ids", nargs=-1, required=True)
@@ -387,7 +469,8 @@ def stop_on_signals(task: asyncio.Task[Any], grace_s: float, name: str) -> None:
 
 @main.command()
 @settings_options((COMMON[0], COMMON[5], ("--audience-changes-topic", "AUDIENCE_CHANGES_TOPIC",
-                                          "Output topic of audience changes.")))
+                                          "Output topic of audience changes."),
+                   ("--catalogue-topic", "SEGMENT_CATALOGUE_TOPIC", "The segment catalogue.")))
 @click.option("--segment", "segments", type=int, multiple=True, metavar="ID",
               help="Only changes into or out of this segment (with --audiences: of customers "
                    "in it). Repeatable.")
@@ -407,6 +490,13 @@ def stop_on_signals(task: asyncio.Task[Any], grace_s: float, name: str) -> None:
               help="With --audiences: only this audience. Repeatable.")
 @click.option("--action", "actions", multiple=True, type=click.Choice(["enter", "exit"]),
               help="With --audiences: only entries, or only exits.")
+@click.option("--catalogue", "follow_catalogue", is_flag=True,
+              help="Follow the segment catalogue (SEGMENT_CATALOGUE_TOPIC) instead: what each "
+                   "model version changed in the segments' meaning. --segment keeps the "
+                   "messages about a segment (or naming it).")
+@click.option("--kind", "kinds", multiple=True,
+              type=click.Choice(list(trigger_names(CatalogueChangeEvent.SCHEMA, "kind"))),
+              help="With --catalogue: only this kind of change. Repeatable.")
 @click.option("--group-id", default=None,
               help="Read as a member of this consumer group and commit what was shown, so a "
                    "restart goes on from there (default: no group, nothing committed).")
@@ -414,21 +504,32 @@ def stop_on_signals(task: asyncio.Task[Any], grace_s: float, name: str) -> None:
               help="Stop after showing N changes.")
 def watch(segments: tuple[int, ...], triggers: tuple[str, ...], from_beginning: bool,
           as_json: bool, follow_audiences: bool, audience_names: tuple[str, ...],
-          actions: tuple[str, ...], group_id: str | None, count: int | None) -> None:
-    """Follow the segment changes (or, with --audiences, the audience changes) as they are
-    published: one readable line per change (event time in UTC), or --json.
+          actions: tuple[str, ...], follow_catalogue: bool, kinds: tuple[str, ...],
+          group_id: str | None, count: int | None) -> None:
+    """Follow the segment changes (with --audiences, the audience changes; with
+    --catalogue, the segment catalogue) as they are published: one readable line per
+    change (event time in UTC), or --json.
 
     Ctrl-C stops it (status 0, within 15 s in any case); status 1 when no broker answers
     within 10 s.
     """
     import logging
 
-    from stream_app.client.subscribe import BrokerUnreachable, subscribe, subscribe_audiences
+    from stream_app.client.subscribe import (
+        BrokerUnreachable,
+        subscribe,
+        subscribe_audiences,
+        subscribe_catalogue,
+    )
     from stream_app.worker.connectivity import KAFKA_CLIENT_LOGGERS, RepeatFilter
 
     settings = load_settings()
     if (audience_names or actions) and not follow_audiences:
         raise click.UsageError("--audience and --action need --audiences")
+    if kinds and not follow_catalogue:
+        raise click.UsageError("--kind needs --catalogue")
+    if follow_catalogue and (follow_audiences or triggers):
+        raise click.UsageError("--catalogue goes with neither --audiences nor --trigger")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="stream-app watch: %(levelname)s %(name)s: %(message)s")
     repeats = RepeatFilter()  # a broker outage: each client warning once per 30 s
@@ -438,6 +539,11 @@ def watch(segments: tuple[int, ...], triggers: tuple[str, ...], from_beginning: 
                               "from_beginning": from_beginning, "group_id": group_id}
     try:
         subscription: Any = (
+            subscribe_catalogue(settings.bootstrap_servers,
+                                topic=settings.segment_catalogue_topic,
+                                segments=segments or None, kinds=kinds or None,
+                                from_beginning=from_beginning, group_id=group_id)
+            if follow_catalogue else
             subscribe_audiences(settings.bootstrap_servers,
                                 topic=settings.audience_changes_topic,
                                 audiences=audience_names or None, actions=actions or None,
@@ -447,7 +553,9 @@ def watch(segments: tuple[int, ...], triggers: tuple[str, ...], from_beginning: 
                       **chosen))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    colours = {"enter": "green", "exit": "red", "erasure": "yellow", "consent": "yellow"}
+    colours = {"enter": "green", "exit": "red", "erasure": "yellow", "consent": "yellow",
+               "created": "green", "revived": "green", "retired": "red", "merged": "red",
+               "relabelled": "yellow"}
 
     async def show() -> None:
         task = asyncio.current_task()
@@ -504,6 +612,49 @@ def verify(file: Path, url: str | None, max_rows: int, token: str) -> None:
         click.echo(f"stream-app verify: {exc}", err=True)
         sys.exit(exc.status)
     sys.exit(code)
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option("--url", default=None,
+              help="A worker's HTTP address; any worker answers (default: "
+                   "http://127.0.0.1:$WEB_PORT).")
+@click.option("--token", default="", envvar="API_TOKEN", show_envvar=True,
+              help="The worker's API token (Authorization: Bearer), when it has one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the worker's document as JSON.")
+def explain(customer_id: str, url: str | None, token: str, as_json: bool) -> None:
+    """Why CUSTOMER_ID is where it is: its segment in plain words, how near the other
+    segments are and what a move would take, its last changes and why, and every audience
+    clause by clause (GET /customers/{id}/explain).
+
+    Status 1 with one line if the worker does not know the customer, 2 if the worker cannot
+    be reached or refuses the token.
+    """
+    from stream_app.client.worker_api import (
+        WorkerAccessError,
+        WorkerError,
+        explain_text,
+    )
+    from stream_app.client.worker_api import explain as fetch_explanation
+
+    url = url or f"http://127.0.0.1:{load_settings().web_port}"
+    try:
+        doc = fetch_explanation(url, customer_id, token=token)
+    except WorkerAccessError as exc:
+        click.echo(f"stream-app explain: {exc}", err=True)
+        sys.exit(exc.status)
+    except WorkerError as exc:
+        raise click.ClickException(str(exc)) from None
+    if doc is None:
+        click.echo(f"stream-app explain: the worker at {url} does not know customer "
+                   f"{customer_id!r}", err=True)
+        sys.exit(1)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(explain_text(doc))
 
 
 @main.command()

@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from stream_app.client.worker_api import WorkerAccessError, access_error
+
 # Relative import of the sibling module only: batch.py itself imports nothing from
 # stream_app, which is what keeps the two implementations independent.
 from .batch import DEFAULT_LATENESS_MS, FEATURE_NAMES, BatchCustomer, parse_ts, recompute
@@ -229,51 +231,6 @@ def fetch_customer(url: str, customer_id: str, timeout: float = 10.0,
                 raise
         time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-class WorkerAccessError(RuntimeError):
-    """The worker's HTTP API cannot be used at all (nothing answers, or it wants another
-    token): one line to show, and the command's exit status (2: nothing was checked)."""
-
-    status = 2
-
-
-def access_error(url: str, exc: BaseException, token: str = "") -> WorkerAccessError | None:
-    """The :class:`WorkerAccessError` that ``exc``, raised by a request to the worker at
-    ``url``, amounts to; None for an error about one customer (a 500, say).
-
-    >>> import urllib.error
-    >>> def refused(code: int) -> urllib.error.HTTPError:
-    ...     return urllib.error.HTTPError("u", code, "x", {}, None)  # type: ignore[arg-type]
-    >>> print(access_error("http://w:6066", refused(401)))
-    the worker at http://w:6066 needs an API token (401 Unauthorized): pass --token or set API_TOKEN
-    >>> print(access_error("http://w:6066", refused(401), token="t"))
-    the worker at http://w:6066 refused the API token (401 Unauthorized): check --token or API_TOKEN
-    >>> print(access_error("http://w:6066", urllib.error.URLError(ConnectionRefusedError(
-    ...     111, "Connection refused"))))
-    cannot reach the worker at http://w:6066: connection refused. Is a worker running there? (--url)
-    >>> access_error("http://w:6066", refused(500)) is None
-    True
-    """
-    if isinstance(exc, urllib.error.HTTPError):
-        if exc.code != 401:
-            return None
-        if token:
-            return WorkerAccessError(f"the worker at {url} refused the API token (401 "
-                                     "Unauthorized): check --token or API_TOKEN")
-        return WorkerAccessError(f"the worker at {url} needs an API token (401 "
-                                 "Unauthorized): pass --token or set API_TOKEN")
-    if isinstance(exc, (urllib.error.URLError, OSError)):
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, TimeoutError):
-            text = "no answer in time"
-        elif isinstance(reason, OSError) and reason.strerror:
-            text = reason.strerror.lower()
-        else:
-            text = str(reason)
-        return WorkerAccessError(f"cannot reach the worker at {url}: {text}. Is a worker "
-                                 "running there? (--url)")
-    return None
 
 
 def _render(mismatches: list[Mismatch], max_rows: int, console: Any) -> None:

@@ -180,10 +180,7 @@ class Views:
         """Every worker's :meth:`local_preview`, merged (this worker's part first)."""
         started = time.monotonic()
         deadline = started + time_limit_s
-        body = orjson.dumps({"audiences": [
-            {"name": a.name, "condition": a.condition,
-             **({"exit_condition": a.exit_condition} if a.exit_condition else {})}
-            for a in candidate.audiences]})
+        body = orjson.dumps(candidate.to_document())
         path = f"/audiences/_preview_local?time_limit={time_limit_s}"
         # The peers scan while this one does.
         peers = asyncio.ensure_future(self.ask_peers(path, "audience preview", body,
