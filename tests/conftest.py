@@ -231,6 +231,25 @@ def produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes]]) -> 
     asyncio.run(run())
 
 
+def wait_until_settled(worker, timeout: float = 180) -> None:
+    """Until the learner, its last model (the refinement once samples stop) and that
+    model's re-scoring and sweeps are done."""
+    previous: list[tuple[float, ...]] = [()]
+
+    def settled() -> bool:
+        m = worker.metrics()
+        now = tuple(metric_sum(m, name) for name in (
+            "stream_app_segment_changes_total", "stream_app_model_version",
+            "stream_app_learner_samples_learned_total", "stream_app_learner_samples_sent_total"))
+        done, previous[0] = now == previous[0], now
+        return done and now[2] == now[3] and not metric_sum(m, "stream_app_rescore_waiting")
+
+    # Polled less often than MODEL_PUBLISH_INTERVAL (5 s): a quiet interval has no
+    # publish pending.
+    wait_for(settled, timeout, "learning, model updates and re-scoring to settle",
+             interval=6.0)
+
+
 def consume_all(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Any]:
     """The first ``count`` messages of ``topic`` (all partitions); fails if fewer arrive."""
     async def run() -> list[Any]:

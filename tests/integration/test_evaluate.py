@@ -13,7 +13,7 @@ import pytest
 
 from stream_app.config import Settings
 from stream_app.tools.evaluate import simulate
-from tests.conftest import metric_sum, wait_for
+from tests.conftest import metric_sum, wait_for, wait_until_settled
 
 CUSTOMERS = 400
 RATE = 400
@@ -24,25 +24,6 @@ TIME_SCALE = 129_600  # 60 days of event time across the run
 def cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stream_app.tools.cli", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def wait_until_settled(worker, timeout: float = 180) -> None:
-    """Until the learner, its last model (the refinement once samples stop) and that
-    model's re-scoring and sweeps are done."""
-    previous: list[tuple[float, ...]] = [()]
-
-    def settled() -> bool:
-        m = worker.metrics()
-        now = tuple(metric_sum(m, name) for name in (
-            "stream_app_segment_changes_total", "stream_app_model_version",
-            "stream_app_learner_samples_learned_total", "stream_app_learner_samples_sent_total"))
-        done, previous[0] = now == previous[0], now
-        return done and now[2] == now[3] and not metric_sum(m, "stream_app_rescore_waiting")
-
-    # Polled less often than MODEL_PUBLISH_INTERVAL (5 s): a quiet interval has no
-    # publish pending.
-    wait_for(settled, timeout, "learning, model updates and re-scoring to settle",
-             interval=6.0)
 
 
 def test_evaluate_reports_quality_against_planted_types(make_worker):

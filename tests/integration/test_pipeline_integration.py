@@ -11,7 +11,7 @@ from jsonschema import Draft7Validator, FormatChecker
 from stream_app.core.changes import iso_ms
 from stream_app.core.schemas import load_schema
 from stream_app.tools.generator import TYPES, SyntheticShop
-from tests.conftest import consume_all, metric_sum, produce, wait_for
+from tests.conftest import consume_all, metric_sum, produce, wait_for, wait_until_settled
 
 CUSTOMERS = 300
 EVENTS = 8000
@@ -35,14 +35,8 @@ def test_generated_traffic_is_segmented_end_to_end(make_worker, broker):
         return body["customers"] == CUSTOMERS and body["unassigned"] == 0
 
     wait_for(everyone_assigned, 120, "every customer to be assigned a segment")
-    previous: list[float] = [-1.0]
-
-    def changes_settled() -> float | None:  # the count stops moving once the model settles
-        total = metric_sum(worker.metrics(), "stream_app_segment_changes_total")
-        settled, previous[0] = total == previous[0], total
-        return total if settled else None
-
-    total = int(wait_for(changes_settled, 120, "segment changes to settle", interval=2.0))
+    wait_until_settled(worker)
+    total = int(metric_sum(worker.metrics(), "stream_app_segment_changes_total"))
     messages = consume_all(broker.bootstrap_servers, worker.topics["changes"], total)
     changes = [orjson.loads(m.value) for m in messages]
 
