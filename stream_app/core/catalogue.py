@@ -254,63 +254,79 @@ def catalogue_changes(
         In segment id order.
     """
     emitted = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    compared = _VersionPair.of(previous, model)
     units = model.centres_in_feature_units()
-    z = model.z_scores(model.centres)
-    prev_z: np.ndarray | None = None
-    if previous is not None:
-        shared = [name for name in model.features if name in previous.features]
-        if shared:
-            z = z[:, [model.features.index(n) for n in shared]]
-            prev_z = previous.z_scores(previous.centres)[
-                :, [previous.features.index(n) for n in shared]]
-        else:
-            previous = None
-    active_ids = model.active_ids
-    retired_ids = [i for i in range(model.k) if not model.is_active(i)]
-
-    def event(segment: int, kind: str, moved_by: float | None,
-              related: int | None = None) -> CatalogueChange:
-        was = previous is not None and segment < previous.k
-        return CatalogueChange(
-            segment=segment, kind=kind, model_version=model.version,
-            previous_model_version=None if previous is None else previous.version,
-            label=model.labels[segment],
-            previous_label=previous.labels[segment] if was else None,  # type: ignore[union-attr]
-            active=model.is_active(segment),
-            size=None if sizes is None else int(sizes.get(segment, 0)),
-            typical=typical_values(model.features, units[segment]),
-            centre={n: round(float(v), 4) + 0.0 for n, v in zip(model.features, units[segment])},
-            moved_by=None if moved_by is None else round(moved_by, 4),
-            related=related, emitted_at_ms=emitted,
-        )
-
     events: list[CatalogueChange] = []
     for i in range(model.k):
-        now_active = model.is_active(i)
-        if previous is None or prev_z is None:
-            if now_active:
-                events.append(event(i, "created", None))
+        what = compared.what_happened(i) if compared is not None else (
+            ("created", None, None) if model.is_active(i) else None)
+        if what is None:
             continue
-        was_active = previous.is_active(i)
-        if now_active and not was_active:
-            revives, d = _nearest(z[i], z, retired_ids)
-            if revives is not None and d <= MOVE_THRESHOLD:
-                events.append(event(i, "revived", d, revives))
-            else:
-                events.append(event(i, "created", None))
-        elif was_active and not now_active:
-            into, d = _nearest(prev_z[i], z, active_ids)
-            if into is not None and d <= MOVE_THRESHOLD:
-                events.append(event(i, "merged", d, into))
-            else:
-                events.append(event(i, "retired", None if into is None else d, into))
-        elif was_active and now_active:
-            d = _distance(prev_z[i], z[i])
-            if model.labels[i] != previous.labels[i]:
-                events.append(event(i, "relabelled", d))
-            elif d > MOVE_THRESHOLD:
-                events.append(event(i, "moved", d))
+        kind, moved_by, related = what
+        was = compared is not None and i < compared.previous.k
+        events.append(CatalogueChange(
+            segment=i, kind=kind, model_version=model.version,
+            previous_model_version=None if compared is None else compared.previous.version,
+            label=model.labels[i],
+            previous_label=compared.previous.labels[i] if was else None,  # type: ignore[union-attr]
+            active=model.is_active(i),
+            size=None if sizes is None else int(sizes.get(i, 0)),
+            typical=typical_values(model.features, units[i]),
+            centre={n: round(float(v), 4) + 0.0 for n, v in zip(model.features, units[i])},
+            moved_by=None if moved_by is None else round(moved_by, 4),
+            related=related, emitted_at_ms=emitted,
+        ))
     return events
+
+
+#: What happened to one segment id: kind, distance moved (or to ``related``), related id.
+_Happening = tuple[str, float | None, int | None]
+
+
+@dataclass(frozen=True)
+class _VersionPair:
+    """Two model versions' centres as z-scores (each model's own scaler) on the features
+    both have."""
+
+    previous: SegmentModel
+    model: SegmentModel
+    z: np.ndarray
+    previous_z: np.ndarray
+
+    @classmethod
+    def of(cls, previous: SegmentModel | None, model: SegmentModel) -> _VersionPair | None:
+        """The pair, or None without a previous version or without shared features."""
+        if previous is None:
+            return None
+        shared = [name for name in model.features if name in previous.features]
+        if not shared:
+            return None
+        z = model.z_scores(model.centres)[:, [model.features.index(n) for n in shared]]
+        previous_z = previous.z_scores(previous.centres)[
+            :, [previous.features.index(n) for n in shared]]
+        return cls(previous, model, z, previous_z)
+
+    def what_happened(self, i: int) -> _Happening | None:
+        """The event of segment ``i`` (see :func:`catalogue_changes`), None for none."""
+        now_active, was_active = self.model.is_active(i), self.previous.is_active(i)
+        if now_active and not was_active:
+            retired = [j for j in range(self.model.k) if not self.model.is_active(j)]
+            revives, d = _nearest(self.z[i], self.z, retired)
+            if revives is not None and d <= MOVE_THRESHOLD:
+                return "revived", d, revives
+            return "created", None, None
+        if was_active and not now_active:
+            into, d = _nearest(self.previous_z[i], self.z, self.model.active_ids)
+            if into is not None and d <= MOVE_THRESHOLD:
+                return "merged", d, into
+            return "retired", None if into is None else d, into
+        if was_active and now_active:
+            d = _distance(self.previous_z[i], self.z[i])
+            if self.model.labels[i] != self.previous.labels[i]:
+                return "relabelled", d, None
+            if d > MOVE_THRESHOLD:
+                return "moved", d, None
+        return None
 
 
 class SegmentHistory:

@@ -285,7 +285,15 @@ class Views:
 
     def register(self, app: Any) -> None:
         """Declare the pages (and the map's size sampling timer) on ``app``."""
-        views, pipeline, customers = self, self.pipeline, self.customers
+        self._register_operations(app)
+        self._register_customers(app)
+        self._register_audiences(app)
+        self._register_segments(app)
+        self._register_map(app)
+
+    def _register_operations(self, app: Any) -> None:
+        """``/health``, ``/ready``, ``/metrics`` and ``/model``."""
+        views, pipeline = self, self.pipeline
 
         @app.page("/health")
         async def health(self: View, request: Request) -> Response:
@@ -301,31 +309,49 @@ class Views:
             await views.gauges.refresh()
             return self.bytes(views.metrics.exposition(), content_type=CONTENT_TYPE)
 
+        @app.page("/model")
+        async def model_view(self: View, request: Request) -> Response:
+            model = pipeline.model
+            if model is None:
+                return json_response(self, {"error": "no model yet"}, 404)
+            # The snapshot as published (schemas/segment-model), plus the number of ids
+            # (K, retired ones included), of live segments, and a readable time.
+            return json_response(self, {**model.to_dict(), "k": model.k,
+                                        "segments": len(model.active_ids),
+                                        "created": iso_ms(model.created_at * 1000)})
+
+    def customer_answer(self, view: View, request: Request, customer_id: str,
+                        explained: bool) -> Response:
+        """``GET /customers/{id}`` (with ``explained``, ``/explain``) on the owning worker:
+        the customer looked up by its key (the pseudonym with ``PSEUDONYM_KEY``)."""
+        if not self.authorised(request):
+            return unauthorised(view)
+        key = self.pipeline.customer_key(customer_id.encode())
+        stored = self.customers.get(key)
+        if stored is None:
+            return json_response(view, {"error": "unknown customer"}, 404)
+        body = customer_document(key.decode(), stored, self.pipeline.model)
+        return json_response(view, body | self.pipeline.explain(stored) if explained else body)
+
+    def _register_customers(self, app: Any) -> None:
+        """``/customers/{id}`` and ``/customers/{id}/explain``, routed by the id to the
+        worker owning its partition."""
+        views, table = self, self.customers.table
+
         @app.page("/customers/{customer_id}")
-        @app.table_route(table=customers.table, match_info="customer_id")
+        @app.table_route(table=table, match_info="customer_id")
         async def customer_view(self: View, request: Request, customer_id: str) -> Response:
-            """Routed by the id to the worker owning its partition, looked up by pseudonym."""
-            if not views.authorised(request):
-                return unauthorised(self)
-            key = pipeline.customer_key(customer_id.encode())
-            stored = customers.get(key)
-            if stored is None:
-                return json_response(self, {"error": "unknown customer"}, 404)
-            return json_response(self, customer_document(key.decode(), stored, pipeline.model))
+            return views.customer_answer(self, request, customer_id, explained=False)
 
         @app.page("/customers/{customer_id}/explain")
-        @app.table_route(table=customers.table, match_info="customer_id")
+        @app.table_route(table=table, match_info="customer_id")
         async def explain_view(self: View, request: Request, customer_id: str) -> Response:
-            """Why the customer is where it is (routed like ``/customers/{id}``)."""
-            if not views.authorised(request):
-                return unauthorised(self)
-            key = pipeline.customer_key(customer_id.encode())
-            stored = customers.get(key)
-            if stored is None:
-                return json_response(self, {"error": "unknown customer"}, 404)
-            model = pipeline.model
-            return json_response(self, customer_document(key.decode(), stored, model)
-                                 | pipeline.explain(stored))
+            """Why the customer is where it is."""
+            return views.customer_answer(self, request, customer_id, explained=True)
+
+    def _register_audiences(self, app: Any) -> None:
+        """``/audiences``, ``/audiences/preview`` and a worker's part of a preview."""
+        views, pipeline = self, self.pipeline
 
         @app.page("/audiences/preview")
         class AudiencePreviewView(View):
@@ -342,28 +368,21 @@ class Views:
             async def post(self, request: Request) -> Response:
                 return await views.preview_answer(self, request, cluster=False)
 
-        @app.page("/model")
-        async def model_view(self: View, request: Request) -> Response:
-            model = pipeline.model
-            if model is None:
-                return json_response(self, {"error": "no model yet"}, 404)
-            # The snapshot as published (schemas/segment-model), plus the number of ids
-            # (K, retired ones included), of live segments, and a readable time.
-            return json_response(self, {**model.to_dict(), "k": model.k,
-                                        "segments": len(model.active_ids),
-                                        "created": iso_ms(model.created_at * 1000)})
+        @app.page("/audiences")
+        async def audiences_view(self: View, request: Request) -> Response:
+            """The applied audience definitions and their members, from every worker."""
+            members = audience_members(await views.peer_views())
+            return json_response(self, audiences_document(pipeline.audiences, members))
+
+    def _register_segments(self, app: Any) -> None:
+        """``/segments``, ``/segments/{id}`` and a worker's part of them."""
+        views, pipeline = self, self.pipeline
 
         @app.page("/segments/_local")
         async def local_segments(self: View, request: Request) -> Response:
             if not views.authorised(request):  # the examples name customers
                 return unauthorised(self)
             return json_response(self, views.local_view())
-
-        @app.page("/audiences")
-        async def audiences_view(self: View, request: Request) -> Response:
-            """The applied audience definitions and their members, from every worker."""
-            members = audience_members(await views.peer_views())
-            return json_response(self, audiences_document(pipeline.audiences, members))
 
         @app.page("/segments")
         async def segments_view(self: View, request: Request) -> Response:
@@ -383,7 +402,11 @@ class Views:
                 body.pop("examples")  # no customer ids without the token
             return json_response(self, body)
 
-        # -- the live segment map: GET / (a page for people) and GET /map/data ----------
+    def _register_map(self, app: Any) -> None:
+        """The live segment map: ``GET /`` (a page for people), ``GET /map/data`` and the
+        timer that samples segment sizes for it."""
+        views = self
+
         @app.timer(interval=SIZE_SAMPLE_INTERVAL_S)
         async def sample_segment_sizes() -> None:
             await views.sample_segment_sizes()
