@@ -502,6 +502,7 @@ def preview_text(doc: Mapping[str, Any]) -> str:
                      f"{doc.get('seconds')} s")
     else:
         lines.append(f"PARTIAL: not every customer was judged (partitions reporting: "
-                     f"{', '.join(map(str, reporting)) or 'none'}; the time limit or a "
-                     f"worker that did not answer), {who}, {doc.get('seconds')} s")
+                     f"{', '.join(map(str, reporting)) or 'none'}; the time limit, a "
+                     f"worker that did not answer, or a rebalance), {who}, "
+                     f"{doc.get('seconds')} s")
     return "\n".join(lines)

@@ -137,3 +137,16 @@ def merge_previews(parts: Iterable[Mapping[str, Any]], candidate: AudienceSet,
         "audiences": audiences,
         "dropped": [{"name": name, "would_exit": n} for name, n in sorted(dropped.items())],
     }
+
+
+def every_partition_once(reported: Iterable[int], partitions: int) -> bool:
+    """Whether the workers' parts of a preview cover partitions ``0 .. partitions - 1``,
+    each exactly once (during a rebalance two workers can both report a partition, whose
+    customers the sum would then count twice).
+
+    >>> every_partition_once([0, 1, 2, 3], 4), every_partition_once([0, 1, 3], 4)
+    (True, False)
+    >>> every_partition_once([0, 1, 1, 2, 3], 4)
+    False
+    """
+    return sorted(reported) == list(range(partitions))

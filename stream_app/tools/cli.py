@@ -383,7 +383,8 @@ def audiences_preview(file: Path, url: str | None, token: str, time_limit: float
         click.echo(preview_text(answer))
     if not answer.get("complete"):
         click.echo("stream-app audiences preview: partial answer: not every customer was "
-                   "judged (a larger --time-limit, or a worker that did not answer)", err=True)
+                   "judged once (a larger --time-limit; a worker that did not answer; or a "
+                   "rebalance: ask again)", err=True)
         sys.exit(3)
 
 

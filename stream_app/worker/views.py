@@ -28,7 +28,7 @@ from stream_app.core.catalogue import SegmentHistory
 from stream_app.core.changes import iso_ms
 from stream_app.core.features import FEATURE_NAMES
 from stream_app.core.pipeline import EXCLUDED, UNASSIGNED, CustomerPipeline
-from stream_app.core.preview import AudiencePreview, merge_previews
+from stream_app.core.preview import AudiencePreview, every_partition_once, merge_previews
 from stream_app.core.state import CustomerState
 from stream_app.model.assignments import AssignmentIndex
 from stream_app.model.labels import describe, typical_values
@@ -195,7 +195,7 @@ class Views:
                                if model is not None and s < model.k},
             "applied_version": self.pipeline.audiences.version,
             "complete": all(part["complete"] for part in parts)
-            and set(reported) >= set(range(self.app.conf.topic_partitions)),
+            and every_partition_once(reported, self.app.conf.topic_partitions),
             "partitions_reporting": reported,
             "workers": len(parts),
             "seconds": round(time.monotonic() - started, 3),
