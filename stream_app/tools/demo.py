@@ -107,7 +107,12 @@ class Demo:
         say(f"[bold]input[/]    {self.customers} customers at {self.rate:.0f} events/s; "
             "Ctrl-C stops everything")
         def interrupt(signum: int, frame: object) -> None:
-            raise KeyboardInterrupt  # SIGTERM / SIGHUP stop everything like Ctrl-C
+            # SIGTERM / SIGHUP stop everything like Ctrl-C, once: the same signal sent again
+            # (`timeout make demo` reaches the demo from timeout and from make) would break
+            # into the clean-up.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, interrupt)
         signal.signal(signal.SIGHUP, interrupt)
@@ -116,6 +121,8 @@ class Demo:
         except KeyboardInterrupt:
             return 0
         finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up runs to its end
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             worker.send_signal(signal.SIGTERM)
             try:
                 worker.wait(20)
@@ -126,6 +133,20 @@ class Demo:
             say("stopped broker and worker")
 
     async def _main(self, bootstrap: str, worker: subprocess.Popen[bytes]) -> int:
+        """:meth:`_show` until it ends or Ctrl-C, SIGTERM or SIGHUP cancels it (its tasks
+        then stop cleanly: the shop's producer flushes and closes)."""
+        main = asyncio.current_task()
+        assert main is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, main.cancel)
+        try:
+            return await self._show(bootstrap, worker)
+        except asyncio.CancelledError:
+            return 0
+
+    async def _show(self, bootstrap: str, worker: subprocess.Popen[bytes]) -> int:
+        """Wait for the worker, then run the shop, follow the changes and show them."""
         deadline = time.monotonic() + 60
         while not self._healthy():
             if worker.poll() is not None:
