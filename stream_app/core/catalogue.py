@@ -256,6 +256,7 @@ def catalogue_changes(
     emitted = int(time.time() * 1000) if now_ms is None else int(now_ms)
     compared = _VersionPair.of(previous, model)
     units = model.centres_in_feature_units()
+    before = compared.previous if compared is not None else None
     events: list[CatalogueChange] = []
     for i in range(model.k):
         what = compared.what_happened(i) if compared is not None else (
@@ -263,12 +264,11 @@ def catalogue_changes(
         if what is None:
             continue
         kind, moved_by, related = what
-        was = compared is not None and i < compared.previous.k
         events.append(CatalogueChange(
             segment=i, kind=kind, model_version=model.version,
-            previous_model_version=None if compared is None else compared.previous.version,
+            previous_model_version=None if before is None else before.version,
             label=model.labels[i],
-            previous_label=compared.previous.labels[i] if was else None,  # type: ignore[union-attr]
+            previous_label=before.labels[i] if before is not None and i < before.k else None,
             active=model.is_active(i),
             size=None if sizes is None else int(sizes.get(i, 0)),
             typical=typical_values(model.features, units[i]),
@@ -292,6 +292,8 @@ class _VersionPair:
     model: SegmentModel
     z: np.ndarray
     previous_z: np.ndarray
+    active_ids: list[int]
+    retired_ids: list[int]
 
     @classmethod
     def of(cls, previous: SegmentModel | None, model: SegmentModel) -> _VersionPair | None:
@@ -304,19 +306,19 @@ class _VersionPair:
         z = model.z_scores(model.centres)[:, [model.features.index(n) for n in shared]]
         previous_z = previous.z_scores(previous.centres)[
             :, [previous.features.index(n) for n in shared]]
-        return cls(previous, model, z, previous_z)
+        retired = [i for i in range(model.k) if not model.is_active(i)]
+        return cls(previous, model, z, previous_z, model.active_ids, retired)
 
     def what_happened(self, i: int) -> _Happening | None:
         """The event of segment ``i`` (see :func:`catalogue_changes`), None for none."""
         now_active, was_active = self.model.is_active(i), self.previous.is_active(i)
         if now_active and not was_active:
-            retired = [j for j in range(self.model.k) if not self.model.is_active(j)]
-            revives, d = _nearest(self.z[i], self.z, retired)
+            revives, d = _nearest(self.z[i], self.z, self.retired_ids)
             if revives is not None and d <= MOVE_THRESHOLD:
                 return "revived", d, revives
             return "created", None, None
         if was_active and not now_active:
-            into, d = _nearest(self.previous_z[i], self.z, self.model.active_ids)
+            into, d = _nearest(self.previous_z[i], self.z, self.active_ids)
             if into is not None and d <= MOVE_THRESHOLD:
                 return "merged", d, into
             return "retired", None if into is None else d, into
