@@ -244,8 +244,8 @@ def wait_until_settled(worker, timeout: float = 180) -> None:
         done, previous[0] = now == previous[0], now
         return done and now[2] == now[3] and not metric_sum(m, "stream_app_rescore_waiting")
 
-    # Polled less often than MODEL_PUBLISH_INTERVAL (5 s): a quiet interval has no
-    # publish pending.
+    # Polled less often than MODEL_PUBLISH_INTERVAL (1 s for the tests' workers, 5 s by
+    # default): a quiet interval has no publish pending.
     wait_for(settled, timeout, "learning, model updates and re-scoring to settle",
              interval=6.0)
 

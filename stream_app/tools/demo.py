@@ -107,12 +107,7 @@ class Demo:
         say(f"[bold]input[/]    {self.customers} customers at {self.rate:.0f} events/s; "
             "Ctrl-C stops everything")
         def interrupt(signum: int, frame: object) -> None:
-            # SIGTERM / SIGHUP stop everything like Ctrl-C, once: the same signal sent again
-            # (`timeout make demo` reaches the demo from timeout and from make) would break
-            # into the clean-up.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # SIGTERM / SIGHUP stop everything like Ctrl-C
 
         signal.signal(signal.SIGTERM, interrupt)
         signal.signal(signal.SIGHUP, interrupt)
@@ -121,7 +116,9 @@ class Demo:
         except KeyboardInterrupt:
             return 0
         finally:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up runs to its end
+            # The clean-up runs to its end: the same signal sent again (`timeout make demo`
+            # reaches the demo from timeout and from make) would break into it.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             worker.send_signal(signal.SIGTERM)
             try:
