@@ -63,8 +63,13 @@ def test_buyers_who_stop_buying_move_when_their_window_empties(make_worker, brok
     assert doc["features"]["orders_30d"] == 0 and doc["features"]["orders_total"] == 6
     assert doc["as_of"].startswith(time.strftime("%Y-%m-%d", time.gmtime((later + 29_000)
                                                                          / 1000)))
-    moves = [c for c in changes_of(broker, worker)
-             if c["customer_id"] == "buyer-0" and c["trigger"] == "inactivity"]
+
+    def inactivity_moves() -> list[dict]:
+        # The state is readable as soon as it is cached; its change is sent with its batch.
+        return [c for c in changes_of(broker, worker)
+                if c["customer_id"] == "buyer-0" and c["trigger"] == "inactivity"]
+
+    moves = wait_for(inactivity_moves, 30, "the buyer's inactivity change on the topic")
     assert len(moves) == 1 and moves[0]["features"]["orders_30d"] == 0
     assert moves[0]["ts"] == doc["as_of"]
     # Bounded: one sweep per customer for a 40-day jump, not one per day or per tick.
