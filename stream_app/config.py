@@ -283,6 +283,11 @@ class Settings:
     model_publish_interval: float = field(default=5.0, metadata={
         "env": "MODEL_PUBLISH_INTERVAL",
         "doc": "seconds between model snapshots (when something was learned)"})
+    learner_process: bool = field(default=True, metadata={
+        "env": "LEARNER_PROCESS",
+        "doc": "the worker that learns runs the learner in a child process of its own (River's "
+               "updates then do not hold the worker's GIL); `false`: in a thread of the "
+               "worker (one core, or little memory: the process costs ~100 MB)"})
     learn_sample_rate: float = field(default=500.0, metadata={
         "env": "LEARN_SAMPLE_RATE",
         "doc": "at most this many vectors/s per worker go to the learner (the learner's CPU "

@@ -152,25 +152,60 @@ class ModeResult:
 # -- processes -----------------------------------------------------------------------------
 
 def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from ``/proc``."""
-    after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU seconds of process ``pid`` (all its threads) and of its children
+    (the worker's learner process), from ``/proc``."""
+    return sum(_own_cpu_seconds(p) for p in (pid, *child_pids(pid)))
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    try:
+        after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # a child that exited meanwhile
+        return 0.0
     utime, stime = int(after_name[11]), int(after_name[12])  # fields 14 and 15 of stat
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from ``/proc``)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
 def peak_rss_mb(pid: int | str = "self") -> float:
-    """Peak resident set size (``VmHWM``) of process ``pid`` in MiB."""
+    """Peak resident set size (``VmHWM``) of process ``pid`` and its children in MiB (see
+    :func:`proc_status_mb`; the sum of each one's peak: an upper bound of the peak of the
+    sum)."""
     return proc_status_mb(pid, "VmHWM")
 
 
 def rss_mb(pid: int | str = "self") -> float:
-    """Current resident set size (``VmRSS``) of process ``pid`` in MiB."""
+    """Current resident set size (``VmRSS``) of process ``pid`` and its children in MiB
+    (see :func:`proc_status_mb`)."""
     return proc_status_mb(pid, "VmRSS")
 
 
 def proc_status_mb(pid: int | str, name: str) -> float:
-    """Field ``name`` (a size in kB) of ``/proc/<pid>/status`` in MiB; 0 if absent."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """Field ``name`` (a size in kB) of ``/proc/<pid>/status`` in MiB, summed over ``pid``
+    and its children (not for ``self``: the bench's children are the broker and the
+    worker); 0 where absent."""
+    pids = [pid] if pid == "self" else [pid, *child_pids(int(pid))]
+    return sum(_own_status_mb(p, name) for p in pids)
+
+
+def _own_status_mb(pid: int | str, name: str) -> float:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:  # a child that exited meanwhile
+        return 0.0
+    for line in lines:
         if line.startswith(f"{name}:"):
             return int(line.split()[1]) / 1024
     return 0.0

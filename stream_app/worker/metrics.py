@@ -91,6 +91,10 @@ class Metrics:
         self.samples_learned = Counter(p + "learner_samples_learned_total",
                                        "Feature vectors learned (on the learner worker only).",
                                        registry=r)
+        self.learner_restarts = Counter(p + "learner_restarts_total",
+                                        "Learner processes that died and were started again "
+                                        "(the learner resumed from the newest model).",
+                                        registry=r)
         self.state_records = Counter(p + "state_records_total",
                                      "Customer state records written to the changelog (each "
                                      "customer once per flush of the state cache).",

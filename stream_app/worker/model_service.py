@@ -17,17 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-import orjson
 
 from stream_app.config import Settings
 from stream_app.core.audiences import AudienceError, AudienceSet
 from stream_app.core.pipeline import CustomerPipeline
-from stream_app.model.segmentation import (
-    FeatureTransform,
-    SegmentLearner,
-    SegmentModel,
-    learner_for,
-)
+from stream_app.model.learner_host import Learned
+from stream_app.model.segmentation import FeatureTransform, SegmentModel
+from stream_app.worker.learner_process import LearnerLost, LearnerProcess, LearnerStopped
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.model_feed import ModelFeed
 from stream_app.worker.options import learner_options
@@ -65,12 +61,17 @@ class ModelService:
                               self.on_model)
         #: Called with every model applied, after it is (the segment catalogue).
         self.listeners: list[Callable[[SegmentModel], None]] = []
-        self.learner: SegmentLearner | None = None
-        self.version = 0  # newest model version this worker published or applied
+        #: The single learner, in a child process (``LEARNER_PROCESS``) or a thread, so
+        #: that River's updates and the NumPy refinements never hold up the event loop
+        #: (the ``process`` agent's latency).
+        self.learner = LearnerProcess(learner_options(settings),
+                                      separate=settings.learner_process)
+        #: Features of the samples this worker sends (a snapshot of others is not resumed).
+        self.spec = FeatureTransform(settings.segment_features).spec
+        self.learning_started = False  # whether this worker learns (owns the samples)
+        self.version = 0  # newest model version this worker published or resumed from
         self.unpublished = 0  # samples learned since the last publish
-        #: The learner is used by one thread at a time: learning runs in a worker thread,
-        #: so River's updates and the NumPy refinements never hold up the event loop (the
-        #: ``process`` agent's latency); snapshots wait for the batch being learned.
+        #: One batch or snapshot at a time: snapshots wait for the batch being learned.
         self.learning = asyncio.Lock()
         self.audiences_stamp: tuple[int, int] | None = None  # (mtime, size) read last
         if settings.audiences_file:  # AudienceError: the worker does not start
@@ -85,6 +86,8 @@ class ModelService:
         @app.task
         async def follow_model() -> None:
             await service.feed.run()
+
+        app.stopping_hooks.append(service.learner.close)
 
         @app.agent(samples_topic)
         async def learn(stream: faust.StreamT) -> None:
@@ -148,71 +151,76 @@ class ModelService:
             self.audiences_wanted.set()
 
     # -- the single learner ---------------------------------------------------------------
-    def current_learner(self) -> SegmentLearner:
-        """The learner, rebuilt from the newest snapshot if another worker published one."""
+    def resume_from(self) -> bytes | None:
+        """The newest snapshot when another worker (or this worker before a restart, or a
+        learner process that died) published one this learner has not learned from: the
+        learner resumes from it. Snapshots of other features are not resumed from."""
         latest = self.feed.latest
-        transform = FeatureTransform(self.settings.segment_features)
         if (latest is not None and latest.version > self.version
-                and latest.spec == transform.spec):
-            self.learner = learner_for(learner_options(self.settings), latest)
+                and latest.spec == self.spec):
             self.version = latest.version
-        elif self.learner is None:
-            self.learner = learner_for(learner_options(self.settings))
-        return self.learner
+            return latest.to_json()
+        return None
 
     async def publish_model(self) -> None:
-        """Publish a snapshot when anything was learned since the last one."""
+        """Publish a snapshot when anything was learned since the last one (when nothing
+        was, a refinement on what was learned since the last one, see
+        :meth:`~stream_app.model.learner_host.LearnerHost.snapshot`)."""
         async with self.learning:
-            learner = self.learner
-            if learner is None or not learner.ready:
+            if not self.learning_started:
                 return
-            if not self.unpublished:
-                # No sample since the last version: a backlog was drained (or traffic
-                # paused). Refine once on everything learned since the last refinement,
-                # so a history replayed in seconds ends with the model a live run has.
-                if not learner.learned_since_refinement:
-                    return
-                await asyncio.to_thread(learner.refine)
             latest = self.feed.latest
-            self.version = max(self.version, latest.version if latest else 0) + 1
-            self.unpublished = 0
-            # Quality figures of the snapshot are NumPy work on the sample: off the loop too.
-            snapshot = await asyncio.to_thread(learner.snapshot, self.version)
-        await self.model_topic.send(value=snapshot.to_json())
-
-    def learn_batch(self, values: list[bytes]) -> tuple[int, bool]:
-        """Learn ``values`` (in a worker thread): how many were learned, and whether the
-        warm-up ended with them."""
-        model = self.current_learner()
-        warming, learned = not model.ready, 0
-        for value in values:
+            version = max(self.version, latest.version if latest else 0) + 1
             try:
-                sample = orjson.loads(value)
-                if "forget" in sample:  # erased, or consent withdrawn
-                    model.forget(str(sample["forget"]))
-                    continue
-                if sample["spec"] != model.transform.spec:
-                    continue
-                model.learn_one(sample["x"], sample.get("member"))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                log.warning("learner skipped an unreadable sample: %s", exc)
-                continue
-            learned += 1
-        return learned, warming and model.ready
+                snapshot = await self.learner.snapshot(version,
+                                                       refine_first=not self.unpublished)
+            except LearnerStopped:
+                return
+            except LearnerLost as exc:
+                self.learner_lost(exc)
+                return
+            if snapshot is None:
+                return
+            self.version = version
+            self.unpublished = 0
+        await self.model_topic.send(value=snapshot)
+
+    def learner_lost(self, exc: LearnerLost) -> None:
+        """The learner process died: the next batch resumes from the newest snapshot."""
+        log.error("%s; the learner resumes from the newest published model", exc)
+        self.metrics.learner_restarts.inc()
+        self.version = 0
+        self.unpublished = 0
+
+    async def learn_batch(self, values: list[bytes]) -> Learned:
+        """Learn ``values`` (in the learner process), once more in a new process if the
+        learner process died meanwhile."""
+        self.learning_started = True
+        try:
+            return await self.learner.learn(values, self.resume_from())
+        except LearnerLost as exc:
+            self.learner_lost(exc)
+            return await self.learner.learn(values, self.resume_from())
 
     async def learn(self, stream: faust.StreamT) -> None:
-        """The learner agent's body: batches of samples, learned in a thread, acknowledged
-        once learned (Faust's ``take`` would acknowledge a batch whose learning raised)."""
+        """The learner agent's body: batches of samples, learned off the event loop,
+        acknowledged once learned (Faust's ``take`` would acknowledge a batch whose
+        learning raised)."""
         await self.feed.caught_up.wait()
         async for events in stream.noack_take(LEARN_BATCH, within=LEARN_BATCH_WAIT_S):
             values = [event.value for event in events]
             async with self.learning:
-                learned, warmed = await asyncio.to_thread(self.learn_batch, values)
-                self.unpublished += learned
+                try:
+                    learned = await self.learn_batch(values)
+                except LearnerStopped:
+                    return  # the worker is stopping: the batch stays unacknowledged
+                self.unpublished += learned.learned
+            for reason in learned.skipped:
+                log.warning("learner skipped a sample: %s", reason)
             for event in events:
                 await stream.ack(event)
-            self.metrics.samples_learned.inc(learned)
-            if warmed:  # the warm-up just ended: publish the first model now
+            self.metrics.samples_learned.inc(learned.learned)
+            if learned.warmed:  # the warm-up just ended: publish the first model now
                 await self.publish_model()
 
 

@@ -1,0 +1,170 @@
+"""The learner in its own process: the same models as in a thread, a dead process replaced,
+no process left behind by a stopped or killed worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+from stream_app.model.learner_host import LearnerHost
+from stream_app.model.options import LearnerOptions
+from stream_app.model.segmentation import SegmentModel
+from stream_app.worker.learner_process import LearnerLost, LearnerProcess, LearnerStopped
+
+OPTIONS = LearnerOptions(features="orders_90d:log1p,app_share_30d", k=3, warmup=30,
+                         halflife=0.05, seed=3, sample=500, refine_every=0,
+                         rescore_share=0.02, clusterer="kmeans", min_share=0.0)
+
+
+def samples(n: int, seed: int = 1) -> list[bytes]:
+    """Sample messages of three kinds of customer, as the pipeline sends them."""
+    rng = np.random.default_rng(seed)
+    spec = LearnerHost(OPTIONS).spec
+    centres = [(1.0, 0.0), (6.0, 0.5), (20.0, 1.0)]
+    out = []
+    for i in range(n):
+        orders, share = centres[i % 3]
+        x = [max(0.0, orders + rng.normal(0, 0.5)), min(1.0, max(0.0, share + rng.normal(0, 0.05)))]
+        out.append(orjson.dumps({"spec": spec, "x": x, "member": f"c{i}"}))
+    return out
+
+
+def wait_for(condition, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = open(f"/proc/{pid}/stat").read() if os.path.exists(f"/proc/{pid}/stat") else ""
+    return ") Z " not in stat  # a zombie has exited
+
+
+def learner_pids() -> set[int]:
+    """This process's learner process, once started."""
+    return children_of(os.getpid())
+
+
+def children_of(parent: int) -> set[int]:
+    """Live learner processes whose parent is ``parent`` (not multiprocessing's resource
+    tracker)."""
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = open(f"/proc/{name}/stat").read()
+                cmdline = open(f"/proc/{name}/cmdline", "rb").read()
+            except OSError:  # gone meanwhile
+                continue
+            if (int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in cmdline
+                    and alive(int(name))):
+                out.add(int(name))
+    return out
+
+
+def test_the_learner_process_publishes_what_the_learner_in_a_thread_publishes() -> None:
+    """Same samples, same options: the same centres and labels in either place."""
+    batches = [samples(200, seed=s) for s in (1, 2, 3)]
+
+    async def run(separate: bool) -> list[bytes | None]:
+        learner = LearnerProcess(OPTIONS, separate=separate)
+        try:
+            published = []
+            for version, batch in enumerate(batches, 1):
+                learned = await learner.learn(batch, None)
+                assert learned.learned == len(batch)
+                published.append(await learner.snapshot(version, refine_first=False))
+            return published
+        finally:
+            learner.close()
+
+    in_thread, in_process = asyncio.run(run(False)), asyncio.run(run(True))
+    assert all(snapshot is not None for snapshot in in_process)
+    for a, b in zip(in_thread, in_process):
+        ma, mb = SegmentModel.from_json(a), SegmentModel.from_json(b)  # type: ignore[arg-type]
+        assert ma.version == mb.version
+        np.testing.assert_allclose(ma.centres, mb.centres)
+        assert ma.labels == mb.labels
+
+
+def test_a_dead_learner_process_is_replaced_and_resumes_from_the_snapshot() -> None:
+    async def run() -> None:
+        learner = LearnerProcess(OPTIONS, separate=True)
+        try:
+            assert (await learner.learn(samples(200), None)).warmed
+            snapshot = await learner.snapshot(1, refine_first=False)
+            assert snapshot is not None
+            (pid,) = learner_pids()
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(LearnerLost):
+                await learner.learn(samples(10), None)
+            # A new process, resumed from the snapshot: not warming up again.
+            learned = await learner.learn(samples(10, seed=5), snapshot)
+            assert learned.learned == 10 and not learned.warmed
+            assert pid not in learner_pids() and len(learner_pids()) == 1
+            resumed = await learner.snapshot(2, refine_first=False)
+            assert SegmentModel.from_json(resumed).samples_seen == 210  # type: ignore[arg-type]
+        finally:
+            learner.close()
+
+    asyncio.run(run())
+
+
+def test_a_stopped_learner_takes_no_batch_and_its_process_exits() -> None:
+    async def run() -> int:
+        learner = LearnerProcess(OPTIONS, separate=True)
+        await learner.learn(samples(5), None)
+        (pid,) = learner_pids()
+        learner.close()
+        with pytest.raises(LearnerStopped):
+            await learner.learn(samples(5), None)
+        with pytest.raises(LearnerStopped):
+            await learner.snapshot(1, refine_first=False)
+        return pid
+
+    pid = asyncio.run(run())
+    assert wait_for(lambda: not alive(pid))
+
+
+def test_the_learner_process_exits_when_its_worker_is_killed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A SIGKILLed worker cannot stop its learner: the learner notices and exits."""
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(f"""
+        import asyncio, sys, time
+        sys.path.insert(0, {os.getcwd()!r})
+        from stream_app.model.options import LearnerOptions
+        from stream_app.worker.learner_process import LearnerProcess
+
+        async def main():
+            learner = LearnerProcess(LearnerOptions(**{OPTIONS.__dict__!r}), separate=True)
+            await learner.learn([], None)
+            print("learning", flush=True)
+            time.sleep(600)
+
+        if __name__ == "__main__":  # not in the learner process, which imports this
+            asyncio.run(main())
+    """))
+    worker = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline() == "learning\n"  # type: ignore[union-attr]
+        (learner,) = children_of(worker.pid)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert wait_for(lambda: not alive(learner))
