@@ -10,7 +10,8 @@ audience sizes and the map's recent changes.
 :class:`BatchSink` is the batched path (every outcome that does not leave): the
 bookkeeping happens at once, the states stay in the store's cache, the sends are
 collected, and :meth:`BatchSink.drain` flushes the states of the customers with changes,
-then sends everything the batch produced, in order.
+then sends everything the batch produced, in order (the samples for the learner together,
+as JSON arrays).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from stream_app.worker.customer_store import CustomerStore
 from stream_app.worker.metrics import Metrics
 from stream_app.worker.sizes import SegmentSizes
 from stream_app.worker.sweep import SweepSchedule
+
+#: Samples sent in one message of the samples topic at most (~40 KB).
+SAMPLES_PER_MESSAGE = 256
 
 
 class WorkerSink:
@@ -146,6 +150,15 @@ class WorkerSink:
         await self.samples_topic.send(value=effect.sample)
         self.metrics.samples_sent.inc()
 
+    async def send_samples(self, samples: list[bytes]) -> None:
+        """Send ``samples`` as JSON arrays of up to :data:`SAMPLES_PER_MESSAGE` (one message
+        per batch instead of one per sample: the learner's worker reads, and every worker
+        sends, a fraction of the messages)."""
+        for start in range(0, len(samples), SAMPLES_PER_MESSAGE):
+            chunk = samples[start:start + SAMPLES_PER_MESSAGE]
+            await self.samples_topic.send(value=b"[" + b",".join(chunk) + b"]")
+            self.metrics.samples_sent.inc(len(chunk))
+
     def index_vector(self, effect: IndexVector) -> None:
         model = self.pipeline.model
         if model is not None:
@@ -178,6 +191,8 @@ class BatchSink:
         self.customers = sink.customers
         #: The batch's sends, in the order their outcomes made them.
         self.sends: list[Effect] = []
+        #: The batch's samples for the learner (sent together, after the other sends).
+        self.samples: list[bytes] = []
         #: Customers whose state must reach the producer before the sends.
         self.flush_first: set[bytes] = set()
         self.count = sink.count
@@ -202,7 +217,7 @@ class BatchSink:
         self._send_after_state(effect, effect.key)
 
     def send_sample(self, effect: SendSample) -> None:
-        self.sends.append(effect)
+        self.samples.append(effect.sample)
 
     def dead_letter(self, effect: DeadLetter) -> None:
         self.sends.append(effect)
@@ -217,10 +232,14 @@ class BatchSink:
             self.flush_first.add(key)
 
     async def drain(self) -> None:
-        """Flush the states the collected changes depend on, then make the sends."""
+        """Flush the states the collected changes depend on, then make the sends, then
+        send the samples."""
         if self.flush_first:
             flush_first, self.flush_first = self.flush_first, set()
             await self.customers.flush_keys(flush_first)
         if self.sends:
             sends, self.sends = self.sends, []
             await apply(sends, self.sink)
+        if self.samples:
+            samples, self.samples = self.samples, []
+            await self.sink.send_samples(samples)

@@ -300,8 +300,8 @@ def test_the_batch_sink_writes_the_states_of_changed_customers_before_the_batch_
     assert sink.customers.get(KEY) == b"state" and sink.customers.get(b"k2") == b"quiet"
     asyncio.run(batch.drain())
     sends = [entry for entry in log if entry[0] in ("send", "write")]
-    assert sends == [("write", KEY, b"state", 2), ("send", "samples", None, b"sample"),
-                     ("send", "changes", KEY, b"change"), ("send", "audiences", KEY, b"aud")]
+    assert sends == [("write", KEY, b"state", 2), ("send", "changes", KEY, b"change"),
+                     ("send", "audiences", KEY, b"aud"), ("send", "samples", None, b"[sample]")]
     assert sink.customers.dirty == {b"k2": (b"quiet", 1)}  # until the next flush
     assert batch.sends == [] and batch.flush_first == set()
 
