@@ -47,6 +47,7 @@ from stream_app.worker.catalogue import SegmentCatalogue
 from stream_app.worker.collector import CollectorPauses
 from stream_app.worker.connectivity import KAFKA_RETRY_BACKOFF_MS
 from stream_app.worker.customer_store import CustomerStore
+from stream_app.worker.direct_topic import DirectTopic
 from stream_app.worker.gauges import Gauges
 from stream_app.worker.logs import logging_config
 from stream_app.worker.metrics import Metrics
@@ -105,9 +106,6 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
     kinds = {topic: kind for kind, topic in settings.consumed_topics.items()}
     inputs = app.topic(*kinds)
     control_topic = app.topic(settings.control_topic)
-    changes_topic = app.topic(settings.segment_changes_topic)
-    audience_topic = app.topic(settings.audience_changes_topic)
-    dlq_topic = app.topic(settings.dlq_topic)
     samples_topic = app.topic(settings.samples_topic)
     model_topic = app.topic(settings.segment_model_topic)
     catalogue_topic = app.topic(settings.segment_catalogue_topic)
@@ -144,9 +142,13 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
                       assignment=assignment, index=index, schedule=schedule, sizes=sizes,
                       audience_sizes=audience_sizes, rescore_wanted=rescore_wanted,
                       audiences_wanted=audiences_wanted)
-    sink = WorkerSink(customers=customers, changes_topic=changes_topic,
-                      audience_topic=audience_topic, dlq_topic=dlq_topic,
-                      samples_topic=samples_topic, metrics=metrics, pipeline=pipeline,
+    # The per-event sends go to the producer directly (stream_app/worker/direct_topic.py).
+    sink = WorkerSink(customers=customers,
+                      changes_topic=DirectTopic(app, settings.segment_changes_topic),
+                      audience_topic=DirectTopic(app, settings.audience_changes_topic),
+                      dlq_topic=DirectTopic(app, settings.dlq_topic),
+                      samples_topic=DirectTopic(app, settings.samples_topic),
+                      metrics=metrics, pipeline=pipeline,
                       index=index, schedule=schedule, sizes=sizes,
                       audience_sizes=audience_sizes, recent_changes=recent_changes,
                       forget=rejudge.forget_customer)

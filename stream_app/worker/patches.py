@@ -19,8 +19,10 @@ What is patched (the why of each is with its install function):
   consumer's private ``_fetch_max_wait_ms`` (embedded broker only; stream_app/worker/broker.py).
 * :func:`install_retry_backoff`: the ``retry_backoff_ms`` default of aiokafka's consumer and
   producer constructors (stream_app/worker/connectivity.py).
-* :func:`write_through`: a table write that bypasses Faust's changelog buffer (``table.data``
-  and the table's private ``_on_changelog_sent``).
+* :func:`write_through`: a table write that bypasses Faust's changelog buffer (the table's
+  store ``table.data``, the RocksDB store's private ``_db_for_partition`` and encoders, and
+  the store's ``set_persisted_offset`` for what the table's private ``_on_changelog_sent``
+  does).
 
 :func:`install` applies them all; the worker calls it once, in
 :func:`stream_app.worker.app.create_app`. Every install function is idempotent.
@@ -277,15 +279,15 @@ def install_retry_backoff(backoff_ms: int) -> None:
 def check_table_write() -> None:
     """Check the Faust table and store internals :func:`write_through` uses."""
     from faust.stores import base, rocksdb
-    from faust.tables.base import Collection
 
-    _check_method("faust-streaming", Collection, "_on_changelog_sent", ["self", "fut"])
+    _check_method("faust-streaming", base.Store, "set_persisted_offset",
+                  ["self", "tp", "offset"])
     _check_method("faust-streaming", rocksdb.Store, "_db_for_partition", ["self", "partition"])
     _check_method("faust-streaming", base.Store, "_encode_key", ["self", "key"])
     _check_method("faust-streaming", base.Store, "_encode_value", ["self", "value"])
 
 
-async def write_through(table: Any, key: Any, value: Any, partition: int) -> None:
+async def write_through(table: Any, key: bytes, value: bytes | None, partition: int) -> None:
     """``table[key] = value`` (None: delete) in the table partition ``partition``, its
     changelog record handed to the producer before this returns.
 
@@ -293,13 +295,25 @@ async def write_through(table: Any, key: Any, value: Any, partition: int) -> Non
     (its flush gives up after 0.1 s), so an offset could be committed whose state never
     reached the changelog (tests/system/test_recovery.py, a worker stopped mid-stream). Sent here,
     the record is in the producer before the caller goes on, and every commit flushes the
-    producer first. The table's store is written directly (:func:`_store`) and the send
-    reports to the table's private ``_on_changelog_sent``, as Faust's own write does."""
+    producer first. The table's store is written directly (:func:`_store`); the record goes
+    to the app's producer (Faust's ``ProducerT.send``: the table's key and value are bytes,
+    its serializers raw), not through Faust's per-message ``Topic.send`` (a pending message,
+    a future message, the sensors: a fifth of a send's cost), and when the broker has it,
+    the store notes its offset as Faust's ``_on_changelog_sent`` does (the RocksDB store
+    keeps it, so that a restarted worker recovers only what came after)."""
     _store(table.data, key, value, partition)
-    await table.changelog_topic.send(
-        key=key, value=value, partition=partition, key_serializer=table.key_serializer,
-        value_serializer=table.value_serializer if value is not None else "raw",
-        callback=table._on_changelog_sent)
+    sent = await table.app.producer.send(table.changelog_topic.get_topic_name(), key, value,
+                                         partition, None, None)
+    sent.add_done_callback(functools.partial(_changelog_sent, table.data))
+
+
+def _changelog_sent(store: Any, sent: Any) -> None:
+    """Note the offset of a changelog record the broker has (a failed send: nothing; the
+    producer logs it, and the commit's flush does not pass it)."""
+    if sent.cancelled() or sent.exception() is not None:
+        return
+    metadata = sent.result()
+    store.set_persisted_offset(metadata.topic_partition, metadata.offset)
 
 
 def _store(store: Any, key: Any, value: Any, partition: int) -> None:

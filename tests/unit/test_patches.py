@@ -22,7 +22,7 @@ from typing import Any
 import aiokafka
 import pytest
 from aiohttp.web_protocol import RequestHandler
-from faust.tables.base import Collection
+from faust.stores.base import Store
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -225,8 +225,8 @@ def expect_refusal(distribution: str, *words: str) -> Any:
 
 
 def test_install_refuses_a_missing_method(restored: pytest.MonkeyPatch) -> None:
-    restored.delattr(Collection, "_on_changelog_sent")
-    with expect_refusal("faust-streaming", "Collection._on_changelog_sent is missing"):
+    restored.delattr(Store, "_encode_value")
+    with expect_refusal("faust-streaming", "Store._encode_value is missing"):
         patches.install()
 
 
