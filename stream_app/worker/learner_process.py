@@ -39,7 +39,7 @@ class LearnerStopped(RuntimeError):
 
 
 class LearnerProcess:
-    """The learner in a child process (``in_process=False``: in a thread of the worker).
+    """The learner in a child process (``separate=False``: in a thread of the worker).
 
     Every call waits for the one before it (one process, one task at a time); the caller
     (:class:`~stream_app.worker.model_service.ModelService`) holds its lock around them.
