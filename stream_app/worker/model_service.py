@@ -87,7 +87,7 @@ class ModelService:
         async def follow_model() -> None:
             await service.feed.run()
 
-        app.stopping_hooks.append(service.learner.close)
+        app.stopped_hooks.append(service.learner.close)
 
         @app.agent(samples_topic)
         async def learn(stream: faust.StreamT) -> None:
@@ -212,8 +212,8 @@ class ModelService:
             async with self.learning:
                 try:
                     learned = await self.learn_batch(values)
-                except LearnerStopped:
-                    return  # the worker is stopping: the batch stays unacknowledged
+                except LearnerStopped:  # the app has stopped (after its agents' acks)
+                    return
                 self.unpublished += learned.learned
             for reason in learned.skipped:
                 log.warning("learner skipped a sample: %s", reason)

@@ -34,12 +34,19 @@ class SegmentationApp(faust.App):
         #: Called, in order, when the app starts to stop, before Faust's own stop (the
         #: bounded stop of stream_app/worker/connectivity.py arms its timer here).
         self.stopping_hooks: list[Callable[[], None]] = []
+        #: Called, in order, after Faust's own stop, when every message given to an agent
+        #: was acknowledged (the learner process is closed here, after the learner agent
+        #: learned and acknowledged what it had taken).
+        self.stopped_hooks: list[Callable[[], None]] = []
 
     async def on_stop(self) -> None:
-        """Run :attr:`stopping_hooks` and :attr:`final_flush`, then Faust's stop (final
-        commit, producer flush)."""
+        """Run :attr:`stopping_hooks` and :attr:`final_flush`, then Faust's stop (the
+        agents' messages acknowledged, final commit, producer flush), then
+        :attr:`stopped_hooks`."""
         for hook in self.stopping_hooks:
             hook()
         if self.final_flush is not None:
             await self.final_flush()
         await super().on_stop()
+        for hook in self.stopped_hooks:
+            hook()
