@@ -133,11 +133,17 @@ _host: LearnerHost | None = None
 
 
 def start_child(options: LearnerOptions, parent: int) -> None:
-    """Set up the learner process: its host, Ctrl-C left to the worker (which stops it),
-    and an exit of its own when the worker is gone (even a killed worker)."""
+    """Set up the learner process: its host, the stop signals left to the worker, and an
+    exit of its own when the worker is gone (even a killed worker).
+
+    Ctrl-C in a terminal, ``timeout`` and a service manager signal the worker's whole
+    process group: the learner ignores SIGINT and SIGTERM, finishes the batch the worker
+    gave it, and exits when the worker closes it or within a second of the worker's exit,
+    so that a stopping worker does not see its learner die under it."""
     global _host
     _host = LearnerHost(options)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(parent,), name="exit-with-worker",
                      daemon=True).start()
 

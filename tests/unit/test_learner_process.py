@@ -142,6 +142,24 @@ def test_a_stopped_learner_takes_no_batch_and_its_process_exits() -> None:
     assert wait_for(lambda: not alive(pid))
 
 
+def test_the_learner_process_leaves_stop_signals_to_its_worker() -> None:
+    """``timeout`` or Ctrl-C signal the worker's whole process group: the learner goes on
+    until its worker closes it."""
+    async def run() -> None:
+        learner = LearnerProcess(OPTIONS, separate=True)
+        try:
+            await learner.learn(samples(5), None)
+            (pid,) = learner_pids()
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+            assert (await learner.learn(samples(5, seed=2), None)).learned == 5
+            assert learner_pids() == {pid}
+        finally:
+            learner.close()
+
+    asyncio.run(run())
+
+
 def test_the_learner_process_exits_when_its_worker_is_killed(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A SIGKILLed worker cannot stop its learner: the learner notices and exits."""
     script = tmp_path / "worker.py"
