@@ -154,6 +154,10 @@ def _exit_with(parent: int, poll_s: float = 1.0) -> None:
     os._exit(0)
 
 
+def child_ready() -> None:
+    """Nothing: a first call that makes the learner process start (and import)."""
+
+
 def child_learn(values: list[bytes], resume_from: bytes | None) -> Learned:
     """:meth:`LearnerHost.learn` in the learner process."""
     assert _host is not None, "start_child sets up the learner process"

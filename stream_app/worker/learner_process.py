@@ -6,8 +6,8 @@ River's ``learn_one`` per sample, the k-means refinements and the quality figure
 snapshot. In a thread of the worker it holds the GIL while the event loop waits to run
 (``docs/performance.md``, *Where the time goes now*); in a child process it runs beside
 the worker, and the worker only hands it the batch's sample bytes and gets a snapshot's
-bytes back. The process starts with the first batch (only the worker that owns the
-samples partition learns), exits when the worker stops or is gone, and is started again
+bytes back. The process starts when the worker is assigned the samples partition (only
+that worker learns), exits when the worker stops or is gone, and is started again
 if it dies; the learner then resumes from the newest published snapshot
 (:class:`LearnerLost`), as a restarted worker's learner does.
 """
@@ -69,17 +69,27 @@ class LearnerProcess:
                                            refine_first=refine_first)
         return await self._call(learner_host.child_snapshot, version, refine_first)
 
-    async def _call(self, function: Callable[..., T], *args: object) -> T:
+    def start(self) -> None:
+        """Start the learner process now (its imports take a second or two), not with the
+        first batch: called when this worker is assigned the samples partition, so that
+        the first model of a new learner comes as soon as in a thread."""
+        if self.separate and not self.closed:
+            self._started().submit(learner_host.child_ready)
+
+    def _started(self) -> Executor:
         if self._executor is None:
             # spawn, not fork: the worker has threads (Faust's consumer, the web server).
             self._executor = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                 initializer=learner_host.start_child, initargs=(self.options, os.getpid()))
+        return self._executor
+
+    async def _call(self, function: Callable[..., T], *args: object) -> T:
+        executor = self._started()
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, function, *args)
+            return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
         except BrokenProcessPool as exc:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
             raise LearnerLost(f"the learner process died: {exc}") from exc
         except RuntimeError as exc:  # shut down meanwhile: cannot schedule new futures

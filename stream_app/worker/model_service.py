@@ -89,6 +89,13 @@ class ModelService:
 
         app.stopped_hooks.append(service.learner.close)
 
+        @app.on_rebalance_complete.connect
+        async def start_learner(app: faust.App, **kwargs: Any) -> None:
+            """The learner process starts as soon as this worker owns the samples."""
+            if any(tp.topic == settings.samples_topic
+                   for tp in app.assignor.assigned_actives()):
+                service.learner.start()
+
         @app.agent(samples_topic)
         async def learn(stream: faust.StreamT) -> None:
             """The single learner (the samples topic has one partition, so one worker)."""

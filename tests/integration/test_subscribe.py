@@ -49,6 +49,7 @@ from tests.conftest import Worker, consume_all, metric_sum, produce, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 CUSTOMERS = 150
 EVENTS = 4000
+FIRST_PART = 1000  # events produced before the first model (its warm-up: 20 × K samples)
 STEP_MS = 600_000  # 10 minutes of event time per event: about 28 days of history
 AUDIENCES = """\
 audiences:
@@ -92,9 +93,15 @@ def published(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
         now = int(time.time() * 1000)
         shop = SyntheticShop(CUSTOMERS, seed=3, start_ms=now - EVENTS * STEP_MS,
                              step_ms=STEP_MS)
-        events = list(shop.events(EVENTS))
-        produce(broker.bootstrap_servers,
-                [(topics[e.kind], e.key, e.value) for e in events])
+        events = [(topics[e.kind], e.key, e.value) for e in shop.events(EVENTS)]
+        # A first part, then the rest once the first model is applied: the customers'
+        # later events then move them (trigger "event"), whatever the worker's speed (a
+        # fast worker read all of it before the first model, and every placement came
+        # from the model's re-scoring pass).
+        produce(broker.bootstrap_servers, events[:FIRST_PART])
+        wait_for(lambda: metric_sum(worker.metrics(), "stream_app_model_version") >= 1, 120,
+                 "the first model")
+        produce(broker.bootstrap_servers, events[FIRST_PART:])
         wait_for(lambda: metric_sum(worker.metrics(), "stream_app_events_consumed_total")
                  == EVENTS, 180, "every input event to be consumed")
         previous = [-1.0]
