@@ -158,25 +158,26 @@ def proc_cpu_seconds(pid: int) -> float:
 
 
 def _own_cpu_seconds(pid: int) -> float:
-    try:
-        after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:  # a child that exited meanwhile
+    fields = _stat_fields(pid)
+    if fields is None:  # a child that exited meanwhile
         return 0.0
-    utime, stime = int(after_name[11]), int(after_name[12])  # fields 14 and 15 of stat
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (the state first); None
+    if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def child_pids(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (from ``/proc``)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            children.append(int(stat.parent.name))
-    return children
+    return [int(entry.name) for entry in Path("/proc").glob("[0-9]*")
+            if (fields := _stat_fields(entry.name)) is not None and int(fields[1]) == pid]
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -18,7 +18,9 @@ import pytest
 from stream_app.model.learner_host import LearnerHost
 from stream_app.model.options import LearnerOptions
 from stream_app.model.segmentation import SegmentModel
+from stream_app.tools.bench import child_pids
 from stream_app.worker.learner_process import LearnerLost, LearnerProcess, LearnerStopped
+from tests.conftest import wait_for
 
 OPTIONS = LearnerOptions(features="orders_90d:log1p,app_share_30d", k=3, warmup=30,
                          halflife=0.05, seed=3, sample=500, refine_every=0,
@@ -38,22 +40,13 @@ def samples(n: int, seed: int = 1) -> list[bytes]:
     return out
 
 
-def wait_for(condition, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has exited)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
         return False
-    stat = open(f"/proc/{pid}/stat").read() if os.path.exists(f"/proc/{pid}/stat") else ""
-    return ") Z " not in stat  # a zombie has exited
+    return state != "Z"
 
 
 def learner_pids() -> set[int]:
@@ -65,16 +58,13 @@ def children_of(parent: int) -> set[int]:
     """Live learner processes whose parent is ``parent`` (not multiprocessing's resource
     tracker)."""
     out = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                stat = open(f"/proc/{name}/stat").read()
-                cmdline = open(f"/proc/{name}/cmdline", "rb").read()
-            except OSError:  # gone meanwhile
-                continue
-            if (int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in cmdline
-                    and alive(int(name))):
-                out.add(int(name))
+    for pid in child_pids(parent):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if b"spawn_main" in cmdline and alive(pid):
+            out.add(pid)
     return out
 
 
@@ -139,7 +129,7 @@ def test_a_stopped_learner_takes_no_batch_and_its_process_exits() -> None:
         return pid
 
     pid = asyncio.run(run())
-    assert wait_for(lambda: not alive(pid))
+    wait_for(lambda: not alive(pid), 20, "the learner process to exit")
 
 
 def test_the_learner_process_leaves_stop_signals_to_its_worker() -> None:
@@ -185,4 +175,4 @@ def test_the_learner_process_exits_when_its_worker_is_killed(tmp_path) -> None: 
     finally:
         worker.kill()
         worker.wait()
-    assert wait_for(lambda: not alive(learner))
+    wait_for(lambda: not alive(learner), 20, "the learner process to exit")
