@@ -186,12 +186,23 @@ class SegmentModel:
     #: Each feature's weight (:class:`FeatureTransform`); ``std`` is already divided by
     #: it, so the scaled space is the weighted one (all ones when empty).
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: Derived by ``__post_init__`` for :meth:`distances` (not part of the snapshot).
+    _impute_values: list[float] = field(init=False, repr=False)
+    _std_or_inf: np.ndarray = field(init=False, repr=False)
+    _retired: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.active) != len(self.centres):
             object.__setattr__(self, "active", np.ones(len(self.centres), dtype=bool))
         if len(self.weights) != len(self.features):
             object.__setattr__(self, "weights", np.ones(len(self.features)))
+        # For :meth:`distances`, called per event: the imputed values as floats, the
+        # deviations with infinity where a feature does not vary (a division then gives
+        # the 0 of :meth:`scale_rows`), and infinity added to the squared distance of a
+        # retired segment.
+        object.__setattr__(self, "_impute_values", [float(v) for v in self.impute])
+        object.__setattr__(self, "_std_or_inf", np.where(self.std > 0, self.std, np.inf))
+        object.__setattr__(self, "_retired", np.where(self.active, 0.0, np.inf))
 
     def z_scores(self, centres: np.ndarray) -> np.ndarray:
         """Centres (or scaled vectors) as plain z-scores: population standard deviations
@@ -226,11 +237,21 @@ class SegmentModel:
         return np.divide(x - self.mean, self.std, out=np.zeros_like(x), where=self.std > 0)
 
     def distances(self, raw: list[float | None]) -> np.ndarray:
-        """Distance to every segment's centre (infinite for retired segments)."""
-        diff = self.centres - self.scale(raw)
-        d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        d[~self.active] = np.inf
-        return d
+        """Distance to every segment's centre (infinite for retired segments).
+
+        The same figures as scaling with :meth:`scale` and measuring, in fewer NumPy
+        calls (one per step, no masks): this runs for every event.
+
+        >>> m = SegmentModel(1, ("a", "b"), ("identity", "identity"), np.zeros(2),
+        ...                  np.zeros(2), np.array([1.0, 0.0]), np.array([[0.0, 0.0],
+        ...                  [3.0, 0.0]]), ("x", "y"), 0, 0.0, active=np.array([True, False]))
+        >>> m.distances([4.0, None]).tolist()
+        [4.0, inf]
+        """
+        x = np.array([imputed if v is None or v != v else v
+                      for v, imputed in zip(raw, self._impute_values)], dtype=float)
+        diff = self.centres - (x - self.mean) / self._std_or_inf
+        return np.sqrt(np.einsum("ij,ij->i", diff, diff) + self._retired)
 
     def assign(
         self, raw: list[float | None], current: int | None, margin: float = 0.0

@@ -5,6 +5,7 @@ applying the definitions decides."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -100,7 +101,9 @@ def test_placement_says_what_a_move_to_the_runner_up_takes():
 def test_a_retired_segment_is_explained_as_left_at_the_next_evaluation():
     model = learn_model()
     browser, buyer = browser_and_buyer(model)
-    model.active[buyer] = False
+    active = model.active.copy()
+    active[buyer] = False
+    model = dataclasses.replace(model, active=active)  # a snapshot is never changed in place
     placed = explain_placement(model, [3.0, 0.0], {}, buyer, margin=0.2, confirmations=1,
                                pending=None, pending_count=0)
     assert placed["runner_up"] is None and "retired" in placed["summary"]
