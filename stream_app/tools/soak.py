@@ -542,13 +542,34 @@ def p99_flat(minutes: list[dict[str, Any]], ratio: float) -> dict[str, Any]:
     (True, False)
     >>> p99_flat(rows[:2], 1.2)["passed"] is None
     True
+
+    A p99 beyond the latency histogram's top bucket reads as that bucket's bound (more than
+    1 % of the minute's changes over it): only a lower bound, so an overloaded worker's
+    minutes, all at the bound, are not judged flat (``passed`` None), and a last minute
+    there fails only if the bound itself is too far above the settled minute's p99.
+
+    >>> over = [{"seconds": 60, "p99_ms": 30000.0, "changes": 100,
+    ...          "changes_over_top_bucket": 5}] * 3
+    >>> p99_flat(over, 1.2)["passed"] is None
+    True
+    >>> p99_flat(rows[:3] + over[:1], 1.2)["passed"]
+    False
     """
     full = [m for m in minutes if m["seconds"] >= 59.0 and m.get("p99_ms") is not None]
     if len(full) < 3:
         return {"passed": None, "ratio": ratio, "why": "fewer than three full minutes"}
     settled, last = full[1]["p99_ms"], full[-1]["p99_ms"]
-    return {"passed": last <= ratio * settled, "first_settled_ms": settled, "last_ms": last,
-            "ratio": ratio}
+    verdict = {"first_settled_ms": settled, "last_ms": last, "ratio": ratio}
+    if _beyond_top_bucket(full[1]) or (_beyond_top_bucket(full[-1])
+                                       and last <= ratio * settled):
+        return {"passed": None, **verdict, "why": "p99 beyond the histogram's top bucket"}
+    return {"passed": last <= ratio * settled, **verdict}
+
+
+def _beyond_top_bucket(minute: dict[str, Any]) -> bool:
+    """Whether more than 1 % of a minute's changes took longer than the histogram's top
+    finite bucket (its p99 then reads as that bound)."""
+    return minute.get("changes_over_top_bucket", 0) > 0.01 * minute.get("changes", 0)
 
 
 def print_results(doc: dict[str, Any], console: Console) -> None:
