@@ -19,6 +19,9 @@ What is patched (the why of each is with its install function):
   consumer's private ``_fetch_max_wait_ms`` (embedded broker only; stream_app/worker/broker.py).
 * :func:`install_retry_backoff`: the ``retry_backoff_ms`` default of aiokafka's consumer and
   producer constructors (stream_app/worker/connectivity.py).
+* :func:`install_inline_delivery`: ``wait_first`` of Faust's ``Consumer`` (mode's
+  ``Service.wait_first`` otherwise), which its ``_drain_messages`` loop awaits for every
+  message it hands to the streams.
 * :func:`write_through`: a table write that bypasses Faust's changelog buffer (the table's
   store ``table.data``, the RocksDB store's private ``_db_for_partition`` and encoders, and
   the store's ``set_persisted_offset`` for what the table's private ``_on_changelog_sent``
@@ -48,6 +51,7 @@ log = logging.getLogger("stream_app.patches")
 #: The versions each patched distribution was tested with (as pinned in pyproject.toml).
 TESTED = {
     "faust-streaming": ">=0.15.3,<0.16",
+    "mode-streaming": ">=0.4,<0.8",
     "aiokafka": ">=0.10,<0.15",
     "aiohttp": ">=3.9,<3.15",
 }
@@ -111,6 +115,7 @@ def install(*, fetch_max_wait_ms: int | None = None,
     aiokafka's default is kept)."""
     install_quiet_seek()
     install_quiet_bad_requests()
+    install_inline_delivery()
     check_table_write()
     if fetch_max_wait_ms is not None:
         install_fetch_wait(fetch_max_wait_ms)
@@ -272,6 +277,45 @@ def install_retry_backoff(backoff_ms: int) -> None:
                         "has no keyword argument retry_backoff_ms with a default")
     for client in clients:
         client.__init__.__kwdefaults__["retry_backoff_ms"] = backoff_ms
+
+
+# -- The hand-over of each fetched message to the streams --------------------------------
+
+def install_inline_delivery() -> None:
+    """Give Faust's ``Consumer`` a ``wait_first`` that hands a message over without tasks
+    when it can (idempotent).
+
+    Faust's fetch loop (``Consumer._drain_messages``) delivers every message with
+    ``await self.wait_first(callback(message), self.suspend_flow.wait())``: the delivery
+    may wait (a full stream buffer, the flow stopped for a rebalance) and a rebalance must
+    be able to interrupt it. mode's ``wait_first`` makes four tasks per call (the two
+    coroutines, the service's stopped and crashed events) and an ``asyncio.wait``: 7 % of
+    the worker's samples in ``make bench``'s app mode (py-spy, docs/performance.md). The
+    replacement runs the delivery's first step at once; a delivery that completes without
+    waiting, the usual case, needs nothing else (the suspend-flow wait is closed unstarted,
+    as mode cancels it). One that waits is handed on, where it stopped, to mode's
+    ``wait_first`` with the suspend-flow wait, which can interrupt it as before
+    (:func:`~stream_app.worker.delivery.deliver_first`)."""
+    from faust.transport.consumer import Consumer
+    from mode.services import Service
+
+    from stream_app.worker.delivery import deliver_first
+
+    original = _check_method("mode-streaming", Service, "wait_first",
+                             ["self", "coros", "timeout"], coroutine=True)
+    drain = _check_method("faust-streaming", Consumer, "_drain_messages",
+                          ["self", "fetcher"], coroutine=True)
+    if not {"wait_first", "suspend_flow"} <= set(drain.__code__.co_names):
+        raise _fail("faust-streaming", "faust.transport.consumer.Consumer._drain_messages",
+                    "no longer awaits wait_first(callback(message), suspend_flow.wait())")
+    if "wait_first" in vars(Consumer):
+        return
+
+    async def wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
+        return await deliver_first(functools.partial(original, self), coros, timeout)
+
+    _mark(wait_first, original)
+    Consumer.wait_first = wait_first  # type: ignore[method-assign]
 
 
 # -- A table write that reaches the producer at once (stream_app/worker/customer_store.py) --

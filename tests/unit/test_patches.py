@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from aiohttp.web_protocol import RequestHandler
 from faust.stores.base import Store
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from mode.services import Service
 
 from stream_app.worker import patches
 
@@ -190,22 +192,33 @@ PATCHED = [(Consumer, "perform_seek"), (AIOKafkaConsumerThread, "seek_to_committ
            (RequestHandler, "handle_error")]
 
 
+#: Attributes install adds to a class that inherits them (the class's own is removed after).
+ADDED = [(Consumer, "wait_first")]
+
+
 @pytest.fixture
-def restored(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """Every attribute install may replace is put back after the test."""
     for owner, name in PATCHED:
         monkeypatch.setattr(owner, name, vars(owner)[name])
     for client in (aiokafka.AIOKafkaConsumer, aiokafka.AIOKafkaProducer):
         defaults = client.__init__.__kwdefaults__
         monkeypatch.setitem(defaults, "retry_backoff_ms", defaults["retry_backoff_ms"])
-    return monkeypatch
+    before = {(owner, name): vars(owner).get(name) for owner, name in ADDED}
+    yield monkeypatch
+    for (owner, name), own in before.items():
+        if own is not None:
+            setattr(owner, name, own)
+        elif name in vars(owner):
+            delattr(owner, name)
 
 
 def test_install_is_idempotent(restored: pytest.MonkeyPatch) -> None:
     patches.install(fetch_max_wait_ms=50, retry_backoff_ms=1000)
-    installed = {name: vars(owner)[name] for owner, name in PATCHED}
+    installed = {name: vars(owner)[name] for owner, name in PATCHED + ADDED}
     patches.install(fetch_max_wait_ms=50, retry_backoff_ms=1000)
-    assert {name: vars(owner)[name] for owner, name in PATCHED} == installed
+    assert {name: vars(owner)[name] for owner, name in PATCHED + ADDED} == installed
+    assert Consumer.wait_first._stream_app_original is Service.wait_first
     seek = Consumer.perform_seek
     assert not hasattr(seek._stream_app_original, "_stream_app_original")  # wrapped once
     assert seek.__doc__ == seek._stream_app_original.__doc__
@@ -266,6 +279,17 @@ def test_install_refuses_a_consumer_without_the_fetch_wait(
     with expect_refusal("faust-streaming",
                         "AIOKafkaConsumerThread._create_worker_consumer is missing"):
         patches.install(fetch_max_wait_ms=50)
+
+
+def test_install_refuses_a_drain_loop_that_no_longer_waits_first(
+        restored: pytest.MonkeyPatch) -> None:
+    async def _drain_messages(self: Any, fetcher: Any) -> None:
+        await self.deliver_somehow()
+
+    restored.setattr(Consumer, "_drain_messages", _drain_messages)
+    with expect_refusal("faust-streaming", "Consumer._drain_messages no longer awaits "
+                                           "wait_first"):
+        patches.install()
 
 
 def test_the_tested_ranges_are_the_pins_of_pyproject():
