@@ -32,16 +32,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, NamedTuple
+from typing import Any
 
-
-class Delivered(NamedTuple):
-    """What mode's ``WaitResults`` says of a delivery that completed at once (Faust's fetch
-    loop does not read it)."""
-
-    done: list[Any]
-    results: list[Any]
-    stopped: bool
+from mode.services import WaitResults
 
 
 async def deliver_first(wait_first: Callable[..., Awaitable[Any]], coros: tuple[Any, ...],
@@ -58,24 +51,18 @@ async def deliver_first(wait_first: Callable[..., Awaitable[Any]], coros: tuple[
         waiting_on = delivery.send(None)
     except StopIteration as done:
         interrupt.close()
-        return Delivered([delivery], [done.value], False)
+        return WaitResults([delivery], [done.value], False)  # what mode's would say
     except BaseException:
         interrupt.close()
         raise
-    return await wait_first(resumed(delivery, waiting_on), interrupt, timeout=None)
-
-
-async def resumed(coroutine: Coroutine[Any, Any, Any], waiting_on: Any) -> Any:
-    """The rest of ``coroutine``, which stopped at its first step waiting on
-    ``waiting_on`` (a future, or None to let the loop run once)."""
-    return await Resumed(coroutine, waiting_on)
+    return await wait_first(Resumed(delivery, waiting_on), interrupt, timeout=None)
 
 
 class Resumed:
-    """An awaitable that goes on with a coroutine already started: it hands what the
-    coroutine waits on to the task awaiting it, and steps the coroutine on when the task
-    resumes (as ``await`` does for a coroutine it started itself), a cancellation included.
-    """
+    """The rest of a coroutine that stopped at its first step waiting on ``waiting_on`` (a
+    future, or None to let the loop run once), as an awaitable: it hands what the coroutine
+    waits on to the task awaiting it, and steps the coroutine on when the task resumes (as
+    ``await`` does for a coroutine it started itself), a cancellation included."""
 
     def __init__(self, coroutine: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
         self.coroutine = coroutine

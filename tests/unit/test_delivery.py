@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 from mode import Service
+from mode.services import WaitResults
 
-from stream_app.worker.delivery import Delivered, deliver_first
+from stream_app.worker.delivery import deliver_first
 
 
 class Started:
@@ -56,7 +57,7 @@ def test_a_delivery_that_need_not_wait_makes_no_task_and_never_starts_the_interr
         return result, len(asyncio.all_tasks()) - before
 
     result, new_tasks = run(body)
-    assert result == Delivered([result.done[0]], ["delivered"], False)
+    assert result == WaitResults([result.done[0]], ["delivered"], False)
     assert new_tasks == 0 and delivery.finished and not interrupt.ran
 
 
@@ -108,7 +109,7 @@ def test_other_calls_go_to_wait_first_as_they_are():
     async def body(wait_first: Any) -> Any:
         ready = asyncio.Event()
         ready.set()
-        return await deliver_first(wait_first, (ready,), None)  # an event, not coroutines
+        return ready, await deliver_first(wait_first, (ready,), None)  # not coroutines
 
-    result = run(body)
-    assert not isinstance(result, Delivered) and result.results == [True]
+    ready, result = run(body)
+    assert result.done == [ready] and result.results == [True]  # mode's answer
