@@ -196,10 +196,10 @@ class SegmentModel:
             object.__setattr__(self, "active", np.ones(len(self.centres), dtype=bool))
         if len(self.weights) != len(self.features):
             object.__setattr__(self, "weights", np.ones(len(self.features)))
-        # For :meth:`distances`, called per event: the imputed values as floats, the
-        # deviations with infinity where a feature does not vary (a division then gives
-        # the 0 of :meth:`scale_rows`), and infinity added to the squared distance of a
-        # retired segment.
+        # For :meth:`distances`, called per event: the imputed values as floats (for
+        # :meth:`scale` too), the deviations with infinity where a feature does not vary (a
+        # division then gives the 0 of :meth:`scale_rows`), and infinity added to the
+        # squared distance of a retired segment.
         object.__setattr__(self, "_impute_values", [float(v) for v in self.impute])
         object.__setattr__(self, "_std_or_inf", np.where(self.std > 0, self.std, np.inf))
         object.__setattr__(self, "_retired", np.where(self.active, 0.0, np.inf))
@@ -229,7 +229,12 @@ class SegmentModel:
         return feature_spec(self.features, self.transforms, self.weights.tolist())
 
     def scale(self, raw: list[float | None]) -> np.ndarray:
-        return self.scale_rows(np.array([np.nan if v is None else v for v in raw], dtype=float))
+        return self.scale_rows(self._imputed(raw))
+
+    def _imputed(self, raw: list[float | None]) -> np.ndarray:
+        """A raw vector as an array, unknown values (None, NaN) imputed."""
+        return np.array([imputed if v is None or v != v else v
+                         for v, imputed in zip(raw, self._impute_values)], dtype=float)
 
     def scale_rows(self, x: np.ndarray) -> np.ndarray:
         """Raw vectors (one per row, or one; NaN for unknown) imputed and standardised."""
@@ -248,9 +253,7 @@ class SegmentModel:
         >>> m.distances([4.0, None]).tolist()
         [4.0, inf]
         """
-        x = np.array([imputed if v is None or v != v else v
-                      for v, imputed in zip(raw, self._impute_values)], dtype=float)
-        diff = self.centres - (x - self.mean) / self._std_or_inf
+        diff = self.centres - (self._imputed(raw) - self.mean) / self._std_or_inf
         return np.sqrt(np.einsum("ij,ij->i", diff, diff) + self._retired)
 
     def assign(
