@@ -884,6 +884,38 @@ def soak(minutes: float, rate: float, fraction: float, warm_events: int, custome
     sys.exit(0 if doc["passed"] else 1)
 
 
+
+@main.command("broker-probe")
+@click.option("--steps", default=6, show_default=True, type=click.IntRange(min=1),
+              help="Fills of the log, each followed by the steady load.")
+@click.option("--fill", default=150_000, show_default=True, type=click.IntRange(min=1),
+              help="Records added to the log before each step.")
+@click.option("--batch-records", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Records per producer batch of the fill.")
+@click.option("--rate", default=1200.0, show_default=True, type=click.FloatRange(min=1),
+              help="Records/s of the steady load.")
+@click.option("--seconds", default=8.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds of steady load per step.")
+@click.option("--partitions", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--fetch-max-wait-ms", default=None, type=click.IntRange(min=0),
+              help="The reader's fetch wait (default: the worker's on the embedded broker).")
+@click.option("--fetch-min-bytes", default=1, show_default=True, type=click.IntRange(min=1),
+              help="The reader's minimum fetch size.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Results (JSON).")
+def broker_probe(steps: int, fill: int, batch_records: int, rate: float, seconds: float,
+                 partitions: int, fetch_max_wait_ms: int | None, fetch_min_bytes: int,
+                 out: Path | None) -> None:
+    """What the same steady load costs the embedded broker as its log grows (its own
+    broker; no worker): broker CPU and produce-to-fetch delay per step."""
+    from stream_app.tools.broker_probe import ProbeConfig, run
+    from stream_app.worker.broker import TANSU_FETCH_MAX_WAIT_MS
+
+    wait = TANSU_FETCH_MAX_WAIT_MS if fetch_max_wait_ms is None else fetch_max_wait_ms
+    run(ProbeConfig(steps=steps, fill=fill, batch_records=batch_records, rate=rate,
+                    seconds=seconds, partitions=partitions, fetch_max_wait_ms=wait,
+                    fetch_min_bytes=fetch_min_bytes, out=out))
+
 def _choices(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
     """A comma-separated option's values, in the order given, each one of ``allowed``."""
     names = tuple(name.strip() for name in text.split(",") if name.strip())
