@@ -186,6 +186,9 @@ class SegmentModel:
     #: Each feature's weight (:class:`FeatureTransform`); ``std`` is already divided by
     #: it, so the scaled space is the weighted one (all ones when empty).
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: The canonical feature specification (:func:`feature_spec`; derived, compared per
+    #: event by the assignment index).
+    spec: str = field(init=False, repr=False)
     #: Derived by ``__post_init__`` for :meth:`distances` (not part of the snapshot).
     _impute_values: list[float] = field(init=False, repr=False)
     _std_or_inf: np.ndarray = field(init=False, repr=False)
@@ -196,6 +199,8 @@ class SegmentModel:
             object.__setattr__(self, "active", np.ones(len(self.centres), dtype=bool))
         if len(self.weights) != len(self.features):
             object.__setattr__(self, "weights", np.ones(len(self.features)))
+        object.__setattr__(self, "spec", feature_spec(self.features, self.transforms,
+                                                      self.weights.tolist()))
         # For :meth:`distances`, called per event: the imputed values as floats (for
         # :meth:`scale` too), the deviations with infinity where a feature does not vary (a
         # division then gives the 0 of :meth:`scale_rows`), and infinity added to the
@@ -223,10 +228,6 @@ class SegmentModel:
         """Whether ``segment`` is a live segment id of this model."""
         return segment is not None and 0 <= segment < len(self.active) and bool(
             self.active[segment])
-
-    @property
-    def spec(self) -> str:
-        return feature_spec(self.features, self.transforms, self.weights.tolist())
 
     def scale(self, raw: list[float | None]) -> np.ndarray:
         return self.scale_rows(self._imputed(raw))
