@@ -216,9 +216,10 @@ class DecodedStates:
     newest :data:`DECODED_STATES` entries (``limit``) are kept. Entries are keyed by the
     object's ``id``, which cannot be reused while the entry holds the object: no customer
     id is kept here. Every path of :class:`CustomerPipeline` that turns a stored state
-    into a new one takes it from here, so an erasure takes a customer's entry with it; a
-    worker that loses partitions empties it (:meth:`clear`: their customers are another
-    worker's now).
+    into a new one takes it from here. The worker drops an entry (:meth:`discard`) when
+    its state leaves the store's record cache for the table, so every entry is the newest
+    state of its customer and an erasure takes it with it; it empties the whole when it
+    loses partitions (:meth:`clear`: their customers are another worker's now).
 
     >>> cache = DecodedStates(limit=2)
     >>> stored = CustomerState().to_bytes()
@@ -229,6 +230,8 @@ class DecodedStates:
     False
     >>> cache.keep(stored, state); cache.take(bytes(bytearray(stored))) is state  # equal bytes
     False
+    >>> cache.discard(stored); len(cache)
+    0
     """
 
     __slots__ = ("entries", "limit")
@@ -255,6 +258,12 @@ class DecodedStates:
         entries[id(stored)] = (stored, state)
         if len(entries) > self.limit:
             del entries[next(iter(entries))]
+
+    def discard(self, stored: bytes) -> None:
+        """Forget the state kept for ``stored`` (if that very object was kept)."""
+        entry = self.entries.get(id(stored))
+        if entry is not None and entry[0] is stored:
+            del self.entries[id(stored)]
 
     def clear(self) -> None:
         self.entries.clear()
