@@ -51,8 +51,6 @@ DEBOUNCED = frozenset({"event"})
 SWEEP_SAMPLE_SHARE = 4
 #: How many features a segment change names as the reasons for the move.
 REASONS = 3
-#: Customer states kept decoded after their message (see :class:`DecodedStates`).
-DECODED_STATES = 4096
 #: Triggers of a customer leaving segmentation: its last changes are sent before the state
 #: is deleted or reduced (a replay would decide the same again, see stream_app/core/effects.py).
 LEAVING = frozenset({"erasure", "consent"})
@@ -204,81 +202,12 @@ class PipelineOptions:
     pseudonym_key: str = field(repr=False)
 
 
-class DecodedStates:
-    """The states a customer's last messages left, decoded, by the stored bytes they were
-    encoded to: a customer with several messages in a row is decoded once, not per message.
-
-    An entry is found only for the very object it was stored with (``is``, not ``==``):
-    a store that hands back that object holds exactly the state it was encoded from, and
-    any other bytes (a newer state written by a re-scoring or a sweep, a state read back
-    from RocksDB, a deletion) are decoded afresh. :meth:`take` removes the entry, so a
-    state that its message changes in place and then fails on is never found again; the
-    newest :data:`DECODED_STATES` entries (``limit``) are kept. Entries are keyed by the
-    object's ``id``, which cannot be reused while the entry holds the object: no customer
-    id is kept here. Every path of :class:`CustomerPipeline` that turns a stored state
-    into a new one takes it from here. The worker drops an entry (:meth:`discard`) when
-    its state leaves the store's record cache for the table, so every entry is the newest
-    state of its customer and an erasure takes it with it; it empties the whole when it
-    loses partitions (:meth:`clear`: their customers are another worker's now).
-
-    >>> cache = DecodedStates(limit=2)
-    >>> stored = CustomerState().to_bytes()
-    >>> state = cache.take(stored)
-    >>> cache.keep(stored, state); cache.take(stored) is state
-    True
-    >>> cache.take(stored) is state  # taken: decoded again
-    False
-    >>> cache.keep(stored, state); cache.take(bytes(bytearray(stored))) is state  # equal bytes
-    False
-    >>> cache.discard(stored); len(cache)
-    0
-    """
-
-    __slots__ = ("entries", "limit")
-
-    def __init__(self, limit: int = DECODED_STATES) -> None:
-        self.limit = limit
-        self.entries: dict[int, tuple[bytes, CustomerState]] = {}
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def take(self, stored: bytes) -> CustomerState:
-        """The state ``stored`` holds (decoded, unless kept for this very object)."""
-        entry = self.entries.pop(id(stored), None)
-        if entry is not None and entry[0] is stored:
-            return entry[1]
-        return CustomerState.from_bytes(stored)
-
-    def keep(self, stored: bytes, state: CustomerState) -> None:
-        """Keep ``state``, just encoded as ``stored``, for the customer's next message."""
-        entries = self.entries
-        if self.limit <= 0:
-            return
-        entries[id(stored)] = (stored, state)
-        if len(entries) > self.limit:
-            del entries[next(iter(entries))]
-
-    def discard(self, stored: bytes) -> None:
-        """Forget the state kept for ``stored`` (if that very object was kept)."""
-        entry = self.entries.get(id(stored))
-        if entry is not None and entry[0] is stored:
-            del self.entries[id(stored)]
-
-    def clear(self) -> None:
-        self.entries.clear()
-
-
 class CustomerPipeline:
     """Validation → de-duplication → feature window → segment assignment → outputs,
-    decided with ``options`` (:class:`PipelineOptions`).
+    decided with ``options`` (:class:`PipelineOptions`)."""
 
-    ``decoded_states``: how many customers' states stay decoded between their messages
-    (:class:`DecodedStates`; 0: every message decodes its state)."""
-
-    def __init__(self, options: PipelineOptions, decoded_states: int = DECODED_STATES) -> None:
+    def __init__(self, options: PipelineOptions) -> None:
         self.options = options
-        self.decoded = DecodedStates(decoded_states)
         self.decoder = EventDecoder(options.max_message_bytes, options.max_future_skew_s,
                                     min_ts_ms=options.min_ts_ms)
         self.transform = FeatureTransform(options.features)
@@ -352,7 +281,7 @@ class CustomerPipeline:
             events = self.decoder.decode_all(kind, key, value, f"{topic}/{partition}/{offset}")
         except InvalidEvent as exc:
             return [rejected(exc, value)]
-        state = self.decoded.take(stored) if stored is not None else CustomerState()
+        state = CustomerState.from_bytes(stored) if stored is not None else CustomerState()
         state.partition = partition
         outs: list[Outcome] = []
         last: Outcome | None = None  # the latest outcome that changed the state
@@ -376,7 +305,6 @@ class CustomerPipeline:
         if last is not None:
             last.state = state.to_bytes()
             last.keep_time(state)
-            self.decoded.keep(last.state, state)
         return outs
 
     def _apply(self, ev: Event, state: CustomerState, out: Outcome, first: bool) -> bool:
@@ -495,7 +423,7 @@ class CustomerPipeline:
         ``cause_id`` names the request (default ``model:<current version>``); when the
         request that caused the customer's last change comes again, that change is sent
         again instead (see :meth:`_restated`)."""
-        state = self.decoded.take(stored)
+        state = CustomerState.from_bytes(stored)
         out = Outcome()
         if state.excluded:
             return out
@@ -505,7 +433,6 @@ class CustomerPipeline:
             return out
         if self._evaluate(state, out, "model_update", cause_id, None, customer_id):
             out.state = state.to_bytes()
-            self.decoded.keep(out.state, state)
         out.event_ts = state.clock
         out.keep_time(state)
         return out
@@ -517,7 +444,7 @@ class CustomerPipeline:
         Windows slide, so features may change; a resulting move has trigger ``inactivity``.
         ``cause_id`` names the request (default ``sweep:<at>``), as for :meth:`rescore`.
         """
-        state = self.decoded.take(stored)
+        state = CustomerState.from_bytes(stored)
         out = Outcome()
         if state.excluded:
             return out
@@ -528,7 +455,6 @@ class CustomerPipeline:
             state.evaluated_at = at
             self._evaluate(state, out, "inactivity", cause_id, None, customer_id)
             out.state = state.to_bytes()
-            self.decoded.keep(out.state, state)
         out.event_ts = state.clock
         out.keep_time(state)
         return out
@@ -546,7 +472,7 @@ class CustomerPipeline:
         message while it reads what its partitions held at their assignment
         (stream_app/worker/catch_up.py); subscribers drop the copies by ``event_id``.
         """
-        state = self.decoded.take(stored)
+        state = CustomerState.from_bytes(stored)
         out = Outcome()
         if state.excluded:
             return out
@@ -560,7 +486,7 @@ class CustomerPipeline:
         """Judge a stored customer's audiences again with the current definitions (trigger
         ``definitions``: they were reloaded). ``cause_id`` names the request, as for
         :meth:`rescore`."""
-        state = self.decoded.take(stored)
+        state = CustomerState.from_bytes(stored)
         out = Outcome()
         if state.excluded or self._restated_audiences(state, out, customer_id,
                                                       event_digest(cause_id)):
@@ -569,7 +495,6 @@ class CustomerPipeline:
         if self._judge_audiences(state, out, features, "definitions", cause_id, state.clock,
                                  customer_id):
             out.state = state.to_bytes()
-            self.decoded.keep(out.state, state)
         out.event_ts = state.clock
         out.keep_time(state)
         return out

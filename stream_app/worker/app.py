@@ -115,8 +115,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> Segmentatio
                       options=settings.table_options())
     #: The only way to the table: states cached, flushed to the changelog once per flush.
     customers = CustomerStore(table, metrics, flush_interval_s=settings.state_flush_interval_s,
-                              max_dirty=settings.state_cache_size,
-                              written=pipeline.decoded.discard)
+                              max_dirty=settings.state_cache_size)
     #: Customers per segment and partition: counted from ``customers`` after every
     #: rebalance, adjusted by each move (stream_app/worker/sizes.py).
     sizes: SegmentSizes[int] = SegmentSizes()

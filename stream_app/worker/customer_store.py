@@ -42,12 +42,9 @@ class CustomerStore:
     """Customer states by table key (bytes), cached until flushed to ``table``."""
 
     def __init__(self, table: Any, metrics: Metrics, *, flush_interval_s: float,
-                 max_dirty: int, written: Callable[[bytes], None] | None = None) -> None:
+                 max_dirty: int) -> None:
         self.table = table
         self.metrics = metrics
-        #: Told each state that leaves the cache (written, or replaced before it was): the
-        #: pipeline's decoded copy of it goes (:class:`~stream_app.core.pipeline.DecodedStates`).
-        self.written = written
         self.flush_interval_s = flush_interval_s
         self.max_dirty = max_dirty
         #: Written but not flushed: key → (state, or None for deleted; input partition).
@@ -90,8 +87,6 @@ class CustomerStore:
         old = dirty.get(key)
         if old is not None:
             self.dirty_bytes -= _size(key, old[0])
-            if old[0] is not None and self.written is not None:
-                self.written(old[0])
         dirty[key] = (state, partition)
         self.dirty_bytes += _size(key, state)
 
@@ -146,8 +141,6 @@ class CustomerStore:
             if dirty.get(key) is entry:
                 del dirty[key]
                 self.dirty_bytes -= record
-                if state is not None and self.written is not None:
-                    self.written(state)
             count += 1
             size += record
         if count:

@@ -244,7 +244,6 @@ class Rejudge:
         """Drop what this worker kept about the partitions it lost."""
         self.catch_up.rebalancing()
         self.restated.clear()
-        self.pipeline.decoded.clear()  # states of customers that may be another's now
         gone = {tp.partition for tp in revoked}
         self.indexed.difference_update(gone)
         self.index.drop_partitions(gone)

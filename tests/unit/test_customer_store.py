@@ -145,20 +145,3 @@ def test_a_spread_flush_takes_its_time_unless_told_to_hurry(written):
 
     assert timed() >= 0.3 and store.dirty == {}
     assert timed(lambda: True) < 0.3 and len(written) == 1200
-
-
-def test_every_state_that_leaves_the_cache_is_told(written):
-    """Replaced before a flush, or written by one: ``written`` hears of each state once it
-    is no longer the cached newest (the pipeline drops its decoded copy then)."""
-    left: list[bytes] = []
-    store = CustomerStore({}, Metrics(), flush_interval_s=60.0, max_dirty=100,
-                          written=left.append)
-    store.put(b"a", b"a1", 0)
-    store.put(b"a", b"a2", 0)  # a1 replaced
-    store.put(b"b", b"b1", 0)
-    store.put(b"gone", None, 0)  # a deletion: no state to tell of
-    assert left == [b"a1"]
-    asyncio.run(store.flush_keys([b"b"]))
-    assert left == [b"a1", b"b1"]
-    asyncio.run(store.flush())
-    assert left == [b"a1", b"b1", b"a2"]
