@@ -321,6 +321,15 @@ def sample(previous: Reading, now: Reading, offered: Offered) -> dict[str, Any]:
             **latency_ms(previous, now)}
 
 
+def minute_cpu(start: Reading, end: Reading) -> dict[str, float]:
+    """Cores the worker and the embedded broker used between two readings: side by side
+    per minute, they say which of the two limits a soak that falls behind (a worker
+    waiting for fetches uses less CPU while the broker's rises: docs/embedded-broker.md)."""
+    seconds = max(end.at - start.at, 1e-9)
+    return {"worker_cpu_cores": round((end.cpu_s - start.cpu_s) / seconds, 2),
+            "broker_cpu_cores": round((end.broker_cpu_s - start.broker_cpu_s) / seconds, 2)}
+
+
 async def soak_all(cfg: SoakConfig, settings: Settings, workdir: Path,
                    console: Console, broker_pid: int) -> dict[str, Any]:
     """Warm-up (maximum rate), settle, soak, drain, checks: the results document."""
@@ -388,13 +397,14 @@ async def offer(cfg: SoakConfig, settings: Settings, child: Child, url: str, rat
             s = samples[-1]
             minute = {"minute": len(minutes) + 1, "t_s": round(now.at, 1),
                       "seconds": round(now.at - minute_start.at, 1),
-                      **latency_ms(minute_start, now)}
+                      **minute_cpu(minute_start, now), **latency_ms(minute_start, now)}
             minutes.append(minute)
             minute_start = now
             console.print(f"  {now.at / 60:4.1f} min  sent {offered.soak:>9,}  "
                           f"{s['events_per_s']:>7,.0f} ev/s  backlog {s['backlog']:>6,}  "
                           f"lag {s['consumer_lag']:>6,}  RSS {s['rss_mb']:6.0f} MB  "
-                          f"CPU worker {s['cpu_cores']:.2f} broker {s['broker_cpu_cores']:.2f}  "
+                          f"CPU worker {minute['worker_cpu_cores']:.2f} "
+                          f"broker {minute['broker_cpu_cores']:.2f}  "
                           f"p99 of the minute {minute['p99_ms'] if minute['changes'] else '-'}"
                           " ms")
     sent = await producer  # every message acknowledged
@@ -613,6 +623,9 @@ def print_results(doc: dict[str, Any], console: Console) -> None:
                        f"{s['worker_cpu_us_per_event']:.0f} µs/event", ""),
         ("worker waiting for a CPU", f"{s['worker_cpu_wait_share']:.0%} of the time", ""),
         ("embedded broker's CPU", f"{s['broker_cpu_cores']:.2f} cores", ""),
+        ("CPU per minute, worker / broker",
+         " ".join(f"{m['worker_cpu_cores']:.2f}/{m['broker_cpu_cores']:.2f}"
+                  for m in s["minutes"]) + " cores", ""),
         ("drained in", f"{s['drain_s']} s", ""),
     ]
     for row in rows:

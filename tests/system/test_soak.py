@@ -44,6 +44,9 @@ def test_short_soak_reports_samples_and_holds_its_checks(tmp_path: Path) -> None
                if name != "p99_flat"), doc["checks"]
     assert doc["checks"]["p99_bounded"]["value_ms"] <= 5000
     assert [m["minute"] for m in doc["summary"]["minutes"]] == [1]  # the load's half minute
+    minute = doc["summary"]["minutes"][0]
+    assert minute["worker_cpu_cores"] > 0 and minute["broker_cpu_cores"] > 0
+    assert "CPU per minute, worker / broker" in run.stdout
     assert doc["config"]["store"] == "rocksdb" and doc["config"]["minutes"] == 0.5
 
     summary = doc["summary"]
