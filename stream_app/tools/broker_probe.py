@@ -7,14 +7,16 @@ records per step in producer batches of ``batch_records``); after each fill, the
 steady load runs for ``seconds``: ``rate`` records a second produced, in one small batch
 per partition every :data:`TICK_S` (as a paced producer with a short linger makes them),
 read at the tail by a plain consumer (by default with the worker's fetch wait). Each step
-reports the broker's CPU during the steady load and the delay from a record's produce time
-to its arrival at the consumer. A broker whose cost does not depend on what it holds
-(Apache Kafka finds a fetch offset through an index) shows the same row at every size.
+reports the broker's CPU from the start of the steady load until the reader has it all,
+and the delay from a record's produce time to its arrival at the reader. A broker whose
+cost does not depend on what it holds (Apache Kafka finds a fetch offset through an index)
+shows the same row at every size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -167,6 +169,8 @@ class Probe:
         seconds = time.monotonic() - started
         cores = (proc_cpu_seconds(self.broker_pid) - cpu_before) / seconds
         reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
         p50, p99 = np.percentile(delays, [50, 99]) if delays else (float("nan"),) * 2
         return Step(log_records, log_batches, produced, len(delays), round(cores, 3),
                     round(float(p50), 1), round(float(p99), 1))

@@ -884,7 +884,6 @@ def soak(minutes: float, rate: float, fraction: float, warm_events: int, custome
     sys.exit(0 if doc["passed"] else 1)
 
 
-
 @main.command("broker-probe")
 @click.option("--steps", default=6, show_default=True, type=click.IntRange(min=1),
               help="Fills of the log, each followed by the steady load.")
@@ -915,6 +914,7 @@ def broker_probe(steps: int, fill: int, batch_records: int, rate: float, seconds
     run(ProbeConfig(steps=steps, fill=fill, batch_records=batch_records, rate=rate,
                     seconds=seconds, partitions=partitions, fetch_max_wait_ms=wait,
                     fetch_min_bytes=fetch_min_bytes, out=out))
+
 
 def _choices(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
     """A comma-separated option's values, in the order given, each one of ``allowed``."""
