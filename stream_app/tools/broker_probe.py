@@ -200,6 +200,7 @@ async def probe(cfg: ProbeConfig, bootstrap_servers: str, broker_pid: int,
 
 
 def print_steps(cfg: ProbeConfig, steps: list[Step], console: Console) -> None:
+    """The steps as one table, a row per size of the log."""
     table = Table(title=f"steady load {cfg.rate:,.0f} records/s over {cfg.partitions} "
                         f"partitions for {cfg.seconds:g} s, read at the tail",
                   box=box.SIMPLE)
