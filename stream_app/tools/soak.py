@@ -304,6 +304,7 @@ class Offered:
 def sample(previous: Reading, now: Reading, offered: Offered) -> dict[str, Any]:
     """One row of ``samples``: the state at ``now`` and rates since ``previous``."""
     seconds = max(now.at - previous.at, 1e-9)
+    worker_cores, broker_cores = cores(previous, now)
     return {"t_s": round(now.at, 1),
             "offered": offered.total,
             "consumed": int(now.consumed),
@@ -311,23 +312,24 @@ def sample(previous: Reading, now: Reading, offered: Offered) -> dict[str, Any]:
             "consumer_lag": int(now.sums.get("stream_app_consumer_lag", 0.0)),
             "events_per_s": round((now.consumed - previous.consumed) / seconds, 1),
             "rss_mb": round(now.rss_mb, 1),
-            "cpu_cores": round((now.cpu_s - previous.cpu_s) / seconds, 3),
+            "cpu_cores": worker_cores,
             # share of the interval the event loop was runnable but had no CPU: high means
             # the machine, not the worker, limits the rate
             "cpu_wait_share": round((now.runqueue_wait_s - previous.runqueue_wait_s) / seconds,
                                     3),
-            "broker_cpu_cores": round((now.broker_cpu_s - previous.broker_cpu_s) / seconds, 3),
+            "broker_cpu_cores": broker_cores,
             "load_avg_1m": round(os.getloadavg()[0], 2),
             **latency_ms(previous, now)}
 
 
-def minute_cpu(start: Reading, end: Reading) -> dict[str, float]:
-    """Cores the worker and the embedded broker used between two readings: side by side
-    per minute, they say which of the two limits a soak that falls behind (a worker
-    waiting for fetches uses less CPU while the broker's rises: docs/embedded-broker.md)."""
+def cores(start: Reading, end: Reading) -> tuple[float, float]:
+    """Cores the worker and the embedded broker used between two readings. Side by side
+    (per sample, per minute, over the load) they say which of the two limits a soak that
+    falls behind: a worker waiting for fetches uses less CPU while the broker's rises
+    (docs/embedded-broker.md)."""
     seconds = max(end.at - start.at, 1e-9)
-    return {"worker_cpu_cores": round((end.cpu_s - start.cpu_s) / seconds, 2),
-            "broker_cpu_cores": round((end.broker_cpu_s - start.broker_cpu_s) / seconds, 2)}
+    return (round((end.cpu_s - start.cpu_s) / seconds, 3),
+            round((end.broker_cpu_s - start.broker_cpu_s) / seconds, 3))
 
 
 async def soak_all(cfg: SoakConfig, settings: Settings, workdir: Path,
@@ -397,7 +399,8 @@ async def offer(cfg: SoakConfig, settings: Settings, child: Child, url: str, rat
             s = samples[-1]
             minute = {"minute": len(minutes) + 1, "t_s": round(now.at, 1),
                       "seconds": round(now.at - minute_start.at, 1),
-                      **minute_cpu(minute_start, now), **latency_ms(minute_start, now)}
+                      **latency_ms(minute_start, now)}
+            minute["worker_cpu_cores"], minute["broker_cpu_cores"] = cores(minute_start, now)
             minutes.append(minute)
             minute_start = now
             console.print(f"  {now.at / 60:4.1f} min  sent {offered.soak:>9,}  "
@@ -473,6 +476,7 @@ def results_document(cfg: SoakConfig, settings: Settings, warm: int, app: dict[s
               "dlq_metric": int(final.sums.get("stream_app_dlq_messages_total", 0.0)),
               "invalid_sent": soak["invalid_sent"],
               "invalid_by_kind": soak["invalid_by_kind"]}
+    worker_cores, broker_cores = cores(first, end)
     summary = {
         "max_rate": app["events_per_s"], "offered_rate": round(rate, 1),
         "achieved_rate": soak["achieved_rate"], "soak_seconds": soak["seconds"],
@@ -491,13 +495,12 @@ def results_document(cfg: SoakConfig, settings: Settings, warm: int, app: dict[s
         # memtables).
         "rocksdb_bound_mb": cfg.partitions * (settings.rocksdb_block_cache_mb
                                               + 2 * settings.rocksdb_write_buffer_mb),
-        "worker_cpu_cores": round((end.cpu_s - first.cpu_s) / max(end.at - first.at, 1e-9), 3),
+        "worker_cpu_cores": worker_cores,
         "worker_cpu_us_per_event": round(1e6 * (end.cpu_s - first.cpu_s)
                                          / max(end.consumed - first.consumed, 1), 1),
         "worker_cpu_wait_share": round((end.runqueue_wait_s - first.runqueue_wait_s)
                                        / max(end.at - first.at, 1e-9), 3),
-        "broker_cpu_cores": round((end.broker_cpu_s - first.broker_cpu_s)
-                                  / max(end.at - first.at, 1e-9), 3),
+        "broker_cpu_cores": broker_cores,
         "latency": latency_ms(first, end),
         "counts": counts,
         "segment_changes": int(end.sums.get("stream_app_segment_changes_total", 0.0)
