@@ -30,6 +30,8 @@ purchases.
 1
 >>> RememberedIds(True, bytes(clicks.entries)).keys() == [id_key("e2")]
 True
+>>> clicks.size == TIMED_ENTRY_BYTES == 13
+True
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ import struct
 KEY_BYTES, CONTENT_BYTES, TIME_BYTES = 6, 3, 4
 #: The content digest of an id remembered without one: a copy of it counts as honest.
 NO_CONTENT = b"\xff" * CONTENT_BYTES
+#: Bytes of a timed entry (a click's).
+TIMED_ENTRY_BYTES = KEY_BYTES + CONTENT_BYTES + TIME_BYTES
 _TIMED = struct.Struct(">6s3sI")
 _UNTIMED = struct.Struct(">6s3s")
 #: The largest time a click entry holds (seconds; 2106-02-07, beyond the schemas' 2100).

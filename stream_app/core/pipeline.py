@@ -818,7 +818,7 @@ def reasons(model: SegmentModel, raw: list[float | None], previous: int | None, 
     gain = (z - before) ** 2 - (z - centre) ** 2  # in the weighted space that decided
     plain_z, plain_centre = model.z_scores(z), model.z_scores(centre)
     out = []
-    for j in np.argsort(-gain)[:REASONS]:
+    for j in (-gain).argsort()[:REASONS]:
         if gain[j] <= 0:
             break
         name = model.features[j]

@@ -49,6 +49,7 @@ from stream_app.core.dedup import (
     CONTENT_BYTES,
     KEY_BYTES,
     NO_CONTENT,
+    TIMED_ENTRY_BYTES,
     RememberedIds,
     content_key,
     id_key,
@@ -89,14 +90,16 @@ class CustomerState:
         "sampled_at", "segment", "window",
     )
 
-    def __init__(self) -> None:
-        self.window = FeatureWindow()
+    def __init__(self, window: FeatureWindow | None = None, recent: RememberedIds | None = None,
+                 orders: RememberedIds | None = None) -> None:
+        self.window = FeatureWindow() if window is None else window
         self.profile: dict[str, Any] = {}
         self.profile_ts = 0
         self.segment: int | None = None
         self.model_version = 0
-        self.recent = RememberedIds(timed=True)  # the recent clicks
-        self.orders = RememberedIds(timed=False)  # the newest purchases
+        #: The recent clicks' ids, and the newest purchases'.
+        self.recent = RememberedIds(timed=True) if recent is None else recent
+        self.orders = RememberedIds(timed=False) if orders is None else orders
         self.sampled_at = 0  # event time of the last sample sent to the learner
         self.evaluated_at = 0  # event time the features were last evaluated at
         self.left_segment: int | None = None  # the segment left at the last change
@@ -254,27 +257,30 @@ class CustomerState:
     def from_bytes(cls, data: bytes) -> CustomerState:
         end = data.find(_SEPARATOR)
         raw = orjson.loads(data if end < 0 else data[:end])
-        s = cls()
-        s.partition = raw.get("pp")
         if raw.get("x"):
+            s = cls()
+            s.partition = raw.get("pp")
             s.excluded = True
             s.profile_ts = raw["pt"]
             return s
-        s.window = FeatureWindow.from_dict(raw["w"])
+        recent = orders = None  # none remembered
+        if "e" in raw:  # an earlier version's record: the memory as JSON lists
+            recent = _legacy(True, [tuple(item) for item in raw["e"]], raw.get("es", ""),
+                             MAX_RECENT_IDS)
+            orders = _legacy(False, [(item, 0) for item in raw["o"]], raw.get("os", ""),
+                             MAX_ORDER_IDS)
+        elif end >= 0:
+            packed = memoryview(data)[end + 1:]
+            clicks = raw["ne"] * TIMED_ENTRY_BYTES
+            recent = RememberedIds(True, packed[:clicks])
+            orders = RememberedIds(False, packed[clicks:])
+        # The parts built once (not an empty window and memory first, then replaced).
+        s = cls(FeatureWindow.from_dict(raw["w"]), recent, orders)
+        s.partition = raw.get("pp")
         s.profile = raw["p"]
         s.profile_ts = raw["pt"]
         s.segment = raw["s"]
         s.model_version = raw["v"]
-        if "e" in raw:  # an earlier version's record: the memory as JSON lists
-            s.recent = _legacy(True, [tuple(item) for item in raw["e"]], raw.get("es", ""),
-                               MAX_RECENT_IDS)
-            s.orders = _legacy(False, [(item, 0) for item in raw["o"]], raw.get("os", ""),
-                               MAX_ORDER_IDS)
-        elif end >= 0:
-            packed = memoryview(data)[end + 1:]
-            clicks = raw["ne"] * s.recent.size
-            s.recent = RememberedIds(True, packed[:clicks])
-            s.orders = RememberedIds(False, packed[clicks:])
         s.sampled_at = raw["t"]
         s.evaluated_at = raw["c"]
         s.left_segment = raw["l"]

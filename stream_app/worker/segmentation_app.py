@@ -1,4 +1,5 @@
-"""The worker's Faust app: ``faust.App`` with the attributes the worker's parts share.
+"""The worker's Faust app: ``faust.App`` with the attributes the worker's parts share, and
+the monitor it keeps.
 
 :func:`stream_app.worker.app.create_app` builds a :class:`SegmentationApp` and sets these
 attributes; other parts of the worker (the seek after a rebalance, the bounded stop) use
@@ -7,10 +8,12 @@ them. Declared here, typed, rather than set ad hoc on a ``faust.App``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import faust
+from faust.sensors import Monitor
 
 if TYPE_CHECKING:
     from stream_app.worker.model_feed import ModelFeed
@@ -50,3 +53,27 @@ class SegmentationApp(faust.App):
         await super().on_stop()
         for hook in self.stopped_hooks:
             hook()
+
+
+class InboundMonitor(Monitor):
+    """Faust's monitor (its ``Monitor`` setting) without the statistics of each event a
+    stream takes in.
+
+    For every event, Faust's own monitor counts it per stream and per task (two weak-key
+    look-ups) and returns a record for the event's way out: 2.5 % of the worker's event
+    loop, for figures only Faust's stats page shows, which the worker does not serve (its
+    own metrics are in :mod:`stream_app.worker.metrics`). What Faust itself reads is kept:
+    when each partition's stream last took an event in (its warning about a stream that
+    stopped processing), and the counts of messages, commits and offsets.
+
+    >>> monitor = InboundMonitor()
+    >>> monitor.on_stream_event_in("tp", 0, stream=None, event=None) is None
+    True
+    >>> list(monitor.stream_inbound_time), monitor.events_total
+    (['tp'], 0)
+    """
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        """Note when ``tp``'s stream took an event in; no record for its way out (Faust's
+        ``on_stream_event_out`` does nothing without one)."""
+        self.stream_inbound_time[tp] = time.monotonic()
