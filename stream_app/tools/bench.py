@@ -960,8 +960,13 @@ class SweepConfig:
     """``stream-app bench --sweep``: the worker alone at several state sizes and K.
 
     Customer points run ``events_per_customer`` events per customer (so the table holds
-    every customer) at the base K, for each store; K points run the base workload on the
-    first store.
+    every customer), and at least the base workload's events (a point of 20,000 events
+    lasts a few seconds, most of them before the first model: no rate to compare with), at
+    the base K, for each store; K points run the base workload on the first store.
+
+    >>> grid = SweepConfig(customers=(10_000, 1_000_000), ks=(32,), stores=("rocksdb",))
+    >>> [(vary, cfg.customers, cfg.events) for vary, cfg in grid.points(BenchConfig())]
+    [('customers', 10000, 200000), ('customers', 1000000, 2000000), ('k', 20000, 200000)]
     """
 
     customers: tuple[int, ...] = (10_000, 100_000, 1_000_000)
@@ -972,8 +977,8 @@ class SweepConfig:
     def points(self, base: BenchConfig) -> list[tuple[str, BenchConfig]]:
         only_app = dict(modes=("app",), latency_seconds=0.0)
         out = [("customers", dataclasses.replace(
-                    base, customers=c, events=self.events_per_customer * c, store=store,
-                    **only_app))
+                    base, customers=c, events=max(self.events_per_customer * c, base.events),
+                    store=store, **only_app))
                for store in self.stores for c in self.customers]
         out += [("k", dataclasses.replace(base, k=k, store=self.stores[0], **only_app))
                 for k in self.ks]

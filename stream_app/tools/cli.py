@@ -773,8 +773,8 @@ def demo(customers: int, rate: float, port: int, web_port: int, segments_k: int,
                    "outside the benchmark (PRODUCER_BATCHING=auto).")
 @click.option("--sweep", is_flag=True,
               help="Scaling curves instead: the worker alone at --sweep-customers (each "
-                   "with --sweep-events-per-customer events) per --sweep-stores, and at "
-                   "--sweep-k on the base workload.")
+                   "with --sweep-events-per-customer events, at least --events in all) per "
+                   "--sweep-stores, and at --sweep-k on the base workload.")
 @click.option("--sweep-customers", default="10000,100000,1000000", show_default=True)
 @click.option("--sweep-k", default="8,32,128", show_default=True)
 @click.option("--sweep-stores", default="memory,rocksdb", show_default=True)
