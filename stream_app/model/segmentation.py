@@ -231,7 +231,7 @@ class SegmentModel:
 
     def scale(self, raw: list[float | None]) -> np.ndarray:
         """One raw vector imputed and standardised: :meth:`scale_rows`' figures, in the
-        fewer NumPy calls of :meth:`distances` (a change's reasons need it).
+        fewer NumPy calls of :meth:`_standardised` (a change's reasons need it).
 
         >>> m = SegmentModel(1, ("a", "b"), ("identity", "identity"), np.array([1.0, 5.0]),
         ...                  np.array([2.0, 5.0]), np.array([2.0, 0.0]), np.zeros((1, 2)),
@@ -239,8 +239,12 @@ class SegmentModel:
         >>> m.scale([None, 3.0]).tolist(), m.scale_rows(np.array([np.nan, 3.0])).tolist()
         ([-0.5, 0.0], [-0.5, 0.0])
         """
-        # A feature that does not vary divides by infinity: 0, and -0 made 0 by adding 0.
-        return (self._imputed(raw) - self.mean) / self._std_or_inf + 0.0
+        return self._standardised(raw) + 0.0  # -0 made 0 (a feature that does not vary)
+
+    def _standardised(self, raw: list[float | None]) -> np.ndarray:
+        """One raw vector imputed and standardised, for :meth:`distances` and
+        :meth:`scale`: a feature that does not vary is divided by infinity (0, or -0)."""
+        return (self._imputed(raw) - self.mean) / self._std_or_inf
 
     def _imputed(self, raw: list[float | None]) -> np.ndarray:
         """A raw vector as an array, unknown values (None, NaN) imputed."""
@@ -264,7 +268,7 @@ class SegmentModel:
         >>> m.distances([4.0, None]).tolist()
         [4.0, inf]
         """
-        diff = self.centres - (self._imputed(raw) - self.mean) / self._std_or_inf
+        diff = self.centres - self._standardised(raw)
         return np.sqrt(np.einsum("ij,ij->i", diff, diff) + self._retired)
 
     def assign(
