@@ -77,7 +77,8 @@ class Outcome:
     reason: str | None = None
     duplicate: bool = False
     late: bool = False
-    #: The customer returned to the segment it left within FLAP_EVALUATIONS evaluations.
+    #: The customer returned to the segment it left within FLAP_EVALUATIONS evaluations,
+    #: from a segment that is still active (leaving a retired one is forced).
     flap: bool = False
     #: Segment bookkeeping: ``(old, new)`` with ``UNASSIGNED`` for no segment, ``EXCLUDED``
     #: for no consent, ``old`` None for a customer seen for the first time and ``new`` None
@@ -561,7 +562,10 @@ class CustomerPipeline:
             return False
         state.pending = None
         if previous is not None:
-            out.flap = segment == state.left_segment and state.evaluations <= FLAP_EVALUATIONS
+            # Leaving a retired segment is forced (the segment is gone), so a return from
+            # it is no oscillation a margin could have held: not a flap.
+            out.flap = (segment == state.left_segment and state.evaluations <= FLAP_EVALUATIONS
+                        and model.is_active(previous))
             state.left_segment = previous
         state.evaluations = 0
         state.segment = segment

@@ -49,10 +49,9 @@ def test_evaluate_reports_quality_against_planted_types(make_worker):
     # fast replay, ARI 0.77-0.97): guarded as regression bounds.
     assert report["ari_planted_nearest"] >= 0.9, report
     assert report["held_share"] <= 0.1 and report["ari_planted"] >= 0.7, report
-    # Issue 4's target is 1 %. On this fast replay (60 days of event time in 40 s) quiet runs
-    # measured 0, 0, 0.0098 (24292fc) and 0, 0.0007, 0.0015, 0.0139 (3f07faa), a
-    # fresh-clone run 0.0113: the regression bound is 2 %.
-    assert report["flap_rate"] <= 0.02, report
+    # Issue 4's target: 1 % (nine runs measured 0). A return from a segment the model
+    # retired meanwhile is forced, not a flap: this replay retires several early on.
+    assert report["flap_rate"] <= 0.01, report
     assert report["silhouette"] > 0.2 and report["separation_min"] > 0, report
     assert report["homogeneity"] > 0 and report["churn_per_customer_hour"] >= 0
 

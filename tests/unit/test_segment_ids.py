@@ -11,7 +11,7 @@ import pytest
 from stream_app.config import Settings
 from stream_app.core.pipeline import FLAP_EVALUATIONS, CustomerPipeline
 from stream_app.model.quality import assign, match_centres
-from stream_app.model.segmentation import FeatureTransform, SegmentLearner
+from stream_app.model.segmentation import FeatureTransform, SegmentLearner, SegmentModel
 from stream_app.worker.options import pipeline_options
 
 SPEC = "orders_90d,views_7d,app_share_30d"
@@ -105,6 +105,30 @@ def test_flaps_are_counted_and_the_margin_prevents_them(margin, flapping):
     else:
         assert flaps == 0 and changes == 1  # the first assignment only
     assert FLAP_EVALUATIONS == 5
+
+
+def test_a_return_forced_by_a_retired_segment_is_no_flap():
+    """A customer moves web → app; the next model retires the app segment (its centre came
+    to stand for other customers), which sends the customer back at once: a change, and a
+    return within FLAP_EVALUATIONS, but no flap (no margin could have kept it there)."""
+    pipeline = _pipeline(0.0)
+    stored, segments = None, []
+    for n, channel in enumerate(["web", "web", "app", "app", "app"]):  # app share ends at .6
+        doc = {"event_id": f"e{n}", "customer_id": "c", "ts": 1_767_225_600_000 + n * 1000,
+               "event_type": "page_view", "channel": channel}
+        out = pipeline.process("click", b"c", orjson.dumps(doc), stored, "t", 0, n)
+        stored = out.state
+        if out.change is not None:
+            segments.append(out.segment)
+            assert not out.flap
+    web, app = segments[0], segments[-1]
+    assert len(segments) == 2 and web != app
+    snapshot = {**pipeline.model.to_dict(), "version": 2}
+    snapshot["active"][app] = False
+    pipeline.use_model(SegmentModel.from_dict(snapshot))
+    out = pipeline.rescore("c", stored)
+    assert out.change is not None and out.moved == (app, web)
+    assert not out.flap
 
 
 def test_changes_name_their_reasons():
