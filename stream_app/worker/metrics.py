@@ -48,7 +48,8 @@ class Metrics:
                              "Changes of customers who already had a segment (churn).",
                              registry=r)
         self.flaps = Counter(p + "segment_flaps_total",
-                             "Changes back to the segment just left within 5 evaluations.",
+                             "Changes back to the segment just left within 5 evaluations, "
+                             "from a segment still active (leaving a retired one is forced).",
                              registry=r)
         self.quality = Gauge(p + "segment_quality",
                              "Quality of the applied model on the learner's customer sample: "

@@ -44,7 +44,7 @@ def test_evaluate_reports_quality_against_planted_types(make_worker):
     report = orjson.loads(result.stdout)
     assert report["k"] == 4 and report["customers_compared"] == CUSTOMERS
     assert report["wcss_ratio"] <= 1.15, report
-    # The model recovers the planted types (0.97-0.98 measured); the customers' own
+    # The model recovers the planted types (0.94-0.97 in seven runs); the customers' own
     # segments lag it by those the margin holds where they were (1-5 % measured on this
     # fast replay, ARI 0.77-0.97): guarded as regression bounds.
     assert report["ari_planted_nearest"] >= 0.9, report
