@@ -49,7 +49,7 @@ def test_evaluate_reports_quality_against_planted_types(make_worker):
     # fast replay, ARI 0.77-0.97): guarded as regression bounds.
     assert report["ari_planted_nearest"] >= 0.9, report
     assert report["held_share"] <= 0.1 and report["ari_planted"] >= 0.7, report
-    # Issue 4's target: 1 % (nine runs measured 0). A return from a segment the model
+    # Issue 4's target: 1 % (five runs measured 0). A return from a segment the model
     # retired meanwhile is forced, not a flap: this replay retires several early on.
     assert report["flap_rate"] <= 0.01, report
     assert report["silhouette"] > 0.2 and report["separation_min"] > 0, report
