@@ -538,10 +538,13 @@ class CustomerPipeline:
         segment, distances = model.assign(raw, state.segment, margin)
         out.vector = raw
         previous = state.segment
-        if (segment == state.left_segment and previous is not None and previous < model.k
-                and state.evaluations < FLAP_EVALUATIONS
+        # Going back to the segment just left, soon after, is a flap, and needs a wider
+        # margin (flap damping). Leaving a retired segment is forced, so a return from one
+        # is neither damped nor a flap: no margin could have kept the customer there.
+        may_flap = model.is_active(previous) and state.evaluations < FLAP_EVALUATIONS
+        if (may_flap and segment == state.left_segment
                 and not model.clearly_closer(distances, previous, segment, self.return_margin)):
-            segment = previous  # going straight back needs a wider margin (flap damping)
+            segment = previous
         if segment == previous:
             state.pending = None
         elif (previous is not None and model.is_active(previous) and trigger in DEBOUNCED
@@ -562,10 +565,7 @@ class CustomerPipeline:
             return False
         state.pending = None
         if previous is not None:
-            # Leaving a retired segment is forced (the segment is gone), so a return from
-            # it is no oscillation a margin could have held: not a flap.
-            out.flap = (segment == state.left_segment and state.evaluations <= FLAP_EVALUATIONS
-                        and model.is_active(previous))
+            out.flap = may_flap and segment == state.left_segment
             state.left_segment = previous
         state.evaluations = 0
         state.segment = segment
