@@ -587,9 +587,9 @@ def start_worker(settings: Settings, workdir: Path) -> tuple[Child, str]:
 
 
 async def measure_app(watch: WorkerWatch, total: int, messages: int) -> ModeResult:
-    """The real worker, from its first consumed event until all ``total`` are consumed;
-    its counters once it has finished the last of the ``messages`` too (it counts a
-    message's events before the time it took)."""
+    """The real worker, from when it began to consume (:attr:`WorkerWatch.first`) until
+    all ``total`` are consumed; its counters once it has finished the last of the
+    ``messages`` too (it counts a message's events before the time it took)."""
     end = await watch.until("the worker to consume the workload", WorkerWatch.CONSUMED, total)
     assert watch.first is not None
     span = Span((watch.first[0], end[0]), (watch.first[1], end[1]))
